@@ -1,0 +1,240 @@
+package vastai
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/caddy-vastai/caddy-vastai/fleet"
+)
+
+func init() {
+	caddy.RegisterModule(adminAPI{})
+}
+
+// adminAPI serves /vastai/ on Caddy's admin endpoint. Caddy instantiates
+// admin modules anew for every config load, so it always talks to the
+// current config's app. Responses never contain tokens or API keys.
+type adminAPI struct {
+	app *App
+}
+
+// CaddyModule returns the Caddy module information.
+func (adminAPI) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "admin.api.vastai",
+		New: func() caddy.Module { return new(adminAPI) },
+	}
+}
+
+// Provision finds the vastai app, if one is configured.
+func (a *adminAPI) Provision(ctx caddy.Context) error {
+	// Without a vastai app the routes answer with a clear error instead of
+	// failing the whole config load.
+	a.app, _ = lookupApp(ctx)
+	return nil
+}
+
+// Routes returns the admin routes.
+func (a *adminAPI) Routes() []caddy.AdminRoute {
+	return []caddy.AdminRoute{{Pattern: "/vastai/", Handler: caddy.AdminHandlerFunc(a.serve)}}
+}
+
+func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
+	if a.app == nil || a.app.state == nil {
+		return apiError(http.StatusServiceUnavailable, ErrNotConfigured)
+	}
+	parts := strings.Split(strings.Trim(strings.TrimPrefix(r.URL.Path, "/vastai"), "/"), "/")
+	snap := a.app.state.watcher.Snapshot()
+	switch {
+	case len(parts) == 1 && parts[0] == "instances":
+		if err := onlyGET(r); err != nil {
+			return err
+		}
+		out := make([]instanceView, 0, len(snap.Members))
+		for _, m := range snap.Members {
+			out = append(out, newInstanceView(m))
+		}
+		return writeJSON(w, http.StatusOK, out)
+
+	case len(parts) == 2 && parts[0] == "instances":
+		if err := onlyGET(r); err != nil {
+			return err
+		}
+		id, err := strconv.ParseInt(parts[1], 10, 64)
+		if err != nil || id <= 0 {
+			return apiError(http.StatusBadRequest, fmt.Errorf("instance id %q is not a positive integer", parts[1]))
+		}
+		m, ok := snap.Member(id)
+		if !ok {
+			return apiError(http.StatusNotFound, fmt.Errorf("instance %d is not known", id))
+		}
+		return writeJSON(w, http.StatusOK, newInstanceView(m))
+
+	case len(parts) == 1 && parts[0] == "pools":
+		if err := onlyGET(r); err != nil {
+			return err
+		}
+		names := make([]string, 0, len(snap.Pools))
+		for n := range snap.Pools {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		out := make([]poolView, 0, len(names))
+		for _, n := range names {
+			out = append(out, newPoolView(snap, n))
+		}
+		return writeJSON(w, http.StatusOK, out)
+
+	case len(parts) == 2 && parts[0] == "pools":
+		if err := onlyGET(r); err != nil {
+			return err
+		}
+		if _, ok := snap.Pools[parts[1]]; !ok {
+			return apiError(http.StatusNotFound, fmt.Errorf("pool %q is not configured", parts[1]))
+		}
+		return writeJSON(w, http.StatusOK, newPoolView(snap, parts[1]))
+
+	case len(parts) == 1 && parts[0] == "status":
+		if err := onlyGET(r); err != nil {
+			return err
+		}
+		return writeJSON(w, http.StatusOK, statusView{
+			Generation:          snap.Generation,
+			LastSuccess:         timePtr(snap.Poll.LastSuccess),
+			LastAttempt:         timePtr(snap.Poll.LastAttempt),
+			LastError:           snap.Poll.LastError,
+			ConsecutiveFailures: snap.Poll.ConsecutiveFailures,
+			StaleSeconds:        snap.Poll.Stale(time.Now()).Seconds(),
+			SkippedRows:         snap.Poll.Skipped,
+			Instances:           len(snap.Members),
+			WatchersRunning:     a.app.state.watcher.Running(),
+		})
+	}
+	return apiError(http.StatusNotFound, fmt.Errorf("no such endpoint: %s (see /vastai/instances, /vastai/pools, /vastai/status)", r.URL.Path))
+}
+
+// instanceView is the admin representation of an instance.
+type instanceView struct {
+	ID             int64      `json:"id"`
+	Pool           *string    `json:"pool"`
+	Label          string     `json:"label"`
+	ActualStatus   *string    `json:"actual_status"`
+	IntendedStatus string     `json:"intended_status,omitempty"`
+	StatusMsg      string     `json:"status_msg,omitempty"`
+	Upstream       *string    `json:"upstream"`
+	Routable       bool       `json:"routable"`
+	Reason         string     `json:"reason,omitempty"`
+	GPUName        string     `json:"gpu_name"`
+	NumGPUs        int        `json:"num_gpus"`
+	DPHTotal       float64    `json:"dph_total"`
+	PublicIPAddr   string     `json:"public_ipaddr,omitempty"`
+	MachineID      int64      `json:"machine_id,omitempty"`
+	StartDate      *time.Time `json:"start_date,omitempty"`
+	FirstSeen      time.Time  `json:"first_seen"`
+	LastSeen       time.Time  `json:"last_seen"`
+	MissedListings int        `json:"missed_listings"`
+}
+
+func newInstanceView(m fleet.Member) instanceView {
+	in := m.Instance
+	v := instanceView{
+		ID: in.ID, Label: in.Label, IntendedStatus: in.IntendedStatus, StatusMsg: in.StatusMsg,
+		Routable: m.Routable, Reason: m.Reason, GPUName: in.GPUName, NumGPUs: in.NumGPUs,
+		DPHTotal: in.DPHTotal, PublicIPAddr: in.PublicIPAddr, MachineID: in.MachineID,
+		FirstSeen: m.FirstSeen, LastSeen: m.LastSeen, MissedListings: m.Misses,
+	}
+	if m.Pool != "" {
+		v.Pool = &m.Pool
+	}
+	if in.ActualStatus != "" {
+		v.ActualStatus = &in.ActualStatus
+	}
+	if m.Upstream != "" {
+		v.Upstream = &m.Upstream
+	}
+	if in.StartDate > 0 {
+		t := time.Unix(0, int64(in.StartDate*1e9)).UTC()
+		v.StartDate = &t
+	}
+	return v
+}
+
+type poolView struct {
+	Name      string  `json:"name"`
+	Label     string  `json:"label,omitempty"`
+	Prefix    string  `json:"label_prefix,omitempty"`
+	Port      int     `json:"port"`
+	Members   []int64 `json:"members"`
+	Routable  []int64 `json:"routable"`
+	SpendRate float64 `json:"spend_rate_dollars_per_hour"`
+}
+
+func newPoolView(snap *fleet.Snapshot, name string) poolView {
+	pv := snap.Pools[name]
+	v := poolView{Name: name, Label: pv.Spec.Label, Prefix: pv.Spec.LabelPrefix, Port: pv.Spec.Port, Members: []int64{}, Routable: []int64{}}
+	if v.Port == 0 {
+		v.Port = fleet.DefaultPort
+	}
+	for _, m := range snap.Members {
+		if m.Pool != name {
+			continue
+		}
+		v.Members = append(v.Members, m.Instance.ID)
+		if m.Instance.ActualStatus == "running" {
+			v.SpendRate += m.Instance.DPHTotal
+		}
+	}
+	for _, t := range pv.Targets {
+		v.Routable = append(v.Routable, t.ID)
+	}
+	return v
+}
+
+type statusView struct {
+	Generation          uint64     `json:"generation"`
+	LastSuccess         *time.Time `json:"last_success"`
+	LastAttempt         *time.Time `json:"last_attempt"`
+	LastError           string     `json:"last_error,omitempty"`
+	ConsecutiveFailures int        `json:"consecutive_failures"`
+	StaleSeconds        float64    `json:"stale_seconds"`
+	SkippedRows         int        `json:"skipped_rows"`
+	Instances           int        `json:"instances"`
+	WatchersRunning     int        `json:"watchers_running"`
+}
+
+func timePtr(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}
+
+func onlyGET(r *http.Request) error {
+	if r.Method != http.MethodGet {
+		return apiError(http.StatusMethodNotAllowed, fmt.Errorf("method %s not allowed; use GET", r.Method))
+	}
+	return nil
+}
+
+func apiError(status int, err error) error {
+	return caddy.APIError{HTTPStatus: status, Err: err, Message: err.Error()}
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) error {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	return json.NewEncoder(w).Encode(v)
+}
+
+// Interface guards
+var (
+	_ caddy.AdminRouter = (*adminAPI)(nil)
+	_ caddy.Provisioner = (*adminAPI)(nil)
+)

@@ -1,0 +1,228 @@
+package vastai
+
+import (
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+
+	"github.com/caddy-vastai/caddy-vastai/fleet"
+)
+
+func init() {
+	httpcaddyfile.RegisterGlobalOption("vastai", parseGlobalOption)
+	httpcaddyfile.RegisterHandlerDirective("vastai_proxy", parseVastaiProxy)
+	httpcaddyfile.RegisterDirectiveOrder("vastai_proxy", httpcaddyfile.After, "reverse_proxy")
+}
+
+// parseGlobalOption parses the vastai global option into apps.vastai.
+// Syntax:
+//
+//	vastai {
+//		api_key       <key>         # required; use {env.VAST_API_KEY}
+//		api_url       <url>         # default https://console.vast.ai
+//		poll_interval <duration>    # default 10s
+//		pool <name> {
+//			label        <label>     # exact label match
+//			label_prefix <prefix>    # label prefix match
+//			port         <port>      # engine container port, default 8000
+//			token jupyter_token | env <NAME> | static <value>
+//		}
+//	}
+func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
+	if existing != nil {
+		return nil, d.Err("the vastai global option may appear only once")
+	}
+	app := new(App)
+	if err := app.UnmarshalCaddyfile(d); err != nil {
+		return nil, err
+	}
+	return httpcaddyfile.App{Name: "vastai", Value: caddyconfig.JSON(app, nil)}, nil
+}
+
+// UnmarshalCaddyfile sets up the app from Caddyfile tokens; see
+// parseGlobalOption for the syntax.
+func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // option name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		switch opt := d.Val(); opt {
+		case "api_key":
+			if err := oneArg(d, &a.APIKey); err != nil {
+				return err
+			}
+		case "api_url":
+			if err := oneArg(d, &a.APIURL); err != nil {
+				return err
+			}
+		case "poll_interval":
+			var raw string
+			if err := oneArg(d, &raw); err != nil {
+				return err
+			}
+			dur, err := caddy.ParseDuration(raw)
+			if err != nil {
+				return d.Errf("poll_interval: %v", err)
+			}
+			if dur <= 0 {
+				return d.Errf("poll_interval: must be positive, got %s", raw)
+			}
+			a.PollInterval = caddy.Duration(dur)
+		case "pool":
+			if !d.NextArg() {
+				return d.Err("pool: a pool name is required")
+			}
+			name := d.Val()
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			if _, dup := a.Pools[name]; dup {
+				return d.Errf("pool %q is defined more than once", name)
+			}
+			p := new(Pool)
+			if err := p.unmarshalCaddyfile(d, name); err != nil {
+				return err
+			}
+			if a.Pools == nil {
+				a.Pools = map[string]*Pool{}
+			}
+			a.Pools[name] = p
+		default:
+			return d.Errf("unrecognized vastai option %q", opt)
+		}
+	}
+	return nil
+}
+
+func (p *Pool) unmarshalCaddyfile(d *caddyfile.Dispenser, name string) error {
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch opt := d.Val(); opt {
+		case "label":
+			if err := oneArg(d, &p.Label); err != nil {
+				return err
+			}
+		case "label_prefix":
+			if err := oneArg(d, &p.LabelPrefix); err != nil {
+				return err
+			}
+		case "port":
+			var raw string
+			if err := oneArg(d, &raw); err != nil {
+				return err
+			}
+			port, err := strconv.Atoi(raw)
+			if err != nil || port < 1 || port > 65535 {
+				return d.Errf("pool %q: port: %q is not a port number (1-65535)", name, raw)
+			}
+			p.Port = port
+		case "token":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.Errf("pool %q: token: expected jupyter_token, env <NAME> or static <value>", name)
+			}
+			tc := &TokenConfig{Source: args[0]}
+			switch args[0] {
+			case fleet.TokenJupyter:
+				if len(args) != 1 {
+					return d.Errf("pool %q: token: jupyter_token takes no argument", name)
+				}
+			case fleet.TokenEnv:
+				if len(args) != 2 {
+					return d.Errf("pool %q: token: env needs exactly one variable name", name)
+				}
+				tc.Name = args[1]
+			case fleet.TokenStatic:
+				if len(args) != 2 {
+					return d.Errf("pool %q: token: static needs exactly one value", name)
+				}
+				tc.Value = args[1]
+			default:
+				return d.Errf("pool %q: token: unknown token source %q (want jupyter_token, env <NAME> or static <value>)", name, args[0])
+			}
+			p.Token = tc
+		default:
+			return d.Errf("pool %q: unrecognized option %q", name, opt)
+		}
+	}
+	if p.Label != "" && p.LabelPrefix != "" {
+		return d.Errf("pool %q: label and label_prefix are mutually exclusive", name)
+	}
+	return nil
+}
+
+// oneArg reads exactly one argument into dst.
+func oneArg(d *caddyfile.Dispenser, dst *string) error {
+	opt := d.Val()
+	if !d.NextArg() {
+		return d.Errf("%s: missing value", opt)
+	}
+	*dst = d.Val()
+	if d.NextArg() {
+		return d.Errf("%s: too many arguments", opt)
+	}
+	return nil
+}
+
+// parseVastaiProxy parses the vastai_proxy directive: a reverse_proxy with
+// the vastai upstream source and transport preset. Syntax:
+//
+//	vastai_proxy [<matcher>] <pool> {
+//		<any reverse_proxy subdirective except dynamic and upstreams>
+//		transport vastai { ... }   # optional, to set http transport options
+//	}
+func parseVastaiProxy(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	d := h.Dispenser
+	d.Next() // directive name
+	if !d.NextArg() {
+		return nil, d.Err("vastai_proxy: a pool name is required")
+	}
+	pool := d.Val()
+	// Remove the pool name so reverse_proxy does not take it for an
+	// upstream address.
+	d.DeleteN(1)
+	if d.NextArg() {
+		return nil, d.Errf("vastai_proxy: unexpected argument %q (upstreams come from the pool)", d.Val())
+	}
+
+	userTransport := false
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch d.Val() {
+		case "dynamic":
+			return nil, d.Err("vastai_proxy: dynamic upstreams are preset to the vastai pool; use reverse_proxy for another source")
+		case "to":
+			return nil, d.Err("vastai_proxy: upstreams come from the vastai pool; 'to' is not allowed")
+		case "transport":
+			if !d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			if d.Val() != "vastai" {
+				return nil, d.Errf("vastai_proxy: transport must be vastai (it injects each instance's token), got %q", d.Val())
+			}
+			userTransport = true
+		}
+	}
+	d.Reset()
+
+	rp := &reverseproxy.Handler{
+		DynamicUpstreamsRaw: caddyconfig.JSONModuleObject(Upstreams{Pool: pool}, "source", "vastai", nil),
+	}
+	if !userTransport {
+		rp.TransportRaw = caddyconfig.JSONModuleObject(Transport{}, "protocol", "vastai", nil)
+	}
+	if err := rp.UnmarshalCaddyfile(d); err != nil {
+		return nil, err
+	}
+	if err := rp.FinalizeUnmarshalCaddyfile(h); err != nil {
+		return nil, err
+	}
+	return rp, nil
+}
+
+// Interface guards
+var _ caddyfile.Unmarshaler = (*App)(nil)

@@ -1,0 +1,192 @@
+package fleet
+
+import (
+	"sort"
+	"time"
+
+	"github.com/caddy-vastai/caddy-vastai/vastclient"
+)
+
+// Snapshot is an immutable view of the fleet. The watcher builds a new one
+// after every poll or configuration change and publishes it atomically;
+// readers (the request path, the admin API) never lock and never wait on
+// the network. Nothing in a published Snapshot may be modified.
+type Snapshot struct {
+	// Generation increases with every published snapshot.
+	Generation uint64
+	// Members are all known instances, sorted by id.
+	Members []Member
+	// Pools maps a pool name to its view; every configured pool has one.
+	Pools map[string]*PoolView
+	// Poll describes the health of the vast.ai watcher itself.
+	Poll PollStatus
+
+	byID   map[int64]int
+	routes map[string]Route
+}
+
+// PollStatus tells how fresh the snapshot is.
+type PollStatus struct {
+	// LastSuccess is when the last successful listing finished (zero if none).
+	LastSuccess time.Time
+	// LastAttempt is when the last listing, successful or not, finished.
+	LastAttempt time.Time
+	// LastError is the last listing's error, "" after a success.
+	LastError string
+	// ConsecutiveFailures counts failed listings since the last success.
+	ConsecutiveFailures int
+	// Skipped counts rows of the last successful listing that had no usable id.
+	Skipped int
+}
+
+// Stale reports how long the data has not been refreshed, measured from the
+// last successful poll (0 while polls succeed).
+func (p PollStatus) Stale(now time.Time) time.Duration {
+	if p.ConsecutiveFailures == 0 || p.LastSuccess.IsZero() {
+		return 0
+	}
+	return now.Sub(p.LastSuccess)
+}
+
+// Member is one known instance with what the control plane derived from it.
+type Member struct {
+	// Instance is the latest row from vast.ai. Its JupyterToken is secret.
+	Instance vastclient.Instance
+	// Pool is the pool the instance belongs to, "" if none selects it.
+	Pool string
+	// Upstream is "ip:port" of the pool's engine port, "" if not mapped.
+	Upstream string
+	// Routable is true when traffic may be sent to the instance.
+	Routable bool
+	// Reason explains why the instance is not routable.
+	Reason string
+	// FirstSeen and LastSeen are when the watcher first and last listed it.
+	FirstSeen time.Time
+	LastSeen  time.Time
+	// Misses counts consecutive successful listings that omitted it.
+	Misses int
+
+	token string
+}
+
+// PoolView is the routable part of one pool.
+type PoolView struct {
+	Spec PoolSpec
+	// Targets are the routable members, sorted by instance id.
+	Targets []Target
+	// Members counts all instances assigned to the pool, routable or not.
+	Members int
+}
+
+// Target is one routable upstream.
+type Target struct {
+	ID   int64
+	Dial string
+}
+
+// Route is what the transport needs to send a request to an upstream.
+type Route struct {
+	ID    int64
+	Pool  string
+	Token string
+}
+
+// Member returns the member with the given id.
+func (s *Snapshot) Member(id int64) (Member, bool) {
+	i, ok := s.byID[id]
+	if !ok {
+		return Member{}, false
+	}
+	return s.Members[i], true
+}
+
+// Route returns the route of a routable upstream address ("ip:port").
+func (s *Snapshot) Route(dial string) (Route, bool) {
+	r, ok := s.routes[dial]
+	return r, ok
+}
+
+// emptySnapshot is what readers see before the first poll.
+func emptySnapshot(pools []PoolSpec) *Snapshot {
+	s := &Snapshot{Pools: make(map[string]*PoolView, len(pools)), byID: map[int64]int{}, routes: map[string]Route{}}
+	for _, p := range pools {
+		s.Pools[p.Name] = &PoolView{Spec: p}
+	}
+	return s
+}
+
+// tracked is the watcher's mutable record of an instance.
+type tracked struct {
+	inst      vastclient.Instance
+	firstSeen time.Time
+	lastSeen  time.Time
+	misses    int
+}
+
+// buildSnapshot derives an immutable snapshot from the watcher's records.
+func buildSnapshot(gen uint64, pools []PoolSpec, known map[int64]*tracked, poll PollStatus) *Snapshot {
+	s := emptySnapshot(pools)
+	s.Generation = gen
+	s.Poll = poll
+	s.Members = make([]Member, 0, len(known))
+	for _, t := range known {
+		s.Members = append(s.Members, deriveMember(pools, t))
+	}
+	sort.Slice(s.Members, func(i, j int) bool { return s.Members[i].Instance.ID < s.Members[j].Instance.ID })
+	for i := range s.Members {
+		m := &s.Members[i]
+		s.byID[m.Instance.ID] = i
+		pv := s.Pools[m.Pool]
+		if pv == nil {
+			continue
+		}
+		pv.Members++
+		if !m.Routable {
+			continue
+		}
+		if prev, dup := s.routes[m.Upstream]; dup {
+			// Two instances claiming one address means the listing is
+			// inconsistent; keep the older instance, never both.
+			m.Routable, m.Reason = false, "upstream address also used by instance "+itoa(prev.ID)
+			continue
+		}
+		s.routes[m.Upstream] = Route{ID: m.Instance.ID, Pool: m.Pool, Token: m.token}
+		pv.Targets = append(pv.Targets, Target{ID: m.Instance.ID, Dial: m.Upstream})
+	}
+	return s
+}
+
+func deriveMember(pools []PoolSpec, t *tracked) Member {
+	m := Member{Instance: t.inst, FirstSeen: t.firstSeen, LastSeen: t.lastSeen, Misses: t.misses}
+	name, idx := assignPool(pools, t.inst.Label)
+	m.Pool = name
+	if idx < 0 {
+		m.Reason = "no pool selects this instance"
+		return m
+	}
+	spec := pools[idx]
+	addr, why := upstreamAddr(&t.inst, spec.port())
+	m.Upstream = addr
+	m.token = spec.Token.Resolve(&t.inst)
+	switch {
+	case t.inst.ActualStatus != "running":
+		m.Reason = "actual_status is " + quoteStatus(t.inst.ActualStatus)
+	case t.inst.CurState == "unloaded" || t.inst.NextState == "unloaded":
+		// vast.ai keeps listing a destroyed instance for a while.
+		m.Reason = "being destroyed (cur_state unloaded)"
+	case addr == "":
+		m.Reason = why
+	case m.token == "":
+		m.Reason = "no token for this instance"
+	default:
+		m.Routable = true
+	}
+	return m
+}
+
+func quoteStatus(s string) string {
+	if s == "" {
+		return "null"
+	}
+	return `"` + s + `"`
+}

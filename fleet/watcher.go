@@ -1,0 +1,207 @@
+package fleet
+
+import (
+	"context"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddy-vastai/caddy-vastai/vastclient"
+)
+
+// Lister lists the instances of a vast.ai account. *vastclient.Client
+// implements it.
+type Lister interface {
+	ListInstances(ctx context.Context, opts vastclient.ListOptions) (*vastclient.ListResult, error)
+}
+
+// Config is the watcher's configuration; it can be replaced at any time.
+type Config struct {
+	Pools        []PoolSpec
+	PollInterval time.Duration
+}
+
+// DefaultPollInterval is used when Config.PollInterval is not positive.
+const DefaultPollInterval = 10 * time.Second
+
+// MissesBeforeRemoval is how many consecutive successful listings must omit
+// an instance before it is forgotten: the list endpoint transiently omits
+// rows, and one odd answer must never tear routing down.
+const MissesBeforeRemoval = 2
+
+// Watcher polls the vast.ai list endpoint and publishes snapshots.
+//
+// One Watcher runs one loop (Run); configuration changes go through
+// Configure, so a config reload never starts a second loop.
+type Watcher struct {
+	log atomic.Pointer[zap.Logger]
+	now func() time.Time
+
+	mu     sync.Mutex // guards everything below except snap
+	lister Lister
+	cfg    Config
+	known  map[int64]*tracked
+	poll   PollStatus
+	gen    uint64
+
+	snap    atomic.Pointer[Snapshot]
+	kick    chan struct{}
+	running atomic.Int32
+}
+
+// NewWatcher returns a watcher with an empty snapshot and no configuration.
+func NewWatcher(log *zap.Logger) *Watcher {
+	w := &Watcher{now: time.Now, known: map[int64]*tracked{}, kick: make(chan struct{}, 1)}
+	w.SetLogger(log)
+	w.snap.Store(emptySnapshot(nil))
+	return w
+}
+
+// SetLogger replaces the logger (a reloaded config brings its own).
+func (w *Watcher) SetLogger(log *zap.Logger) {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	w.log.Store(log)
+}
+
+func (w *Watcher) logger() *zap.Logger { return w.log.Load() }
+
+// Snapshot returns the current immutable snapshot. It never blocks.
+func (w *Watcher) Snapshot() *Snapshot { return w.snap.Load() }
+
+// Running reports how many Run loops are active (0 or 1 in a healthy process).
+func (w *Watcher) Running() int { return int(w.running.Load()) }
+
+// Configure installs a lister and a configuration, republishes the snapshot
+// for the new pools at once (without waiting for the network), and asks the
+// loop to poll soon.
+func (w *Watcher) Configure(l Lister, cfg Config) {
+	pools := append([]PoolSpec(nil), cfg.Pools...)
+	SortPools(pools)
+	cfg.Pools = pools
+	w.mu.Lock()
+	w.lister, w.cfg = l, cfg
+	w.publishLocked()
+	w.mu.Unlock()
+	w.PollSoon()
+}
+
+// PollSoon asks the loop to poll now instead of at the next tick.
+func (w *Watcher) PollSoon() {
+	select {
+	case w.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Run polls until ctx is cancelled. It polls at once, then every
+// PollInterval or when PollSoon is called.
+func (w *Watcher) Run(ctx context.Context) {
+	w.running.Add(1)
+	defer w.running.Add(-1)
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		case <-w.kick:
+			if !timer.Stop() {
+				select {
+				case <-timer.C:
+				default:
+				}
+			}
+		}
+		_ = w.Poll(ctx)
+		w.mu.Lock()
+		interval := w.cfg.PollInterval
+		w.mu.Unlock()
+		if interval <= 0 {
+			interval = DefaultPollInterval
+		}
+		timer.Reset(interval)
+	}
+}
+
+// Poll lists the account once and publishes the result. On failure it keeps
+// every known instance and records the error: a failed list is never "no
+// instances".
+func (w *Watcher) Poll(ctx context.Context) error {
+	w.mu.Lock()
+	lister := w.lister
+	w.mu.Unlock()
+	if lister == nil {
+		return nil
+	}
+	res, err := lister.ListInstances(ctx, vastclient.ListOptions{})
+	if ctx.Err() != nil {
+		// Shutting down: an aborted poll says nothing about the fleet.
+		return ctx.Err()
+	}
+	now := w.now()
+
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.poll.LastAttempt = now
+	if err != nil {
+		w.poll.LastError = err.Error()
+		w.poll.ConsecutiveFailures++
+		w.logger().Warn("listing vast.ai instances failed; keeping the last known fleet",
+			zap.Error(err),
+			zap.Int("consecutive_failures", w.poll.ConsecutiveFailures),
+			zap.Duration("stale_for", w.poll.Stale(now)))
+		w.publishLocked()
+		return err
+	}
+	if w.poll.ConsecutiveFailures > 0 {
+		w.logger().Info("listing vast.ai instances recovered", zap.Int("after_failures", w.poll.ConsecutiveFailures))
+	}
+	w.poll.LastError, w.poll.ConsecutiveFailures = "", 0
+	w.poll.LastSuccess, w.poll.Skipped = now, res.Skipped
+
+	seen := make(map[int64]bool, len(res.Instances))
+	for _, in := range res.Instances {
+		if !in.Valid() {
+			continue
+		}
+		seen[in.ID] = true
+		t := w.known[in.ID]
+		if t == nil {
+			t = &tracked{firstSeen: now}
+			w.known[in.ID] = t
+			w.logger().Info("instance discovered", zap.Int64("id", in.ID), zap.String("label", in.Label), zap.String("status", in.ActualStatus))
+		}
+		// Every field is refreshed on every poll: tokens, addresses and
+		// ports can change while an instance stays running.
+		t.inst, t.lastSeen, t.misses = in, now, 0
+	}
+	// Rows without a usable id could be any instance: count no absences
+	// from such a listing.
+	if res.Skipped == 0 {
+		for id, t := range w.known {
+			if seen[id] {
+				continue
+			}
+			t.misses++
+			if t.misses >= MissesBeforeRemoval {
+				delete(w.known, id)
+				w.logger().Info("instance gone from the account", zap.Int64("id", id), zap.Int("missed_listings", t.misses))
+			}
+		}
+	}
+	w.publishLocked()
+	return nil
+}
+
+func (w *Watcher) publishLocked() {
+	w.gen++
+	w.snap.Store(buildSnapshot(w.gen, w.cfg.Pools, w.known, w.poll))
+}
+
+func itoa(n int64) string { return strconv.FormatInt(n, 10) }

@@ -1,0 +1,122 @@
+package vastai
+
+import (
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/caddy-vastai/caddy-vastai/fleet"
+)
+
+// collector exports the fleet snapshot as Prometheus metrics. It reads the
+// snapshot at scrape time, so the request path pays nothing for metrics.
+// Label values are pool names, instance ids and a bounded set of statuses:
+// never tokens or keys.
+type collector struct {
+	w *fleet.Watcher
+
+	instances      *prometheus.Desc
+	routable       *prometheus.Desc
+	price          *prometheus.Desc
+	poolRoutable   *prometheus.Desc
+	lastSuccess    *prometheus.Desc
+	failures       *prometheus.Desc
+	stale          *prometheus.Desc
+	watcherRunning *prometheus.Desc
+}
+
+func newCollector(w *fleet.Watcher) *collector {
+	const ns, sub = "caddy", "vastai"
+	d := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc(prometheus.BuildFQName(ns, sub, name), help, labels, nil)
+	}
+	return &collector{
+		w:              w,
+		instances:      d("instances", "Known instances by pool and vast.ai actual_status.", "pool", "status"),
+		routable:       d("instance_routable", "1 if the instance receives traffic, else 0.", "pool", "instance"),
+		price:          d("instance_price_dollars_per_hour", "The instance's dph_total in USD per hour.", "pool", "instance"),
+		poolRoutable:   d("pool_routable_instances", "Routable instances per pool.", "pool"),
+		lastSuccess:    d("watch_last_success_timestamp_seconds", "Unix time of the last successful instance listing."),
+		failures:       d("watch_consecutive_failures", "Failed instance listings since the last success."),
+		stale:          d("watch_stale_seconds", "Seconds since the last successful listing while listings fail, else 0."),
+		watcherRunning: d("watchers_running", "Number of running watcher loops (1 when healthy)."),
+	}
+}
+
+// knownStatuses bounds the cardinality of the status label.
+var knownStatuses = map[string]bool{
+	"running": true, "loading": true, "created": true, "stopped": true, "frozen": true,
+	"exited": true, "rebooting": true, "recycling": true, "unknown": true, "offline": true,
+}
+
+func statusLabel(s string) string {
+	switch {
+	case s == "":
+		return "null"
+	case knownStatuses[s]:
+		return s
+	default:
+		return "other"
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.instances, c.routable, c.price, c.poolRoutable, c.lastSuccess, c.failures, c.stale, c.watcherRunning} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	snap := c.w.Snapshot()
+	type key struct{ pool, status string }
+	counts := map[key]int{}
+	for _, m := range snap.Members {
+		counts[key{m.Pool, statusLabel(m.Instance.ActualStatus)}]++
+		id := strconv.FormatInt(m.Instance.ID, 10)
+		ch <- prometheus.MustNewConstMetric(c.routable, prometheus.GaugeValue, boolFloat(m.Routable), m.Pool, id)
+		ch <- prometheus.MustNewConstMetric(c.price, prometheus.GaugeValue, m.Instance.DPHTotal, m.Pool, id)
+	}
+	for k, n := range counts {
+		ch <- prometheus.MustNewConstMetric(c.instances, prometheus.GaugeValue, float64(n), k.pool, k.status)
+	}
+	for name, pv := range snap.Pools {
+		ch <- prometheus.MustNewConstMetric(c.poolRoutable, prometheus.GaugeValue, float64(len(pv.Targets)), name)
+	}
+	var last float64
+	if !snap.Poll.LastSuccess.IsZero() {
+		last = float64(snap.Poll.LastSuccess.UnixNano()) / 1e9
+	}
+	ch <- prometheus.MustNewConstMetric(c.lastSuccess, prometheus.GaugeValue, last)
+	ch <- prometheus.MustNewConstMetric(c.failures, prometheus.GaugeValue, float64(snap.Poll.ConsecutiveFailures))
+	ch <- prometheus.MustNewConstMetric(c.stale, prometheus.GaugeValue, snap.Poll.Stale(time.Now()).Seconds())
+	ch <- prometheus.MustNewConstMetric(c.watcherRunning, prometheus.GaugeValue, float64(c.w.Running()))
+}
+
+// register adds the collector to a config's registry. Caddy creates a new
+// registry for every config load, so this runs on every Provision; a
+// registry that already has it is fine.
+func (c *collector) register(reg *prometheus.Registry) error {
+	if reg == nil {
+		return nil
+	}
+	err := reg.Register(c)
+	var are prometheus.AlreadyRegisteredError
+	if err != nil && !errors.As(err, &are) {
+		return err
+	}
+	return nil
+}
+
+func boolFloat(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// Interface guards
+var _ prometheus.Collector = (*collector)(nil)

@@ -1,0 +1,269 @@
+// Package vastai is a Caddy plugin that fronts inference engines running on
+// rented vast.ai GPU instances. This package holds the Caddy modules; the
+// engine lives in the Caddy-free packages vastclient (the vast.ai REST
+// client), fleet (the watcher and its immutable snapshots) and vastsim (a
+// simulated vast.ai for tests and the demo).
+//
+// Where things happen:
+//   - module.go: the app (apps.vastai): configuration, validation, start/stop.
+//   - state.go: what survives config reloads, including the single watcher loop.
+//   - upstreams.go: the request path's upstream list (a snapshot read).
+//   - transport.go: per-instance Bearer tokens on every proxied attempt.
+//   - admin.go: the /vastai/ admin API.
+//   - caddyfile.go: the vastai global option and the vastai_proxy directive.
+//   - metrics.go: Prometheus collectors.
+package vastai
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+
+	"github.com/caddy-vastai/caddy-vastai/fleet"
+	"github.com/caddy-vastai/caddy-vastai/vastclient"
+)
+
+func init() {
+	caddy.RegisterModule(App{})
+}
+
+// DefaultAPIURL is the vast.ai API base used when api_url is not set.
+const DefaultAPIURL = "https://console.vast.ai"
+
+// App is the vastai app: the control plane that watches a vast.ai account
+// and keeps an up-to-date, immutable view of every pool's instances for the
+// vastai upstream source and transport.
+type App struct {
+	// The vast.ai API key. Placeholders such as {env.VAST_API_KEY} are
+	// resolved when the config is loaded; the resolved key never appears in
+	// the config, logs, errors, metrics or the admin API. Required.
+	APIKey string `json:"api_key,omitempty"`
+
+	// Base URL of the vast.ai API. Default: https://console.vast.ai.
+	APIURL string `json:"api_url,omitempty"`
+
+	// How often the instance list is fetched. Default: 10s.
+	PollInterval caddy.Duration `json:"poll_interval,omitempty"`
+
+	// Pools of instances, by name. Upstream sources refer to a pool by name.
+	// Each instance belongs to at most one pool: the one whose selector
+	// matches its label most precisely (exact label, then the longest
+	// label prefix, then a pool with no selector).
+	Pools map[string]*Pool `json:"pools,omitempty"`
+
+	apiKey string
+	specs  []fleet.PoolSpec
+	state  *state
+	logger *zap.Logger
+}
+
+// Pool selects instances of the account and says how to reach their engine.
+type Pool struct {
+	// Select instances whose label equals this value.
+	Label string `json:"label,omitempty"`
+
+	// Select instances whose label starts with this value. With neither
+	// label nor label_prefix, the pool selects every instance on the account.
+	LabelPrefix string `json:"label_prefix,omitempty"`
+
+	// The engine's container port, reached at public_ipaddr and the host
+	// port vast.ai maps to "<port>/tcp". Default: 8000.
+	Port int `json:"port,omitempty"`
+
+	// Where each instance's Bearer token comes from. Default: the
+	// instance's jupyter_token.
+	Token *TokenConfig `json:"token,omitempty"`
+}
+
+// TokenConfig says where an instance's Bearer token comes from.
+type TokenConfig struct {
+	// "jupyter_token" (default), "env" (a variable of the instance's
+	// extra_env) or "static" (one token for every instance).
+	Source string `json:"source,omitempty"`
+
+	// The extra_env variable name, for source "env" (for example
+	// WEB_PASSWORD).
+	Name string `json:"name,omitempty"`
+
+	// The token, for source "static". Placeholders such as {env.TOKEN} are
+	// resolved when the config is loaded.
+	Value string `json:"value,omitempty"`
+}
+
+// CaddyModule returns the Caddy module information.
+func (App) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "vastai",
+		New: func() caddy.Module { return new(App) },
+	}
+}
+
+// Sentinel errors for configuration problems.
+var (
+	ErrMissingAPIKey = errors.New("api_key is required")
+	ErrUnknownPool   = errors.New("unknown pool")
+	ErrNotConfigured = errors.New("the vastai app is not configured (add a vastai global option or apps.vastai)")
+)
+
+// Provision resolves placeholders and builds the pool specs. It does not
+// touch the running watcher: a provisioned config may never start, so the
+// new configuration is applied in Start.
+func (a *App) Provision(ctx caddy.Context) error {
+	a.logger = ctx.Logger()
+	repl := caddy.NewReplacer()
+	a.apiKey = strings.TrimSpace(repl.ReplaceAll(a.APIKey, ""))
+	a.specs = a.specs[:0]
+	for name, p := range a.Pools {
+		if p == nil {
+			p = new(Pool)
+			a.Pools[name] = p
+		}
+		spec := fleet.PoolSpec{Name: name, Label: p.Label, LabelPrefix: p.LabelPrefix, Port: p.Port}
+		if p.Token != nil {
+			spec.Token = fleet.TokenSource{Kind: p.Token.Source}
+			switch p.Token.Source {
+			case fleet.TokenEnv:
+				spec.Token.Value = p.Token.Name
+			case fleet.TokenStatic:
+				spec.Token.Value = repl.ReplaceAll(p.Token.Value, "")
+			}
+		}
+		a.specs = append(a.specs, spec)
+	}
+	fleet.SortPools(a.specs)
+
+	st, _, err := states.LoadOrNew(stateKey, func() (caddy.Destructor, error) {
+		return newState(), nil
+	})
+	if err != nil {
+		return fmt.Errorf("vastai: loading shared state: %w", err)
+	}
+	a.state = st.(*state)
+	return a.state.registerMetrics(ctx)
+}
+
+// Validate reports configuration mistakes, naming the field.
+func (a *App) Validate() error {
+	if a.apiKey == "" {
+		if a.APIKey != "" {
+			return fmt.Errorf("vastai: api_key: %q resolved to an empty value: %w", a.APIKey, ErrMissingAPIKey)
+		}
+		return fmt.Errorf("vastai: api_key: %w", ErrMissingAPIKey)
+	}
+	if _, err := a.apiURL(); err != nil {
+		return err
+	}
+	if a.PollInterval < 0 {
+		return fmt.Errorf("vastai: poll_interval: must not be negative, got %s", time.Duration(a.PollInterval))
+	}
+	if a.PollInterval > 0 && time.Duration(a.PollInterval) < 500*time.Millisecond {
+		return fmt.Errorf("vastai: poll_interval: %s is below the minimum of 500ms", time.Duration(a.PollInterval))
+	}
+	for _, spec := range a.specs {
+		if err := spec.Validate(); err != nil {
+			return fmt.Errorf("vastai: pools: %w", err)
+		}
+	}
+	return nil
+}
+
+func (a *App) apiURL() (string, error) {
+	raw := a.APIURL
+	if raw == "" {
+		raw = DefaultAPIURL
+	}
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return "", fmt.Errorf("vastai: api_url: %q is not an absolute http(s) URL", raw)
+	}
+	return strings.TrimRight(raw, "/"), nil
+}
+
+// Start hands this configuration to the shared state. The shared state owns
+// the one watcher loop; starting a reloaded config reconfigures that loop
+// instead of starting another. Start never fails because vast.ai is
+// unreachable: API trouble is reported in logs, metrics and the admin API.
+func (a *App) Start() error {
+	base, err := a.apiURL()
+	if err != nil {
+		return err
+	}
+	interval := time.Duration(a.PollInterval)
+	if interval == 0 {
+		interval = fleet.DefaultPollInterval
+	}
+	return a.state.apply(a.logger, clientSettings{baseURL: base, apiKey: a.apiKey}, fleet.Config{
+		Pools:        a.specs,
+		PollInterval: interval,
+	})
+}
+
+// Stop does nothing: on a reload the new app has already taken over the
+// shared watcher, and on shutdown Cleanup releases it. Nothing is ever
+// destroyed on stop.
+func (a *App) Stop() error { return nil }
+
+// Cleanup releases this config's reference to the shared state; the watcher
+// stops when the last reference goes (process exit or vastai removed from
+// the config).
+func (a *App) Cleanup() error {
+	if a.state == nil {
+		return nil
+	}
+	_, err := states.Delete(stateKey)
+	return err
+}
+
+// poolNames lists the configured pools for error messages.
+func (a *App) poolNames() string {
+	names := make([]string, 0, len(a.Pools))
+	for n := range a.Pools {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	if len(names) == 0 {
+		return "none"
+	}
+	return strings.Join(names, ", ")
+}
+
+// lookupApp finds the configured vastai app from another module.
+func lookupApp(ctx caddy.Context) (*App, error) {
+	appIface, err := ctx.AppIfConfigured("vastai")
+	if err != nil {
+		if errors.Is(err, caddy.ErrNotConfigured) {
+			return nil, ErrNotConfigured
+		}
+		return nil, fmt.Errorf("loading the vastai app: %w", err)
+	}
+	app, ok := appIface.(*App)
+	if !ok {
+		return nil, fmt.Errorf("vastai app has unexpected type %T", appIface)
+	}
+	return app, nil
+}
+
+// clientSettings identify a vast.ai client; the client (and its per-endpoint
+// pacing) is reused across reloads while they do not change.
+type clientSettings struct {
+	baseURL string
+	apiKey  string
+}
+
+func (c clientSettings) newClient(log *zap.Logger) (*vastclient.Client, error) {
+	return vastclient.New(vastclient.Config{BaseURL: c.baseURL, APIKey: c.apiKey, Logger: log})
+}
+
+// Interface guards
+var (
+	_ caddy.App          = (*App)(nil)
+	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.Validator    = (*App)(nil)
+	_ caddy.CleanerUpper = (*App)(nil)
+)

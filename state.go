@@ -1,0 +1,89 @@
+package vastai
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+
+	"github.com/caddy-vastai/caddy-vastai/fleet"
+	"github.com/caddy-vastai/caddy-vastai/vastclient"
+)
+
+// states holds the reload-surviving state. During a reload the new app
+// starts before the old one stops, so both configs hold a reference; the
+// state (and its one watcher loop) goes away only when the last reference
+// is released.
+var states = caddy.NewUsagePool()
+
+const stateKey = "vastai"
+
+// state is everything that must survive a config reload: the watcher with
+// its known instances, the vast.ai client with its pacing, and the metrics
+// collectors. Exactly one watcher loop runs per state.
+type state struct {
+	watcher *fleet.Watcher
+	metrics *collector
+
+	mu       sync.Mutex // guards the fields below
+	settings clientSettings
+	client   *vastclient.Client
+	cancel   context.CancelFunc
+	done     chan struct{}
+}
+
+func newState() *state {
+	w := fleet.NewWatcher(nil)
+	return &state{watcher: w, metrics: newCollector(w)}
+}
+
+// apply installs a started config: it (re)creates the vast.ai client only if
+// its settings changed, reconfigures the watcher, and starts the loop if it
+// is not running yet. It never starts a second loop.
+func (s *state) apply(log *zap.Logger, settings clientSettings, cfg fleet.Config) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.client == nil || settings != s.settings {
+		c, err := settings.newClient(log.Named("api"))
+		if err != nil {
+			return fmt.Errorf("vastai: %w", err)
+		}
+		s.client, s.settings = c, settings
+	}
+	s.watcher.SetLogger(log.Named("watcher"))
+	s.watcher.Configure(s.client, cfg)
+	if s.cancel == nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		s.cancel, s.done = cancel, done
+		go func() {
+			defer close(done)
+			s.watcher.Run(ctx)
+		}()
+	}
+	return nil
+}
+
+// Destruct stops the watcher loop and waits for it. It runs when the last
+// config using the vastai app is unloaded. It never destroys instances.
+func (s *state) Destruct() error {
+	s.mu.Lock()
+	cancel, done := s.cancel, s.done
+	s.cancel, s.done = nil, nil
+	s.mu.Unlock()
+	if cancel != nil {
+		cancel()
+		<-done
+	}
+	return nil
+}
+
+// registerMetrics adds the state's collectors to this config's registry.
+func (s *state) registerMetrics(ctx caddy.Context) error {
+	return s.metrics.register(ctx.GetMetricsRegistry())
+}
+
+// Interface guards
+var _ caddy.Destructor = (*state)(nil)

@@ -1,0 +1,108 @@
+package vastai
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+
+	"github.com/caddy-vastai/caddy-vastai/fleet"
+)
+
+func init() {
+	caddy.RegisterModule(Transport{})
+}
+
+// InstanceHeader is the response header that names the instance which
+// served a request (useful for debugging and for KV-cache affinity).
+const InstanceHeader = "X-Vastai-Instance"
+
+// errNoRoute means the selected upstream left the fleet between selection
+// and dialing; it is reported as a dial error so reverse_proxy retries on
+// another instance instead of sending a request without credentials.
+var errNoRoute = errors.New("upstream is no longer routable")
+
+// Transport is Caddy's HTTP transport plus per-instance credentials: on each
+// attempt it sets "Authorization: Bearer <that instance's token>", replacing
+// whatever the client sent, and adds an X-Vastai-Instance response header.
+// Every option of the http transport (timeouts, TLS, versions...) works.
+//
+// The token is looked up in the reload-surviving snapshot by the selected
+// upstream's address, so a stream that started under an old config keeps
+// working after a reload. Tokens never pass through placeholders or logs.
+type Transport struct {
+	*reverseproxy.HTTPTransport
+
+	watcher *fleet.Watcher
+}
+
+// CaddyModule returns the Caddy module information.
+func (Transport) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.reverse_proxy.transport.vastai",
+		New: func() caddy.Module { return &Transport{HTTPTransport: new(reverseproxy.HTTPTransport)} },
+	}
+}
+
+// Provision finds the vastai app and provisions the embedded transport.
+func (t *Transport) Provision(ctx caddy.Context) error {
+	app, err := lookupApp(ctx)
+	if err != nil {
+		return fmt.Errorf("vastai transport: %w", err)
+	}
+	t.watcher = app.state.watcher
+	if t.HTTPTransport == nil {
+		t.HTTPTransport = new(reverseproxy.HTTPTransport)
+	}
+	if err := t.HTTPTransport.Provision(ctx); err != nil {
+		return fmt.Errorf("vastai transport: %w", err)
+	}
+	return nil
+}
+
+// RoundTrip sends one attempt to the upstream chosen by reverse_proxy.
+func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	di, ok := reverseproxy.GetDialInfo(req.Context())
+	if !ok || di.Upstream == nil {
+		return nil, errors.New("vastai transport: no upstream in the request context (use it inside reverse_proxy)")
+	}
+	route, ok := t.watcher.Snapshot().Route(di.Upstream.Dial)
+	if !ok {
+		return nil, reverseproxy.NewDialError(fmt.Errorf("vastai transport: %s: %w", di.Upstream.Dial, errNoRoute))
+	}
+	// A RoundTripper must not modify the request it is given; the header
+	// map is shared with reverse_proxy's retry logic.
+	out := req.WithContext(req.Context())
+	out.Header = req.Header.Clone()
+	out.Header.Set("Authorization", "Bearer "+route.Token)
+
+	resp, err := t.HTTPTransport.RoundTrip(out)
+	if resp != nil {
+		resp.Header.Set(InstanceHeader, strconv.FormatInt(route.ID, 10))
+	}
+	return resp, err
+}
+
+// UnmarshalCaddyfile sets up the transport from Caddyfile tokens. Syntax:
+//
+//	transport vastai {
+//		<any option of the http transport>
+//	}
+func (t *Transport) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	if t.HTTPTransport == nil {
+		t.HTTPTransport = new(reverseproxy.HTTPTransport)
+	}
+	return t.HTTPTransport.UnmarshalCaddyfile(d)
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner         = (*Transport)(nil)
+	_ http.RoundTripper         = (*Transport)(nil)
+	_ reverseproxy.TLSTransport = (*Transport)(nil)
+	_ caddyfile.Unmarshaler     = (*Transport)(nil)
+)

@@ -1,0 +1,119 @@
+package vastai
+
+import (
+	"fmt"
+	"net/http"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+
+	"github.com/caddy-vastai/caddy-vastai/fleet"
+)
+
+func init() {
+	caddy.RegisterModule(Upstreams{})
+}
+
+// Upstreams is a dynamic upstream source for reverse_proxy that returns the
+// routable instances of a vastai pool. It is a snapshot read: no network
+// I/O, no locks, and the returned upstreams are fresh values sorted by
+// instance id (Caddy mutates them, and a stable order keeps round_robin and
+// the hash policies fair).
+type Upstreams struct {
+	// The name of the pool in the vastai app. Required.
+	Pool string `json:"pool,omitempty"`
+
+	watcher *fleet.Watcher
+}
+
+// CaddyModule returns the Caddy module information.
+func (Upstreams) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.reverse_proxy.upstreams.vastai",
+		New: func() caddy.Module { return new(Upstreams) },
+	}
+}
+
+// Provision finds the vastai app and checks that the pool exists.
+func (u *Upstreams) Provision(ctx caddy.Context) error {
+	if u.Pool == "" {
+		return fmt.Errorf("vastai upstreams: pool: a pool name is required")
+	}
+	app, err := lookupApp(ctx)
+	if err != nil {
+		return fmt.Errorf("vastai upstreams: %w", err)
+	}
+	if _, ok := app.Pools[u.Pool]; !ok {
+		return fmt.Errorf("vastai upstreams: pool: %w %q (configured pools: %s)", ErrUnknownPool, u.Pool, app.poolNames())
+	}
+	u.watcher = app.state.watcher
+	return nil
+}
+
+// GetUpstreams returns the pool's routable instances. An empty pool is an
+// empty list, not an error: the request then gets a 503, or waits for an
+// instance with lb_try_duration, without flooding the log.
+//
+// It allocates the result only: one array of Upstream values and the slice
+// of pointers into it.
+func (u *Upstreams) GetUpstreams(*http.Request) ([]*reverseproxy.Upstream, error) {
+	pv := u.watcher.Snapshot().Pools[u.Pool]
+	if pv == nil || len(pv.Targets) == 0 {
+		return nil, nil
+	}
+	vals := make([]reverseproxy.Upstream, len(pv.Targets))
+	out := make([]*reverseproxy.Upstream, len(pv.Targets))
+	for i, t := range pv.Targets {
+		vals[i].Dial = t.Dial
+		out[i] = &vals[i]
+	}
+	return out, nil
+}
+
+// UnmarshalCaddyfile sets up the source from Caddyfile tokens. Syntax:
+//
+//	dynamic vastai <pool>
+//
+// or
+//
+//	dynamic vastai {
+//		pool <pool>
+//	}
+func (u *Upstreams) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // module name
+	if d.NextArg() {
+		u.Pool = d.Val()
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+	}
+	for d.NextBlock(0) {
+		switch d.Val() {
+		case "pool":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			if u.Pool != "" {
+				return d.Err("pool already specified")
+			}
+			u.Pool = d.Val()
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+		default:
+			return d.Errf("unrecognized vastai upstreams option %q", d.Val())
+		}
+	}
+	if u.Pool == "" {
+		return d.Err("vastai upstreams: a pool name is required")
+	}
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Upstreams)(nil)
+	_ reverseproxy.UpstreamSource = (*Upstreams)(nil)
+	_ caddyfile.Unmarshaler       = (*Upstreams)(nil)
+)
