@@ -1,0 +1,150 @@
+package vastai
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+
+	"github.com/caddy-vastai/caddy-vastai/fleet"
+	"github.com/caddy-vastai/caddy-vastai/vastclient"
+	"github.com/caddy-vastai/caddy-vastai/vastsim"
+)
+
+type staticLister struct{ res *vastclient.ListResult }
+
+func (s staticLister) ListInstances(context.Context, vastclient.ListOptions) (*vastclient.ListResult, error) {
+	return s.res, nil
+}
+
+// upstreamsOver returns a vastai upstream source over n running instances.
+func upstreamsOver(tb testing.TB, n int) *Upstreams {
+	tb.Helper()
+	res := &vastclient.ListResult{}
+	for i := 1; i <= n; i++ {
+		res.Instances = append(res.Instances, vastclient.Instance{
+			ID: int64(1000 + i), Label: fmt.Sprintf("llm-%d", i), ActualStatus: "running",
+			PublicIPAddr: "10.1.0.1", JupyterToken: "t" + strconv.Itoa(i),
+			Ports: vastclient.Ports{"8000/tcp": {{HostIP: "0.0.0.0", HostPort: strconv.Itoa(20000 + i)}}},
+		})
+	}
+	w := fleet.NewWatcher(nil)
+	w.Configure(staticLister{res}, fleet.Config{Pools: []fleet.PoolSpec{{Name: "llm", LabelPrefix: "llm-"}}, PollInterval: time.Hour})
+	if err := w.Poll(context.Background()); err != nil {
+		tb.Fatal(err)
+	}
+	return &Upstreams{Pool: "llm", watcher: w}
+}
+
+func TestGetUpstreamsReturnsFreshSortedValues(t *testing.T) {
+	u := upstreamsOver(t, 100)
+	a, err := u.GetUpstreams(nil)
+	if err != nil || len(a) != 100 {
+		t.Fatalf("got %d upstreams, err %v", len(a), err)
+	}
+	for i := 1; i < len(a); i++ {
+		if a[i-1].Dial >= a[i].Dial {
+			t.Fatalf("not sorted by instance id at %d: %s, %s", i, a[i-1].Dial, a[i].Dial)
+		}
+	}
+	b, _ := u.GetUpstreams(nil)
+	if a[0] == b[0] {
+		t.Fatal("GetUpstreams returned the same *Upstream twice; Caddy mutates them")
+	}
+	empty := &Upstreams{Pool: "none", watcher: u.watcher}
+	if ups, err := empty.GetUpstreams(nil); ups != nil || err != nil {
+		t.Fatalf("unknown/empty pool: %v, %v; want nil, nil", ups, err)
+	}
+	allocs := testing.AllocsPerRun(100, func() { _, _ = u.GetUpstreams(nil) })
+	if allocs > 2 {
+		t.Errorf("GetUpstreams allocates %.0f times per call, want the result only (2)", allocs)
+	}
+}
+
+// BenchmarkGetUpstreams100 measures the request path's upstream lookup over
+// a pool of 100 routable instances.
+func BenchmarkGetUpstreams100(b *testing.B) {
+	u := upstreamsOver(b, 100)
+	req, _ := http.NewRequest(http.MethodGet, "/", nil)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if ups, _ := u.GetUpstreams(req); len(ups) != 100 {
+			b.Fatal("wrong count")
+		}
+	}
+}
+
+// BenchmarkProxy compares requests through vastai_proxy with a static
+// reverse_proxy to the same engine, in the same Caddy process.
+func BenchmarkProxy(b *testing.B) {
+	sim := newSim(b, vastsim.Options{})
+	ids := launch(b, sim, 1, "llm-")
+	var addr, token string
+	for _, in := range sim.Instances() {
+		if in.ID == ids[0] {
+			addr, token = in.EngineAddr, in.JupyterToken
+		}
+	}
+	site := fmt.Sprintf(`	handle_path /static/* {
+		reverse_proxy %s {
+			header_up Authorization "Bearer %s"
+		}
+	}
+	handle_path /vastai/* {
+		vastai_proxy llm
+	}`, addr, token)
+	startCaddy(b, testConfig(sim.URL(), llmPool, site))
+	waitRoutable(b, ids, 10*time.Second)
+
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	for _, route := range []string{"static", "vastai"} {
+		url := testProxyURL + "/" + route + "/health"
+		b.Run(route, func(b *testing.B) {
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					resp, err := client.Get(url)
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != http.StatusOK {
+						b.Errorf("%s: status %d", url, resp.StatusCode)
+						return
+					}
+				}
+			})
+		})
+	}
+}
+
+// BenchmarkCaddyAllNew100 is the baseline: what Caddy's own dynamic sources
+// (allNew in reverseproxy/upstreams.go) allocate for 100 upstreams, one
+// Upstream per call. GetUpstreams allocates one array instead.
+func BenchmarkCaddyAllNew100(b *testing.B) {
+	u := upstreamsOver(b, 100)
+	pv := u.watcher.Snapshot().Pools["llm"]
+	ups := make([]reverseproxy.Upstream, len(pv.Targets))
+	for i, t := range pv.Targets {
+		ups[i].Dial = t.Dial
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		results := make([]*reverseproxy.Upstream, len(ups))
+		for j := range ups {
+			results[j] = &reverseproxy.Upstream{Dial: ups[j].Dial}
+		}
+		if len(results) != 100 {
+			b.Fatal("wrong count")
+		}
+	}
+}

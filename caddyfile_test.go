@@ -1,0 +1,148 @@
+package vastai
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddytest"
+)
+
+var updateGolden = flag.Bool("update", false, "rewrite the expected JSON of testdata/caddyfile_adapt/*.caddyfiletest (review the diff!)")
+
+// TestCaddyfileAdapt runs the .caddyfiletest files: a Caddyfile, a line of
+// dashes, then the expected JSON.
+func TestCaddyfileAdapt(t *testing.T) {
+	files, err := filepath.Glob("testdata/caddyfile_adapt/*.caddyfiletest")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no adapt test files: %v", err)
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			data, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			input, expected, ok := strings.Cut(string(data), "----------")
+			if !ok {
+				t.Fatalf("%s: missing ---------- separator", f)
+			}
+			if *updateGolden {
+				out, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(input), nil)
+				if err != nil {
+					t.Fatalf("adapt: %v", err)
+				}
+				var pretty bytes.Buffer
+				if err := json.Indent(&pretty, out, "", "\t"); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(f, []byte(input+"----------\n"+pretty.String()+"\n"), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if !caddytest.CompareAdapt(t, f, input, "caddyfile", strings.TrimSpace(expected)) {
+				t.Errorf("%s: adapted JSON differs (diff printed above)", f)
+			}
+		})
+	}
+}
+
+// TestCaddyfileErrorsNameTheProblem checks that every malformed Caddyfile is
+// refused with an error that names the option at fault.
+func TestCaddyfileErrorsNameTheProblem(t *testing.T) {
+	wrap := func(global, site string) string {
+		return "{\n\tvastai {\n" + global + "\n\t}\n}\n:8080 {\n" + site + "\n}\n"
+	}
+	const okSite = "\tvastai_proxy llm"
+	const okPool = "\t\tapi_key k\n\t\tpool llm {\n\t\t\tlabel_prefix llm-\n\t\t}"
+	cases := []struct {
+		name, caddyfile, want string
+	}{
+		{"unknown option", wrap("\t\tapi_keys k", okSite), `unrecognized vastai option "api_keys"`},
+		{"api_key without value", wrap("\t\tapi_key", okSite), "api_key: missing value"},
+		{"api_key with two values", wrap("\t\tapi_key a b", okSite), "api_key: too many arguments"},
+		{"bad poll interval", wrap("\t\tapi_key k\n\t\tpoll_interval soon", okSite), "poll_interval"},
+		{"zero poll interval", wrap("\t\tapi_key k\n\t\tpoll_interval 0s", okSite), "poll_interval: must be positive"},
+		{"pool without name", wrap("\t\tapi_key k\n\t\tpool {\n\t\t}", okSite), "pool"},
+		{"bad port", wrap("\t\tapi_key k\n\t\tpool llm {\n\t\t\tport 99999\n\t\t}", okSite), `pool "llm": port`},
+		{"non-numeric port", wrap("\t\tapi_key k\n\t\tpool llm {\n\t\t\tport http\n\t\t}", okSite), `pool "llm": port`},
+		{"unknown token source", wrap("\t\tapi_key k\n\t\tpool llm {\n\t\t\ttoken cookie\n\t\t}", okSite), `unknown token source "cookie"`},
+		{"env token without name", wrap("\t\tapi_key k\n\t\tpool llm {\n\t\t\ttoken env\n\t\t}", okSite), "env needs exactly one variable name"},
+		{"static token without value", wrap("\t\tapi_key k\n\t\tpool llm {\n\t\t\ttoken static\n\t\t}", okSite), "static needs exactly one value"},
+		{"label and prefix", wrap("\t\tapi_key k\n\t\tpool llm {\n\t\t\tlabel a\n\t\t\tlabel_prefix b\n\t\t}", okSite), "mutually exclusive"},
+		{"unknown pool option", wrap("\t\tapi_key k\n\t\tpool llm {\n\t\t\tlabels a\n\t\t}", okSite), `pool "llm": unrecognized option "labels"`},
+		{"duplicate pool", wrap(okPool+"\n\t\tpool llm", okSite), `pool "llm" is defined more than once`},
+		{"vastai_proxy without pool", wrap(okPool, "\tvastai_proxy"), "vastai_proxy: a pool name is required"},
+		{"vastai_proxy with two pools", wrap(okPool, "\tvastai_proxy llm other"), `unexpected argument "other"`},
+		{"vastai_proxy with dynamic", wrap(okPool, "\tvastai_proxy llm {\n\t\tdynamic a example.com\n\t}"), "dynamic upstreams are preset"},
+		{"vastai_proxy with to", wrap(okPool, "\tvastai_proxy llm {\n\t\tto localhost:1\n\t}"), "'to' is not allowed"},
+		{"vastai_proxy with http transport", wrap(okPool, "\tvastai_proxy llm {\n\t\ttransport http\n\t}"), "transport must be vastai"},
+		{"dynamic vastai without pool", wrap(okPool, "\treverse_proxy {\n\t\tdynamic vastai\n\t}"), "a pool name is required"},
+		{"dynamic vastai unknown option", wrap(okPool, "\treverse_proxy {\n\t\tdynamic vastai {\n\t\t\tpools llm\n\t\t}\n\t}"), `unrecognized vastai upstreams option "pools"`},
+	}
+	adapter := caddyconfig.GetAdapter("caddyfile")
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, _, err := adapter.Adapt([]byte(c.caddyfile), nil)
+			if err == nil {
+				t.Fatalf("adapted without error, want %q", c.want)
+			}
+			if !strings.Contains(err.Error(), c.want) {
+				t.Errorf("error %q does not mention %q", err, c.want)
+			}
+		})
+	}
+}
+
+// TestConfigValidationNamesTheField provisions JSON configs (without
+// starting anything) and checks the errors of the semantic checks.
+func TestConfigValidationNamesTheField(t *testing.T) {
+	t.Setenv("VASTAI_EMPTY_FOR_TEST", "")
+	site := func(pool string) string {
+		return `"http":{"servers":{"s":{"listen":[":0"],"routes":[{"handle":[{"handler":"reverse_proxy",
+			"dynamic_upstreams":{"source":"vastai","pool":"` + pool + `"},"transport":{"protocol":"vastai"}}]}]}}}`
+	}
+	cases := []struct {
+		name, vastai, http, want string
+	}{
+		{"missing api_key", `{"pools":{"llm":{}}}`, site("llm"), "api_key: api_key is required"},
+		{"api_key placeholder resolving to nothing", `{"api_key":"{env.VASTAI_EMPTY_FOR_TEST}","pools":{"llm":{}}}`, site("llm"), "resolved to an empty value"},
+		{"unknown pool named by an upstream", `{"api_key":"k","pools":{"llm":{}}}`, site("chat"), `unknown pool "chat" (configured pools: llm)`},
+		{"bad port", `{"api_key":"k","pools":{"llm":{"port":70000}}}`, site("llm"), "port 70000 out of range"},
+		{"unknown token source", `{"api_key":"k","pools":{"llm":{"token":{"source":"cookie"}}}}`, site("llm"), `unknown token source "cookie"`},
+		{"env token without name", `{"api_key":"k","pools":{"llm":{"token":{"source":"env"}}}}`, site("llm"), "needs a variable name"},
+		{"bad api_url", `{"api_key":"k","api_url":"console.vast.ai","pools":{"llm":{}}}`, site("llm"), "api_url"},
+		{"poll_interval too small", `{"api_key":"k","poll_interval":1000,"pools":{"llm":{}}}`, site("llm"), "poll_interval"},
+		{"label and prefix", `{"api_key":"k","pools":{"llm":{"label":"a","label_prefix":"b"}}}`, site("llm"), "mutually exclusive"},
+		{"upstream without the app", ``, site("llm"), "vastai app is not configured"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			apps := `{` + c.http + `}`
+			if c.vastai != "" {
+				apps = `{"vastai":` + c.vastai + `,` + c.http + `}`
+			}
+			var cfg caddy.Config
+			if err := json.Unmarshal([]byte(`{"admin":{"disabled":true},"apps":`+apps+`}`), &cfg); err != nil {
+				t.Fatalf("test config: %v", err)
+			}
+			err := caddy.Validate(&cfg)
+			if err == nil {
+				t.Fatalf("valid, want an error mentioning %q", c.want)
+			}
+			if !strings.Contains(err.Error(), c.want) {
+				t.Errorf("error %q does not mention %q", err, c.want)
+			}
+			if strings.Contains(err.Error(), `"k"`) {
+				t.Errorf("error reveals the api key: %q", err)
+			}
+		})
+	}
+}

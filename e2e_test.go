@@ -1,0 +1,548 @@
+package vastai
+
+// End-to-end tests: a real Caddy (in-process, through caddytest's admin
+// /load), real HTTP over loopback, and vastsim standing in for vast.ai with
+// a real OpenAI-compatible engine per instance.
+//
+// caddytest runs one Caddy per test binary on fixed ports (admin 2999, HTTP
+// 9080), so these tests must not run in parallel; each one loads its own
+// config and unloads the vastai app when it ends, so no fleet state leaks
+// from one test into the next.
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/caddytest"
+
+	"github.com/caddy-vastai/caddy-vastai/vastsim"
+)
+
+const (
+	testAPIKey   = "sim-test-key-0123456789"
+	testProxyURL = "http://localhost:9080"
+	testAdminURL = "http://localhost:2999"
+	testPoll     = "500ms"
+)
+
+// e2eRuns counts end-to-end tests that got a running Caddy; TestMain fails
+// the binary if caddytest silently skipped all of them.
+var (
+	e2eMu   sync.Mutex
+	e2eRuns int
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if code == 0 && !testing.Short() && runFlagEmpty() {
+		e2eMu.Lock()
+		n := e2eRuns
+		e2eMu.Unlock()
+		if n == 0 {
+			fmt.Fprintln(os.Stderr, "FAIL: no end-to-end test ran: caddytest skipped them (missing test certificates or admin endpoint?)")
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+func runFlagEmpty() bool {
+	for _, a := range os.Args[1:] {
+		if strings.HasPrefix(a, "-test.run") || strings.HasPrefix(a, "-test.bench") {
+			return false
+		}
+	}
+	return true
+}
+
+// newSim starts a simulator that is closed when the test ends.
+func newSim(t testing.TB, opts vastsim.Options) *vastsim.Sim {
+	t.Helper()
+	if opts.APIKey == "" {
+		opts.APIKey = testAPIKey
+	}
+	sim := vastsim.New(opts)
+	if _, err := sim.Start(""); err != nil {
+		t.Fatalf("starting vastsim: %v", err)
+	}
+	t.Cleanup(sim.Close)
+	return sim
+}
+
+func launch(t testing.TB, sim *vastsim.Sim, n int, labelPrefix string) []int64 {
+	t.Helper()
+	ids := make([]int64, 0, n)
+	for i := 1; i <= n; i++ {
+		id, err := sim.Launch(vastsim.LaunchSpec{Label: fmt.Sprintf("%s%d", labelPrefix, i), GPUName: "RTX 4090", NumGPUs: 1, DPH: 0.4, Running: true})
+		if err != nil {
+			t.Fatalf("launch: %v", err)
+		}
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// caddyfile renders a test config; site is the body of the :9080 site.
+func testConfig(simURL, pools, site string) string {
+	return fmt.Sprintf(`{
+	admin localhost:2999
+	http_port 9080
+	https_port 9443
+	grace_period 1ns
+	skip_install_trust
+	vastai {
+		api_key {env.VASTAI_E2E_KEY}
+		api_url %s
+		poll_interval %s
+%s
+	}
+}
+
+:9080 {
+%s
+}
+`, simURL, testPoll, pools, site)
+}
+
+const llmPool = `		pool llm {
+			label_prefix llm-
+			port 8000
+			token jupyter_token
+		}`
+
+// startCaddy loads cfg into the in-process Caddy and arranges for the
+// vastai app to be unloaded at the end of the test.
+func startCaddy(t testing.TB, cfg string) *caddytest.Tester {
+	t.Helper()
+	t.Setenv("VASTAI_E2E_KEY", testAPIKey)
+	tc := caddytest.NewTester(t)
+	tc.InitServer(cfg, "caddyfile")
+	if t.Failed() {
+		t.FailNow()
+	}
+	e2eMu.Lock()
+	e2eRuns++
+	e2eMu.Unlock()
+	t.Cleanup(func() {
+		// Unloading the vastai app releases the shared state, so the next
+		// test starts with an empty fleet.
+		tc.InitServer(`{
+	admin localhost:2999
+	http_port 9080
+	https_port 9443
+	grace_period 1ns
+	skip_install_trust
+}
+:9080 {
+	respond "idle"
+}`, "caddyfile")
+	})
+	return tc
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t testing.TB, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", within, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+type adminInstance struct {
+	ID           int64   `json:"id"`
+	Pool         *string `json:"pool"`
+	Label        string  `json:"label"`
+	ActualStatus *string `json:"actual_status"`
+	Upstream     *string `json:"upstream"`
+	Routable     bool    `json:"routable"`
+	GPUName      string  `json:"gpu_name"`
+	NumGPUs      int     `json:"num_gpus"`
+	DPHTotal     float64 `json:"dph_total"`
+}
+
+func adminGET(t testing.TB, path string, out any) (int, []byte) {
+	t.Helper()
+	resp, err := http.Get(testAdminURL + path)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if out != nil && resp.StatusCode == http.StatusOK {
+		if err := json.Unmarshal(body, out); err != nil {
+			t.Fatalf("GET %s: decoding %s: %v", path, body, err)
+		}
+	}
+	return resp.StatusCode, body
+}
+
+func routableIDs(t testing.TB) map[int64]bool {
+	var list []adminInstance
+	adminGET(t, "/vastai/instances", &list)
+	out := map[int64]bool{}
+	for _, in := range list {
+		if in.Routable {
+			out[in.ID] = true
+		}
+	}
+	return out
+}
+
+func waitRoutable(t testing.TB, ids []int64, within time.Duration) {
+	t.Helper()
+	waitFor(t, within, fmt.Sprintf("instances %v routable", ids), func() bool {
+		r := routableIDs(t)
+		for _, id := range ids {
+			if !r[id] {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// completion sends a non-streaming completion through the proxy with a
+// client Authorization header that must never reach an engine.
+func completion(t testing.TB, client *http.Client) (*http.Response, []byte) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, testProxyURL+"/v1/completions",
+		strings.NewReader(`{"model":"vastsim/tiny-llm","prompt":"hello","max_tokens":4}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer client-secret-must-not-leak")
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("request through the proxy: %v", err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp, body
+}
+
+func TestProxySpreadsRequestsWithEachInstancesOwnToken(t *testing.T) {
+	sim := newSim(t, vastsim.Options{})
+	ids := launch(t, sim, 3, "llm-")
+	launch(t, sim, 1, "training-") // not selected by the pool: must get nothing
+	startCaddy(t, testConfig(sim.URL(), llmPool, `	vastai_proxy llm {
+		lb_policy round_robin
+	}`))
+	waitRoutable(t, ids, 10*time.Second)
+
+	client := &http.Client{Timeout: 10 * time.Second}
+	perInstance := map[string]int{}
+	const n = 30
+	for i := 0; i < n; i++ {
+		resp, body := completion(t, client)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("request %d: status %d: %s", i, resp.StatusCode, body)
+		}
+		got := resp.Header.Get(InstanceHeader)
+		if got == "" || got != resp.Header.Get("X-Vastsim-Instance") {
+			t.Fatalf("X-Vastai-Instance %q does not name the engine that answered (%q)", got, resp.Header.Get("X-Vastsim-Instance"))
+		}
+		perInstance[got]++
+	}
+	for _, id := range ids {
+		key := fmt.Sprint(id)
+		if perInstance[key] != n/3 {
+			t.Errorf("round_robin: instance %d served %d of %d requests, want %d (%v)", id, perInstance[key], n, n/3, perInstance)
+		}
+		st := sim.Engine(id)
+		if st.Unauthorized != 0 {
+			t.Errorf("instance %d answered %d requests with 401: a wrong or client token reached it", id, st.Unauthorized)
+		}
+	}
+	for _, in := range sim.Instances() {
+		if strings.HasPrefix(in.Label, "training-") && sim.Engine(in.ID).Requests != 0 {
+			t.Errorf("unselected instance %d got traffic", in.ID)
+		}
+	}
+}
+
+func TestClientAuthorizationIsReplacedNotForwarded(t *testing.T) {
+	sim := newSim(t, vastsim.Options{})
+	ids := launch(t, sim, 1, "llm-")
+	startCaddy(t, testConfig(sim.URL(), llmPool, `	vastai_proxy llm`))
+	waitRoutable(t, ids, 10*time.Second)
+
+	// The engine answers 401 unless the header is exactly its token; a
+	// forwarded or appended client credential would fail.
+	for _, auth := range []string{"", "Bearer client-secret", "Basic dXNlcjpwYXNz"} {
+		req, _ := http.NewRequest(http.MethodGet, testProxyURL+"/v1/models", nil)
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || !bytes.Contains(body, []byte(`"data"`)) {
+			t.Errorf("client Authorization %q: status %d body %s", auth, resp.StatusCode, body)
+		}
+	}
+	if u := sim.Engine(ids[0]).Unauthorized; u != 0 {
+		t.Errorf("%d requests reached the engine with the wrong credentials", u)
+	}
+}
+
+func TestStreamedCompletionArrivesEventByEvent(t *testing.T) {
+	const interval = 40 * time.Millisecond
+	sim := newSim(t, vastsim.Options{TokenInterval: interval})
+	ids := launch(t, sim, 1, "llm-")
+	startCaddy(t, testConfig(sim.URL(), llmPool, `	vastai_proxy llm`))
+	waitRoutable(t, ids, 10*time.Second)
+
+	req, _ := http.NewRequest(http.MethodPost, testProxyURL+"/v1/chat/completions",
+		strings.NewReader(`{"model":"vastsim/tiny-llm","stream":true,"max_tokens":20,"messages":[{"role":"user","content":"count"}]}`))
+	req.Header.Set("Content-Type", "application/json")
+	start := time.Now()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
+		t.Fatalf("status %d content-type %q", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	var arrivals []time.Duration
+	sc := bufio.NewScanner(resp.Body)
+	done := false
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, "data: ") {
+			continue
+		}
+		arrivals = append(arrivals, time.Since(start))
+		if line == "data: [DONE]" {
+			done = true
+		}
+	}
+	if !done {
+		t.Fatalf("stream ended without [DONE] after %d events", len(arrivals))
+	}
+	if len(arrivals) < 20 {
+		t.Fatalf("got %d events, want at least 20", len(arrivals))
+	}
+	first, last := arrivals[0], arrivals[len(arrivals)-1]
+	// Buffering would deliver everything at once; unbuffered streaming
+	// spreads the events over the engine's ~19 token intervals.
+	if spread := last - first; spread < 10*interval {
+		t.Errorf("events arrived within %s of each other (first %s, last %s): the stream was buffered", spread, first, last)
+	}
+}
+
+func TestDestroyedInstanceStopsReceivingTraffic(t *testing.T) {
+	sim := newSim(t, vastsim.Options{DestroyDelay: 3 * time.Second})
+	ids := launch(t, sim, 3, "llm-")
+	startCaddy(t, testConfig(sim.URL(), llmPool, `	vastai_proxy llm {
+		lb_policy round_robin
+		lb_try_duration 5s
+	}`))
+	waitRoutable(t, ids, 10*time.Second)
+
+	victim := ids[1]
+	sim.Remove(victim)
+	// Two poll intervals, plus the list endpoint's 1s pacing per poll.
+	waitFor(t, 2*(500*time.Millisecond+time.Second)+time.Second, "destroyed instance out of routing", func() bool {
+		return !routableIDs(t)[victim]
+	})
+	before := sim.Engine(victim).Requests
+	client := &http.Client{Timeout: 10 * time.Second}
+	for i := 0; i < 12; i++ {
+		resp, body := completion(t, client)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("request %d: %d %s", i, resp.StatusCode, body)
+		}
+		if resp.Header.Get(InstanceHeader) == fmt.Sprint(victim) {
+			t.Fatalf("request %d was served by the destroyed instance", i)
+		}
+	}
+	if after := sim.Engine(victim).Requests; after != before {
+		t.Errorf("destroyed instance received %d requests", after-before)
+	}
+}
+
+func TestAPIOutageKeepsRoutingOnTheLastSnapshot(t *testing.T) {
+	sim := newSim(t, vastsim.Options{})
+	ids := launch(t, sim, 3, "llm-")
+	startCaddy(t, testConfig(sim.URL(), llmPool, `	vastai_proxy llm {
+		lb_policy round_robin
+	}`))
+	waitRoutable(t, ids, 10*time.Second)
+
+	for _, fault := range []vastsim.Faults{{Status: 503}, {RateLimit: true}, {Status: 500}, {MalformedJSON: true}} {
+		sim.SetFaults(fault)
+		var status struct {
+			ConsecutiveFailures int     `json:"consecutive_failures"`
+			LastError           string  `json:"last_error"`
+			StaleSeconds        float64 `json:"stale_seconds"`
+		}
+		waitFor(t, 15*time.Second, fmt.Sprintf("the watcher to see fault %+v", fault), func() bool {
+			adminGET(t, "/vastai/status", &status)
+			return status.ConsecutiveFailures >= 1
+		})
+		if strings.Contains(status.LastError, testAPIKey) {
+			t.Fatalf("the API key leaked into the status: %q", status.LastError)
+		}
+		served := map[string]bool{}
+		for i := 0; i < 9; i++ {
+			resp, body := completion(t, http.DefaultClient)
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("fault %+v: request %d: %d %s", fault, i, resp.StatusCode, body)
+			}
+			served[resp.Header.Get(InstanceHeader)] = true
+		}
+		if len(served) != 3 {
+			t.Errorf("fault %+v: traffic reached %d instances, want all 3", fault, len(served))
+		}
+		sim.SetFaults(vastsim.Faults{})
+		waitFor(t, 15*time.Second, "the watcher to recover", func() bool {
+			adminGET(t, "/vastai/status", &status)
+			return status.ConsecutiveFailures == 0
+		})
+	}
+}
+
+func TestThirtyInstancesAcrossTwoPagesAreAllFound(t *testing.T) {
+	sim := newSim(t, vastsim.Options{})
+	ids := launch(t, sim, 30, "llm-")
+	startCaddy(t, testConfig(sim.URL(), llmPool, `	vastai_proxy llm`))
+	waitRoutable(t, ids, 15*time.Second)
+
+	var pool struct {
+		Routable []int64 `json:"routable"`
+	}
+	if code, body := adminGET(t, "/vastai/pools/llm", &pool); code != http.StatusOK {
+		t.Fatalf("GET /vastai/pools/llm: %d %s", code, body)
+	}
+	if len(pool.Routable) != 30 {
+		t.Errorf("pool has %d routable instances, want 30", len(pool.Routable))
+	}
+	pages := 0
+	for _, c := range sim.APICalls() {
+		if c.Path == "/api/v0/instances/" {
+			t.Errorf("the retired v0 list endpoint was called")
+		}
+		if c.Path == "/api/v1/instances/" && strings.Contains(c.Query, "after_token") {
+			pages++
+		}
+	}
+	if pages == 0 {
+		t.Errorf("next_token was never followed")
+	}
+}
+
+func TestReloadKeepsStateAndRunsExactlyOneWatcher(t *testing.T) {
+	sim := newSim(t, vastsim.Options{})
+	ids := launch(t, sim, 3, "llm-")
+	tc := startCaddy(t, testConfig(sim.URL(), llmPool, `	vastai_proxy llm`))
+	waitRoutable(t, ids, 10*time.Second)
+
+	for i := 0; i < 4; i++ {
+		// Each reload changes the config, so Caddy really swaps apps.
+		site := fmt.Sprintf("\tvastai_proxy llm {\n\t\theader_down X-Reload %d\n\t}", i)
+		tc.InitServer(testConfig(sim.URL(), llmPool, site), "caddyfile")
+		// State survives the reload: the instances are routable at once,
+		// before any new poll.
+		r := routableIDs(t)
+		for _, id := range ids {
+			if !r[id] {
+				t.Fatalf("reload %d: instance %d not routable right after the reload", i, id)
+			}
+		}
+		resp, body := completion(t, http.DefaultClient)
+		if resp.StatusCode != http.StatusOK || resp.Header.Get("X-Reload") != fmt.Sprint(i) {
+			t.Fatalf("reload %d: status %d X-Reload %q: %s", i, resp.StatusCode, resp.Header.Get("X-Reload"), body)
+		}
+		var status struct {
+			WatchersRunning int `json:"watchers_running"`
+		}
+		adminGET(t, "/vastai/status", &status)
+		if status.WatchersRunning != 1 {
+			t.Fatalf("reload %d: %d watcher loops running, want exactly 1", i, status.WatchersRunning)
+		}
+	}
+	if n, _ := states.References(stateKey); n != 1 {
+		t.Errorf("shared state has %d references after the reloads, want 1", n)
+	}
+}
+
+func TestAdminAPIListsInstancesWithoutSecrets(t *testing.T) {
+	sim := newSim(t, vastsim.Options{})
+	ids := launch(t, sim, 2, "llm-")
+	other := launch(t, sim, 1, "batch-")
+	startCaddy(t, testConfig(sim.URL(), llmPool, `	vastai_proxy llm`))
+	waitRoutable(t, ids, 10*time.Second)
+
+	var list []adminInstance
+	_, raw := adminGET(t, "/vastai/instances", &list)
+	for _, in := range sim.Instances() {
+		if strings.Contains(string(raw), in.JupyterToken) {
+			t.Fatalf("instance %d's token appears in the admin API", in.ID)
+		}
+	}
+	if strings.Contains(string(raw), testAPIKey) {
+		t.Fatal("the API key appears in the admin API")
+	}
+	byID := map[int64]adminInstance{}
+	for _, in := range list {
+		byID[in.ID] = in
+	}
+	for _, id := range ids {
+		in := byID[id]
+		if in.Pool == nil || *in.Pool != "llm" || in.Upstream == nil || in.ActualStatus == nil || *in.ActualStatus != "running" ||
+			in.GPUName != "RTX 4090" || in.NumGPUs != 1 || in.DPHTotal <= 0 {
+			t.Errorf("instance %d: %+v", id, in)
+		}
+	}
+	if in, ok := byID[other[0]]; !ok || in.Pool != nil || in.Routable {
+		t.Errorf("unpooled instance: %+v (present %v), want pool null and not routable", in, ok)
+	}
+
+	var one adminInstance
+	if code, body := adminGET(t, fmt.Sprintf("/vastai/instances/%d", ids[0]), &one); code != http.StatusOK || one.ID != ids[0] {
+		t.Errorf("GET one: %d %s", code, body)
+	}
+	cases := []struct {
+		path string
+		code int
+	}{
+		{"/vastai/instances/999999999", http.StatusNotFound},
+		{"/vastai/instances/abc", http.StatusBadRequest},
+		{"/vastai/pools/nope", http.StatusNotFound},
+		{"/vastai/nothing", http.StatusNotFound},
+	}
+	for _, c := range cases {
+		code, body := adminGET(t, c.path, nil)
+		var e struct {
+			Error string `json:"error"`
+		}
+		if code != c.code || json.Unmarshal(body, &e) != nil || e.Error == "" {
+			t.Errorf("GET %s: %d %s, want %d with a JSON error", c.path, code, body, c.code)
+		}
+	}
+	req, _ := http.NewRequest(http.MethodDelete, testAdminURL+"/vastai/instances", nil)
+	req.Header.Set("Origin", testAdminURL)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("DELETE /vastai/instances: %d, want 405", resp.StatusCode)
+	}
+}
