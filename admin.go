@@ -131,6 +131,10 @@ type instanceView struct {
 	Upstream       *string    `json:"upstream"`
 	Routable       bool       `json:"routable"`
 	Reason         string     `json:"reason,omitempty"`
+	State          string     `json:"state"`
+	StateSince     *time.Time `json:"state_since"`
+	Ready          bool       `json:"ready"`
+	LastProbe      *probeView `json:"last_probe"`
 	GPUName        string     `json:"gpu_name"`
 	NumGPUs        int        `json:"num_gpus"`
 	DPHTotal       float64    `json:"dph_total"`
@@ -153,6 +157,10 @@ func newInstanceView(m fleet.Member) instanceView {
 	if m.Pool != "" {
 		v.Pool = &m.Pool
 	}
+	v.State, v.StateSince, v.Ready = m.State, timePtr(m.StateSince), m.State == fleet.StateReady
+	if p := m.LastProbe(); p != nil {
+		v.LastProbe = &probeView{Time: p.Time, Status: p.Status, LatencyMS: float64(p.Latency.Microseconds()) / 1000, Error: p.Error, OK: p.OK}
+	}
 	if in.ActualStatus != "" {
 		v.ActualStatus = &in.ActualStatus
 	}
@@ -166,19 +174,28 @@ func newInstanceView(m fleet.Member) instanceView {
 	return v
 }
 
+type probeView struct {
+	Time      time.Time `json:"time"`
+	Status    int       `json:"status,omitempty"`
+	LatencyMS float64   `json:"latency_ms"`
+	Error     string    `json:"error,omitempty"`
+	OK        bool      `json:"ok"`
+}
+
 type poolView struct {
-	Name      string  `json:"name"`
-	Label     string  `json:"label,omitempty"`
-	Prefix    string  `json:"label_prefix,omitempty"`
-	Port      int     `json:"port"`
-	Members   []int64 `json:"members"`
-	Routable  []int64 `json:"routable"`
-	SpendRate float64 `json:"spend_rate_dollars_per_hour"`
+	Name      string         `json:"name"`
+	Label     string         `json:"label,omitempty"`
+	Prefix    string         `json:"label_prefix,omitempty"`
+	Port      int            `json:"port"`
+	Members   []int64        `json:"members"`
+	Routable  []int64        `json:"routable"`
+	States    map[string]int `json:"states"`
+	SpendRate float64        `json:"spend_rate_dollars_per_hour"`
 }
 
 func newPoolView(snap *fleet.Snapshot, name string) poolView {
 	pv := snap.Pools[name]
-	v := poolView{Name: name, Label: pv.Spec.Label, Prefix: pv.Spec.LabelPrefix, Port: pv.Spec.Port, Members: []int64{}, Routable: []int64{}}
+	v := poolView{Name: name, Label: pv.Spec.Label, Prefix: pv.Spec.LabelPrefix, Port: pv.Spec.Port, Members: []int64{}, Routable: []int64{}, States: map[string]int{}}
 	if v.Port == 0 {
 		v.Port = fleet.DefaultPort
 	}
@@ -187,6 +204,7 @@ func newPoolView(snap *fleet.Snapshot, name string) poolView {
 			continue
 		}
 		v.Members = append(v.Members, m.Instance.ID)
+		v.States[m.State]++
 		if m.Instance.ActualStatus == "running" {
 			v.SpendRate += m.Instance.DPHTotal
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"testing"
@@ -22,22 +23,38 @@ func (s staticLister) ListInstances(context.Context, vastclient.ListOptions) (*v
 	return s.res, nil
 }
 
-// upstreamsOver returns a vastai upstream source over n running instances.
+// upstreamsOver returns a vastai upstream source over n ready instances:
+// n real loopback listeners answer the health probes, so the instances
+// become ready the way they do in production.
 func upstreamsOver(tb testing.TB, n int) *Upstreams {
 	tb.Helper()
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {})}
 	res := &vastclient.ListResult{}
 	for i := 1; i <= n; i++ {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			tb.Fatal(err)
+		}
+		go func() { _ = srv.Serve(ln) }()
 		res.Instances = append(res.Instances, vastclient.Instance{
 			ID: int64(1000 + i), Label: fmt.Sprintf("llm-%d", i), ActualStatus: "running",
-			PublicIPAddr: "10.1.0.1", JupyterToken: "t" + strconv.Itoa(i),
-			Ports: vastclient.Ports{"8000/tcp": {{HostIP: "0.0.0.0", HostPort: strconv.Itoa(20000 + i)}}},
+			PublicIPAddr: "127.0.0.1", JupyterToken: "t" + strconv.Itoa(i),
+			Ports: vastclient.Ports{"8000/tcp": {{HostIP: "0.0.0.0", HostPort: strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)}}},
 		})
 	}
+	tb.Cleanup(func() { _ = srv.Close() })
 	w := fleet.NewWatcher(nil)
-	w.Configure(staticLister{res}, fleet.Config{Pools: []fleet.PoolSpec{{Name: "llm", LabelPrefix: "llm-"}}, PollInterval: time.Hour})
-	if err := w.Poll(context.Background()); err != nil {
-		tb.Fatal(err)
-	}
+	w.Configure(staticLister{res}, fleet.Config{
+		Pools:        []fleet.PoolSpec{{Name: "llm", LabelPrefix: "llm-", Health: fleet.HealthSpec{Interval: time.Hour}}},
+		PollInterval: time.Hour,
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); w.Run(ctx) }()
+	tb.Cleanup(func() { cancel(); <-done })
+	waitFor(tb, 10*time.Second, "instances ready", func() bool {
+		return len(w.Snapshot().Pools["llm"].Targets) == n
+	})
 	return &Upstreams{Pool: "llm", watcher: w}
 }
 
@@ -47,9 +64,12 @@ func TestGetUpstreamsReturnsFreshSortedValues(t *testing.T) {
 	if err != nil || len(a) != 100 {
 		t.Fatalf("got %d upstreams, err %v", len(a), err)
 	}
+	snap := u.watcher.Snapshot()
 	for i := 1; i < len(a); i++ {
-		if a[i-1].Dial >= a[i].Dial {
-			t.Fatalf("not sorted by instance id at %d: %s, %s", i, a[i-1].Dial, a[i].Dial)
+		prev, _ := snap.Route(a[i-1].Dial)
+		cur, _ := snap.Route(a[i].Dial)
+		if prev.ID >= cur.ID {
+			t.Fatalf("not sorted by instance id at %d: %d, %d", i, prev.ID, cur.ID)
 		}
 	}
 	b, _ := u.GetUpstreams(nil)

@@ -1,7 +1,9 @@
 package vastai
 
 import (
+	"encoding/json"
 	"strconv"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -31,7 +33,19 @@ func init() {
 //			label_prefix <prefix>    # label prefix match
 //			port         <port>      # engine container port, default 8000
 //			token jupyter_token | env <NAME> | static <value>
+//			health {
+//				path                <path>         # default /health
+//				method              <method>       # default GET
+//				body                <json>         # e.g. a 1-token completion
+//				expect              <status...>    # default 200
+//				interval            <duration>     # default 5s
+//				timeout             <duration>     # default 5s
+//				healthy_threshold   <n>            # default 1
+//				unhealthy_threshold <n>            # default 2
+//				grace               <duration>     # default 30m
+//			}
 //		}
+//		max_concurrent_probes <n>    # default 64
 //	}
 func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 	if existing != nil {
@@ -74,6 +88,12 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("poll_interval: must be positive, got %s", raw)
 			}
 			a.PollInterval = caddy.Duration(dur)
+		case "max_concurrent_probes":
+			n, err := positiveInt(d)
+			if err != nil {
+				return err
+			}
+			a.MaxConcurrentProbes = n
 		case "pool":
 			if !d.NextArg() {
 				return d.Err("pool: a pool name is required")
@@ -146,6 +166,18 @@ func (p *Pool) unmarshalCaddyfile(d *caddyfile.Dispenser, name string) error {
 				return d.Errf("pool %q: token: unknown token source %q (want jupyter_token, env <NAME> or static <value>)", name, args[0])
 			}
 			p.Token = tc
+		case "health":
+			if d.NextArg() {
+				return d.Errf("pool %q: health: expected a block", name)
+			}
+			if p.Health != nil {
+				return d.Errf("pool %q: health is defined more than once", name)
+			}
+			h, err := unmarshalHealth(d, name)
+			if err != nil {
+				return err
+			}
+			p.Health = h
 		default:
 			return d.Errf("pool %q: unrecognized option %q", name, opt)
 		}
@@ -154,6 +186,93 @@ func (p *Pool) unmarshalCaddyfile(d *caddyfile.Dispenser, name string) error {
 		return d.Errf("pool %q: label and label_prefix are mutually exclusive", name)
 	}
 	return nil
+}
+
+func unmarshalHealth(d *caddyfile.Dispenser, pool string) (*HealthConfig, error) {
+	h := new(HealthConfig)
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		errf := func(format string, args ...any) error {
+			return d.Errf("pool %q: health: %s: "+format, append([]any{pool, opt}, args...)...)
+		}
+		switch opt {
+		case "path", "method", "body":
+			var v string
+			if err := oneArg(d, &v); err != nil {
+				return nil, err
+			}
+			switch opt {
+			case "path":
+				if !strings.HasPrefix(v, "/") {
+					return nil, errf("%q must start with /", v)
+				}
+				h.Path = v
+			case "method":
+				h.Method = strings.ToUpper(v)
+			case "body":
+				if !json.Valid([]byte(v)) {
+					return nil, errf("not valid JSON (quote the body if it has spaces)")
+				}
+				h.Body = v
+			}
+		case "expect":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return nil, errf("at least one status code is required")
+			}
+			for _, a := range args {
+				code, err := strconv.Atoi(a)
+				if err != nil || code < 100 || code > 599 {
+					return nil, errf("%q is not an HTTP status code", a)
+				}
+				h.Expect = append(h.Expect, code)
+			}
+		case "interval", "timeout", "grace":
+			var raw string
+			if err := oneArg(d, &raw); err != nil {
+				return nil, err
+			}
+			dur, err := caddy.ParseDuration(raw)
+			if err != nil || dur <= 0 {
+				return nil, errf("%q is not a positive duration", raw)
+			}
+			switch opt {
+			case "interval":
+				h.Interval = caddy.Duration(dur)
+			case "timeout":
+				h.Timeout = caddy.Duration(dur)
+			case "grace":
+				h.Grace = caddy.Duration(dur)
+			}
+		case "healthy_threshold", "unhealthy_threshold":
+			n, err := positiveInt(d)
+			if err != nil {
+				return nil, err
+			}
+			if opt == "healthy_threshold" {
+				h.HealthyThreshold = n
+			} else {
+				h.UnhealthyThreshold = n
+			}
+		default:
+			return nil, d.Errf("pool %q: health: unrecognized option %q", pool, opt)
+		}
+	}
+	return h, nil
+}
+
+// positiveInt reads exactly one positive integer argument.
+func positiveInt(d *caddyfile.Dispenser) (int, error) {
+	opt := d.Val()
+	var raw string
+	if err := oneArg(d, &raw); err != nil {
+		return 0, err
+	}
+	n, err := strconv.Atoi(raw)
+	if err != nil || n <= 0 {
+		return 0, d.Errf("%s: %q is not a positive integer", opt, raw)
+	}
+	return n, nil
 }
 
 // oneArg reads exactly one argument into dst.

@@ -546,3 +546,173 @@ func TestAdminAPIListsInstancesWithoutSecrets(t *testing.T) {
 		t.Errorf("DELETE /vastai/instances: %d, want 405", resp.StatusCode)
 	}
 }
+
+// healthPool is llmPool with fast probes, for the health tests.
+const healthPool = `		pool llm {
+			label_prefix llm-
+			health {
+				path /health
+				interval 200ms
+				timeout 500ms
+				unhealthy_threshold 2
+				grace 1m
+			}
+		}`
+
+func instanceState(t testing.TB, id int64) adminInstance2 {
+	t.Helper()
+	var in adminInstance2
+	adminGET(t, fmt.Sprintf("/vastai/instances/%d", id), &in)
+	return in
+}
+
+type adminInstance2 struct {
+	ID         int64      `json:"id"`
+	State      string     `json:"state"`
+	StateSince *time.Time `json:"state_since"`
+	Ready      bool       `json:"ready"`
+	Routable   bool       `json:"routable"`
+	LastProbe  *struct {
+		Time      time.Time `json:"time"`
+		Status    int       `json:"status"`
+		LatencyMS float64   `json:"latency_ms"`
+		Error     string    `json:"error"`
+		OK        bool      `json:"ok"`
+	} `json:"last_probe"`
+}
+
+func waitInstanceState(t testing.TB, id int64, state string, within time.Duration) {
+	t.Helper()
+	waitFor(t, within, fmt.Sprintf("instance %d in state %s", id, state), func() bool {
+		return instanceState(t, id).State == state
+	})
+}
+
+func TestEngineStillLoadingGetsNoTrafficUntilReady(t *testing.T) {
+	sim := newSim(t, vastsim.Options{})
+	ids := launch(t, sim, 1, "llm-")
+	sim.SetEngineReady(ids[0], false) // "loading weights": the portal answers with placeholders
+	startCaddy(t, testConfig(sim.URL(), healthPool, `	vastai_proxy llm`))
+
+	waitFor(t, 10*time.Second, "probes of the loading engine", func() bool {
+		in := instanceState(t, ids[0])
+		return in.LastProbe != nil && !in.LastProbe.OK
+	})
+	in := instanceState(t, ids[0])
+	if in.State != "starting" || in.Routable || in.Ready || !strings.Contains(in.LastProbe.Error, "X-Portal-Placeholder") {
+		t.Fatalf("loading engine: %+v, want starting, unroutable, placeholder probe error", in)
+	}
+	for i := 0; i < 3; i++ {
+		resp, body := completion(t, http.DefaultClient)
+		// No upstream: Caddy's own 503, not the engine's placeholder 502.
+		if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("X-Portal-Placeholder") != "" {
+			t.Fatalf("request to a pool with only a loading engine: %d %q %s", resp.StatusCode, resp.Header.Get("X-Portal-Placeholder"), body)
+		}
+	}
+	if c := sim.Engine(ids[0]).Completions; c != 0 {
+		t.Fatalf("the loading engine accepted %d completions", c)
+	}
+
+	sim.SetEngineReady(ids[0], true)
+	waitInstanceState(t, ids[0], "ready", 10*time.Second)
+	resp, body := completion(t, http.DefaultClient)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("after ready: %d %s", resp.StatusCode, body)
+	}
+}
+
+func TestHangingEngineIsDrainedFromRouting(t *testing.T) {
+	sim := newSim(t, vastsim.Options{})
+	ids := launch(t, sim, 3, "llm-")
+	startCaddy(t, testConfig(sim.URL(), healthPool, `	vastai_proxy llm {
+		lb_policy round_robin
+		transport vastai {
+			response_header_timeout 3s
+		}
+	}`))
+	waitRoutable(t, ids, 10*time.Second)
+
+	victim := ids[0]
+	sim.HangEngine(victim, true)
+	start := time.Now()
+	// timeout + unhealthy_threshold × interval = 500ms + 2×200ms, plus a
+	// probe tick and the admin read.
+	waitInstanceState(t, victim, "unhealthy", 3*time.Second)
+	t.Logf("hung engine marked unhealthy after %s (bound 900ms)", time.Since(start))
+	for i := 0; i < 9; i++ {
+		resp, body := completion(t, &http.Client{Timeout: 5 * time.Second})
+		if resp.StatusCode != http.StatusOK || resp.Header.Get(InstanceHeader) == fmt.Sprint(victim) {
+			t.Fatalf("request %d after drain: %d from %s: %s", i, resp.StatusCode, resp.Header.Get(InstanceHeader), body)
+		}
+	}
+	sim.HangEngine(victim, false)
+	waitInstanceState(t, victim, "ready", 5*time.Second)
+}
+
+func TestClientCancellationsNeverMarkAnInstanceUnhealthy(t *testing.T) {
+	sim := newSim(t, vastsim.Options{TokenInterval: 100 * time.Millisecond})
+	ids := launch(t, sim, 1, "llm-")
+	// Probes are rare here, so only the passive signals could change
+	// the state during the test.
+	startCaddy(t, testConfig(sim.URL(), `		pool llm {
+			label_prefix llm-
+			health {
+				interval 1h
+				unhealthy_threshold 2
+			}
+		}`, `	vastai_proxy llm`))
+	waitRoutable(t, ids, 10*time.Second)
+
+	for i := 0; i < 6; i++ {
+		// A non-streaming completion of 20 tokens takes 2s; the client
+		// gives up after 150ms, before the response headers.
+		client := &http.Client{Timeout: 150 * time.Millisecond}
+		req, _ := http.NewRequest(http.MethodPost, testProxyURL+"/v1/completions",
+			strings.NewReader(`{"model":"vastsim/tiny-llm","prompt":"slow","max_tokens":20}`))
+		if resp, err := client.Do(req); err == nil {
+			resp.Body.Close()
+			t.Fatalf("request %d finished; the test needs it cancelled", i)
+		}
+	}
+	// A streaming client that leaves mid-stream.
+	req, _ := http.NewRequest(http.MethodPost, testProxyURL+"/v1/completions",
+		strings.NewReader(`{"model":"vastsim/tiny-llm","prompt":"slow","max_tokens":20,"stream":true}`))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64)
+	_, _ = resp.Body.Read(buf)
+	resp.Body.Close()
+
+	waitFor(t, 5*time.Second, "the engine to see the cancellations", func() bool { return sim.Engine(ids[0]).InFlight == 0 })
+	if in := instanceState(t, ids[0]); in.State != "ready" || !in.Routable {
+		t.Fatalf("after client cancellations the instance is %+v, want ready", in)
+	}
+	resp2, body := completion(t, http.DefaultClient)
+	if resp2.StatusCode != http.StatusOK {
+		t.Fatalf("after cancellations: %d %s", resp2.StatusCode, body)
+	}
+}
+
+func TestPlaceholderResponsesTakeAReadyInstanceOutOfRotation(t *testing.T) {
+	sim := newSim(t, vastsim.Options{})
+	ids := launch(t, sim, 2, "llm-")
+	startCaddy(t, testConfig(sim.URL(), healthPool, `	vastai_proxy llm {
+		lb_policy round_robin
+		lb_try_duration 2s
+	}`))
+	waitRoutable(t, ids, 10*time.Second)
+
+	victim := ids[1]
+	sim.SetEngineReady(victim, false) // the engine restarts behind the portal
+	waitInstanceState(t, victim, "unhealthy", 5*time.Second)
+	for i := 0; i < 6; i++ {
+		resp, body := completion(t, http.DefaultClient)
+		if resp.StatusCode != http.StatusOK || resp.Header.Get(InstanceHeader) != fmt.Sprint(ids[0]) {
+			t.Fatalf("request %d: %d from %q: %s", i, resp.StatusCode, resp.Header.Get(InstanceHeader), body)
+		}
+	}
+	sim.SetEngineReady(victim, true)
+	waitInstanceState(t, victim, "ready", 5*time.Second)
+}

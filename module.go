@@ -57,6 +57,10 @@ type App struct {
 	// label prefix, then a pool with no selector).
 	Pools map[string]*Pool `json:"pools,omitempty"`
 
+	// Maximum number of health probes in flight at once, over all pools.
+	// Default: 64.
+	MaxConcurrentProbes int `json:"max_concurrent_probes,omitempty"`
+
 	apiKey string
 	specs  []fleet.PoolSpec
 	state  *state
@@ -79,6 +83,59 @@ type Pool struct {
 	// Where each instance's Bearer token comes from. Default: the
 	// instance's jupyter_token.
 	Token *TokenConfig `json:"token,omitempty"`
+
+	// Active health probes of the engines. Only instances whose engine
+	// passes them receive traffic. Default: GET /health every 5s.
+	Health *HealthConfig `json:"health,omitempty"`
+}
+
+// HealthConfig configures a pool's active probes. Probes carry the
+// instance's Bearer token and take the same path as traffic.
+type HealthConfig struct {
+	// Path of the probe request. Default: /health.
+	Path string `json:"path,omitempty"`
+
+	// HTTP method of the probe. Default: GET.
+	Method string `json:"method,omitempty"`
+
+	// Optional JSON request body, so that a tiny generation (for example a
+	// one-token completion) can be the probe: a hung engine can still
+	// answer /health.
+	Body string `json:"body,omitempty"`
+
+	// Status codes that mean healthy. Default: [200]. A response with
+	// the X-Portal-Placeholder header is never healthy.
+	Expect []int `json:"expect,omitempty"`
+
+	// Time between probes of one instance. Default: 5s.
+	Interval caddy.Duration `json:"interval,omitempty"`
+
+	// Time limit of one probe. Default: 5s.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+
+	// Consecutive successes that make an instance ready. Default: 1.
+	HealthyThreshold int `json:"healthy_threshold,omitempty"`
+
+	// Consecutive failures (probes, or connection errors and 5xx of live
+	// traffic) that make a ready instance unhealthy. Default: 2.
+	UnhealthyThreshold int `json:"unhealthy_threshold,omitempty"`
+
+	// Start-up grace: while an engine is starting (pulling weights can
+	// take many minutes), failing probes do not make it unhealthy; past
+	// the grace it is reported as failed. Default: 30m.
+	Grace caddy.Duration `json:"grace,omitempty"`
+}
+
+func (h *HealthConfig) spec() fleet.HealthSpec {
+	if h == nil {
+		return fleet.HealthSpec{}
+	}
+	return fleet.HealthSpec{
+		Path: h.Path, Method: h.Method, Body: h.Body, Expect: h.Expect,
+		Interval: time.Duration(h.Interval), Timeout: time.Duration(h.Timeout),
+		HealthyThreshold: h.HealthyThreshold, UnhealthyThreshold: h.UnhealthyThreshold,
+		Grace: time.Duration(h.Grace),
+	}
 }
 
 // TokenConfig says where an instance's Bearer token comes from.
@@ -124,7 +181,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 			p = new(Pool)
 			a.Pools[name] = p
 		}
-		spec := fleet.PoolSpec{Name: name, Label: p.Label, LabelPrefix: p.LabelPrefix, Port: p.Port}
+		spec := fleet.PoolSpec{Name: name, Label: p.Label, LabelPrefix: p.LabelPrefix, Port: p.Port, Health: p.Health.spec()}
 		if p.Token != nil {
 			spec.Token = fleet.TokenSource{Kind: p.Token.Source}
 			switch p.Token.Source {
@@ -161,6 +218,9 @@ func (a *App) Validate() error {
 	}
 	if a.PollInterval < 0 {
 		return fmt.Errorf("vastai: poll_interval: must not be negative, got %s", time.Duration(a.PollInterval))
+	}
+	if a.MaxConcurrentProbes < 0 {
+		return fmt.Errorf("vastai: max_concurrent_probes: must not be negative")
 	}
 	if a.PollInterval > 0 && time.Duration(a.PollInterval) < 500*time.Millisecond {
 		return fmt.Errorf("vastai: poll_interval: %s is below the minimum of 500ms", time.Duration(a.PollInterval))
@@ -199,8 +259,9 @@ func (a *App) Start() error {
 		interval = fleet.DefaultPollInterval
 	}
 	return a.state.apply(a.logger, clientSettings{baseURL: base, apiKey: a.apiKey}, fleet.Config{
-		Pools:        a.specs,
-		PollInterval: interval,
+		Pools:               a.specs,
+		PollInterval:        interval,
+		MaxConcurrentProbes: a.MaxConcurrentProbes,
 	})
 }
 

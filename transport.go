@@ -1,6 +1,7 @@
 package vastai
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -30,6 +31,10 @@ var errNoRoute = errors.New("upstream is no longer routable")
 // attempt it sets "Authorization: Bearer <that instance's token>", replacing
 // whatever the client sent, and adds an X-Vastai-Instance response header.
 // Every option of the http transport (timeouts, TLS, versions...) works.
+//
+// It also feeds passive health: connection failures, 5xx responses and
+// portal placeholders count toward an instance becoming unhealthy; requests
+// the client cancelled never do.
 //
 // The token is looked up in the reload-surviving snapshot by the selected
 // upstream's address, so a stream that started under an old config keeps
@@ -81,6 +86,19 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	out.Header.Set("Authorization", "Bearer "+route.Token)
 
 	resp, err := t.HTTPTransport.RoundTrip(out)
+	switch {
+	case err != nil:
+		// A client that gave up is not the instance's fault (vastproxy
+		// bug B1); anything else (refused, reset, response header
+		// timeout) is.
+		if req.Context().Err() == nil && !errors.Is(err, context.Canceled) {
+			t.watcher.ReportTraffic(route.ID, false)
+		}
+	case resp.StatusCode >= 500 || resp.Header.Get(fleet.PlaceholderHeader) != "":
+		t.watcher.ReportTraffic(route.ID, false)
+	default:
+		t.watcher.ReportTraffic(route.ID, true)
+	}
 	if resp != nil {
 		resp.Header.Set(InstanceHeader, strconv.FormatInt(route.ID, 10))
 	}

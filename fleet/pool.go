@@ -70,6 +70,7 @@ type PoolSpec struct {
 	LabelPrefix string // label prefix match
 	Port        int    // the engine's container port
 	Token       TokenSource
+	Health      HealthSpec
 }
 
 // DefaultPort is the engine container port used when a pool sets none.
@@ -88,6 +89,9 @@ func (p PoolSpec) Validate() error {
 	}
 	if err := p.Token.Validate(); err != nil {
 		return fmt.Errorf("pool %q: token: %w", p.Name, err)
+	}
+	if err := p.Health.Validate(); err != nil {
+		return fmt.Errorf("pool %q: %w", p.Name, err)
 	}
 	return nil
 }

@@ -56,10 +56,15 @@ type Member struct {
 	Pool string
 	// Upstream is "ip:port" of the pool's engine port, "" if not mapped.
 	Upstream string
-	// Routable is true when traffic may be sent to the instance.
+	// Routable is true when traffic may be sent to the instance: it is
+	// ready and has an address and a token.
 	Routable bool
 	// Reason explains why the instance is not routable.
 	Reason string
+	// State is the health state (StateReady etc.) and StateSince when it
+	// was entered.
+	State      string
+	StateSince time.Time
 	// FirstSeen and LastSeen are when the watcher first and last listed it.
 	FirstSeen time.Time
 	LastSeen  time.Time
@@ -67,6 +72,15 @@ type Member struct {
 	Misses int
 
 	token string
+	probe *probeCell
+}
+
+// LastProbe returns the latest active probe result, or nil if none ran.
+func (m *Member) LastProbe() *ProbeResult {
+	if m.probe == nil {
+		return nil
+	}
+	return m.probe.p.Load()
 }
 
 // PoolView is the routable part of one pool.
@@ -121,6 +135,7 @@ type tracked struct {
 	firstSeen time.Time
 	lastSeen  time.Time
 	misses    int
+	health    healthRec
 }
 
 // buildSnapshot derives an immutable snapshot from the watcher's records.
@@ -157,7 +172,10 @@ func buildSnapshot(gen uint64, pools []PoolSpec, known map[int64]*tracked, poll 
 }
 
 func deriveMember(pools []PoolSpec, t *tracked) Member {
-	m := Member{Instance: t.inst, FirstSeen: t.firstSeen, LastSeen: t.lastSeen, Misses: t.misses}
+	m := Member{
+		Instance: t.inst, FirstSeen: t.firstSeen, LastSeen: t.lastSeen, Misses: t.misses,
+		State: t.health.state, StateSince: t.health.since, probe: t.health.cell,
+	}
 	name, idx := assignPool(pools, t.inst.Label)
 	m.Pool = name
 	if idx < 0 {
@@ -169,15 +187,17 @@ func deriveMember(pools []PoolSpec, t *tracked) Member {
 	m.Upstream = addr
 	m.token = spec.Token.Resolve(&t.inst)
 	switch {
-	case t.inst.ActualStatus != "running":
-		m.Reason = "actual_status is " + quoteStatus(t.inst.ActualStatus)
-	case t.inst.CurState == "unloaded" || t.inst.NextState == "unloaded":
-		// vast.ai keeps listing a destroyed instance for a while.
-		m.Reason = "being destroyed (cur_state unloaded)"
-	case addr == "":
+	case addr == "" && t.health.state != StateGone && t.inst.ActualStatus == "running":
 		m.Reason = why
 	case m.token == "":
 		m.Reason = "no token for this instance"
+	case t.health.state != StateReady:
+		m.Reason = t.health.reason
+		if m.Reason == "" {
+			m.Reason = "state is " + t.health.state
+		}
+	case addr == "":
+		m.Reason = why
 	default:
 		m.Routable = true
 	}

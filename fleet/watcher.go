@@ -22,6 +22,10 @@ type Lister interface {
 type Config struct {
 	Pools        []PoolSpec
 	PollInterval time.Duration
+	// MaxConcurrentProbes bounds the active probes in flight (default 64).
+	MaxConcurrentProbes int
+	// Dial opens probe connections; nil dials addr directly over TCP.
+	Dial Dialer
 }
 
 // DefaultPollInterval is used when Config.PollInterval is not positive.
@@ -50,11 +54,14 @@ type Watcher struct {
 	snap    atomic.Pointer[Snapshot]
 	kick    chan struct{}
 	running atomic.Int32
+	passive chan trafficEvent
+	prober  *prober
 }
 
 // NewWatcher returns a watcher with an empty snapshot and no configuration.
 func NewWatcher(log *zap.Logger) *Watcher {
-	w := &Watcher{now: time.Now, known: map[int64]*tracked{}, kick: make(chan struct{}, 1)}
+	w := &Watcher{now: time.Now, known: map[int64]*tracked{}, kick: make(chan struct{}, 1), passive: make(chan trafficEvent, 4096)}
+	w.prober = newProber(w)
 	w.SetLogger(log)
 	w.snap.Store(emptySnapshot(nil))
 	return w
@@ -103,6 +110,12 @@ func (w *Watcher) PollSoon() {
 func (w *Watcher) Run(ctx context.Context) {
 	w.running.Add(1)
 	defer w.running.Add(-1)
+	probesDone := make(chan struct{})
+	go func() {
+		defer close(probesDone)
+		w.prober.run(ctx)
+	}()
+	defer func() { <-probesDone }()
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
@@ -181,6 +194,11 @@ func (w *Watcher) Poll(ctx context.Context) error {
 		// ports can change while an instance stays running.
 		t.inst, t.lastSeen, t.misses = in, now, 0
 	}
+	// Rows were refreshed: advance health states (status changes, grace
+	// expiry) for every known instance.
+	for id, t := range w.known {
+		w.stepLocked(id, t, now)
+	}
 	// Rows without a usable id could be any instance: count no absences
 	// from such a listing.
 	if res.Skipped == 0 {
@@ -197,6 +215,69 @@ func (w *Watcher) Poll(ctx context.Context) error {
 	}
 	w.publishLocked()
 	return nil
+}
+
+// stepLocked advances one instance's health state and logs transitions.
+func (w *Watcher) stepLocked(id int64, t *tracked, now time.Time) bool {
+	if t.health.cell == nil {
+		t.health.cell = new(probeCell)
+	}
+	prev := t.health.state
+	if !t.health.step(now, t.inst.ActualStatus, t.inst.CurState, t.inst.NextState, w.healthSpecLocked(&t.inst)) {
+		return false
+	}
+	w.logger().Info("instance state changed",
+		zap.Int64("id", id), zap.String("from", prev), zap.String("to", t.health.state), zap.String("reason", t.health.reason))
+	return true
+}
+
+// healthSpecLocked returns the health settings of the instance's pool.
+func (w *Watcher) healthSpecLocked(in *vastclient.Instance) HealthSpec {
+	if _, idx := assignPool(w.cfg.Pools, in.Label); idx >= 0 {
+		return w.cfg.Pools[idx].Health.WithDefaults()
+	}
+	return HealthSpec{}.WithDefaults()
+}
+
+// observe applies one probe result or traffic outcome to an instance and
+// republishes the snapshot if its state changed.
+func (w *Watcher) observe(id int64, ok bool, probe *ProbeResult, passive bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	t := w.known[id]
+	if t == nil {
+		return
+	}
+	if probe != nil && t.health.cell != nil {
+		t.health.cell.p.Store(probe)
+	}
+	if passive {
+		// Live traffic only reaches ready instances; a success that
+		// completes after the instance was marked unhealthy must not
+		// count toward its recovery, which is the probes' job.
+		if t.health.state != StateReady {
+			return
+		}
+		if ok {
+			t.health.failStreak = 0
+			return
+		}
+	}
+	t.health.observe(ok)
+	if w.stepLocked(id, t, w.now()) {
+		w.publishLocked()
+	}
+}
+
+// ReportTraffic records the outcome of a proxied request: a connection
+// failure or a 5xx is a failure, anything else a success. Callers must not
+// report requests the client cancelled. It never blocks: under extreme load
+// signals are dropped, as they are advisory.
+func (w *Watcher) ReportTraffic(id int64, ok bool) {
+	select {
+	case w.passive <- trafficEvent{id: id, ok: ok}:
+	default:
+	}
 }
 
 func (w *Watcher) publishLocked() {

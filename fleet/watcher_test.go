@@ -44,7 +44,7 @@ func (s *scriptedLister) push(res *vastclient.ListResult, err error) {
 
 func running(id int64, label string, hostPort int) vastclient.Instance {
 	return vastclient.Instance{
-		ID: id, Label: label, ActualStatus: "running", PublicIPAddr: "10.0.0.1",
+		ID: id, Label: label, ActualStatus: "running", PublicIPAddr: "127.0.0.1",
 		JupyterToken: "tok-" + strconv.FormatInt(id, 10),
 		ExtraEnv:     vastclient.Env{"WEB_PASSWORD": "pw-" + strconv.FormatInt(id, 10)},
 		Ports: vastclient.Ports{"8000/tcp": {
@@ -62,6 +62,20 @@ func newTestWatcher(l Lister, pools ...PoolSpec) *Watcher {
 	w := NewWatcher(nil)
 	w.Configure(l, Config{Pools: pools, PollInterval: time.Hour})
 	return w
+}
+
+// pollReady polls once and then marks every running instance's engine as
+// having passed a probe, standing in for the prober in tests of listing
+// semantics (the prober itself is tested in prober_test.go).
+func pollReady(t *testing.T, w *Watcher) error {
+	t.Helper()
+	err := w.Poll(context.Background())
+	for _, m := range w.Snapshot().Members {
+		if m.Instance.ActualStatus == "running" && m.State != StateReady {
+			w.observe(m.Instance.ID, true, nil, false)
+		}
+	}
+	return err
 }
 
 func targets(s *Snapshot, pool string) []Target {
@@ -155,13 +169,13 @@ func TestRoutabilityRules(t *testing.T) {
 	l := &scriptedLister{}
 	l.push(result(running(1, "llm-a", 4001), loading, noPort, noToken, noIP, running(6, "other", 4006)), nil)
 	w := newTestWatcher(l, PoolSpec{Name: "llm", LabelPrefix: "llm-"})
-	if err := w.Poll(context.Background()); err != nil {
+	if err := pollReady(t, w); err != nil {
 		t.Fatal(err)
 	}
 	s := w.Snapshot()
 	got := targets(s, "llm")
-	if len(got) != 1 || got[0].ID != 1 || got[0].Dial != "10.0.0.1:4001" {
-		t.Fatalf("targets = %+v, want only instance 1 at 10.0.0.1:4001", got)
+	if len(got) != 1 || got[0].ID != 1 || got[0].Dial != "127.0.0.1:4001" {
+		t.Fatalf("targets = %+v, want only instance 1 at 127.0.0.1:4001", got)
 	}
 	reasons := map[int64]string{2: "loading", 3: "not mapped", 4: "no token", 5: "public_ipaddr", 6: "no pool"}
 	for id, want := range reasons {
@@ -173,11 +187,11 @@ func TestRoutabilityRules(t *testing.T) {
 			t.Errorf("member %d: routable=%v reason=%q, want reason with %q", id, m.Routable, m.Reason, want)
 		}
 	}
-	r, ok := s.Route("10.0.0.1:4001")
+	r, ok := s.Route("127.0.0.1:4001")
 	if !ok || r.Token != "tok-1" || r.ID != 1 || r.Pool != "llm" {
 		t.Errorf("route = %+v %v", r, ok)
 	}
-	if _, ok := s.Route("10.0.0.1:4002"); ok {
+	if _, ok := s.Route("127.0.0.1:4002"); ok {
 		t.Error("a loading instance must have no route")
 	}
 }
@@ -191,7 +205,7 @@ func TestFailedPollKeepsTheFleetAndRecordsStaleness(t *testing.T) {
 	clock := time.Unix(1_700_000_000, 0)
 	w.now = func() time.Time { return clock }
 
-	if err := w.Poll(context.Background()); err != nil {
+	if err := pollReady(t, w); err != nil {
 		t.Fatal(err)
 	}
 	for i := 0; i < 2; i++ {
@@ -225,7 +239,7 @@ func TestAbsentInstanceIsRemovedOnlyAfterTwoConsecutiveMisses(t *testing.T) {
 
 	wantTargets := []int{2, 2, 2, 2, 2, 1}
 	for i, want := range wantTargets {
-		_ = w.Poll(context.Background())
+		_ = pollReady(t, w)
 		if got := len(targets(w.Snapshot(), "all")); got != want {
 			t.Fatalf("after poll %d: %d targets, want %d", i+1, got, want)
 		}
@@ -243,7 +257,7 @@ func TestListingWithUndecodableRowsCountsNoAbsence(t *testing.T) {
 	l.push(&vastclient.ListResult{Instances: []vastclient.Instance{a}, Skipped: 1}, nil)
 	w := newTestWatcher(l, PoolSpec{Name: "all"})
 	for i := 0; i < 3; i++ {
-		_ = w.Poll(context.Background())
+		_ = pollReady(t, w)
 	}
 	if m, ok := w.Snapshot().Member(2); !ok || m.Misses != 0 {
 		t.Fatalf("instance 2 = %+v, %v; want kept with no misses", m, ok)
@@ -258,13 +272,13 @@ func TestFieldsAreRefreshedWhileRunning(t *testing.T) {
 	l.push(result(a), nil)
 	l.push(result(moved), nil)
 	w := newTestWatcher(l, PoolSpec{Name: "all"})
-	_ = w.Poll(context.Background())
-	_ = w.Poll(context.Background())
+	_ = pollReady(t, w)
+	_ = pollReady(t, w)
 	s := w.Snapshot()
-	if _, ok := s.Route("10.0.0.1:4001"); ok {
+	if _, ok := s.Route("127.0.0.1:4001"); ok {
 		t.Error("old address still routable")
 	}
-	if r, ok := s.Route("10.0.0.1:5001"); !ok || r.Token != "rotated" {
+	if r, ok := s.Route("127.0.0.1:5001"); !ok || r.Token != "rotated" {
 		t.Errorf("new route = %+v %v", r, ok)
 	}
 }
@@ -273,11 +287,14 @@ func TestConfigureRepublishesWithoutPolling(t *testing.T) {
 	l := &scriptedLister{}
 	l.push(result(running(1, "llm-1", 4001), running(2, "emb-1", 4002)), nil)
 	w := newTestWatcher(l, PoolSpec{Name: "llm", LabelPrefix: "llm-"})
-	_ = w.Poll(context.Background())
+	_ = pollReady(t, w)
 	gen := w.Snapshot().Generation
 
 	w.Configure(l, Config{Pools: []PoolSpec{{Name: "llm", LabelPrefix: "llm-"}, {Name: "emb", LabelPrefix: "emb-"}}, PollInterval: time.Hour})
 	s := w.Snapshot()
+	if m, _ := s.Member(2); m.State != StateReady {
+		t.Errorf("moving to a new pool reset the health state to %q", m.State)
+	}
 	if s.Generation <= gen {
 		t.Errorf("generation did not advance")
 	}
@@ -293,7 +310,7 @@ func TestDuplicateAddressIsNeverRoutedTwice(t *testing.T) {
 	l := &scriptedLister{}
 	l.push(result(running(1, "a", 4001), running(2, "b", 4001)), nil)
 	w := newTestWatcher(l, PoolSpec{Name: "all"})
-	_ = w.Poll(context.Background())
+	_ = pollReady(t, w)
 	got := targets(w.Snapshot(), "all")
 	if len(got) != 1 || got[0].ID != 1 {
 		t.Fatalf("targets = %+v, want only the older instance", got)
@@ -308,7 +325,7 @@ func TestRunStopsOnCancelAndPollsOnKick(t *testing.T) {
 	done := make(chan struct{})
 	go func() { defer close(done); w.Run(ctx) }()
 
-	waitFor(t, func() bool { return len(targets(w.Snapshot(), "all")) == 1 }, "first poll")
+	waitFor(t, func() bool { return len(w.Snapshot().Members) == 1 }, "first poll")
 	if w.Running() != 1 {
 		t.Errorf("running = %d", w.Running())
 	}

@@ -265,7 +265,9 @@ func flexNumberString(raw json.RawMessage) string {
 }
 
 func flexFloatOK(raw json.RawMessage) (float64, bool) {
-	if len(raw) == 0 {
+	// Unmarshalling null into a float succeeds and leaves 0, which would
+	// turn "gpu_util": null into a reading of 0 %.
+	if t := bytes.TrimSpace(raw); len(t) == 0 || string(t) == "null" {
 		return 0, false
 	}
 	var f float64

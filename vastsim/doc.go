@@ -1,0 +1,33 @@
+// Package vastsim is a faithful, in-process simulator of the parts of the
+// vast.ai REST API that an inference gateway uses, with real state behind it
+// and a real OpenAI-compatible engine listening on loopback for every
+// instance.
+//
+// It exists so that the gateway can be tested, and demonstrated, against the
+// behaviour vast.ai actually shows rather than against the documentation
+// alone. It therefore reproduces the quirks that have broken public clients
+// (see /work/shared/reference/vastai-api.md §16): the 410 on the v0 list, the
+// keyset-paginated v1 list that refuses computed columns in filters, the
+// "single object under a plural key" show endpoint that answers HTTP 200
+// {"instances": null} for a destroyed instance, asynchronous destruction,
+// extra_env as a list of pairs, string HostPorts with dual-stack entries that
+// only appear once an instance runs, no_such_ask wrapped in a 400
+// invalid_args, minimum-interval rate limits with 429 bodies in several shapes
+// (some plain text) and no Retry-After, and the Instance Portal's Basic
+// challenge and "not ready" placeholder in front of each engine.
+//
+// The simulator never imports the project's client package: its JSON is
+// produced independently, so that a client bug cannot be mirrored by a
+// simulator bug.
+//
+// Typical use in a test:
+//
+//	sim := vastsim.New(vastsim.Options{APIKey: "k", LoadingDelay: 200 * time.Millisecond})
+//	base, err := sim.Start("")
+//	defer sim.Close()
+//
+// The exported control methods (Launch, Remove, SetStatus, KillEngine,
+// HangEngine, SetFaults, ...) change the simulated world as vast.ai or a
+// failing host would, and the observation methods (Instances, Engine,
+// APICalls) let a test assert what the client did.
+package vastsim
