@@ -535,6 +535,22 @@ func TestAdminAPIListsInstancesWithoutSecrets(t *testing.T) {
 			t.Errorf("GET %s: %d %s, want %d with a JSON error", c.path, code, body, c.code)
 		}
 	}
+	// Metrics: the fleet is visible, secrets are not.
+	_, metrics := adminGET(t, "/metrics", nil)
+	for _, want := range []string{`caddy_vastai_pool_routable_instances{pool="llm"} 2`, `caddy_vastai_instances{pool="llm",state="ready"} 2`, `caddy_vastai_watchers_running 1`} {
+		if !strings.Contains(string(metrics), want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+	for _, in := range sim.Instances() {
+		if strings.Contains(string(metrics), in.JupyterToken) {
+			t.Fatalf("instance %d's token appears in the metrics", in.ID)
+		}
+	}
+	if strings.Contains(string(metrics), testAPIKey) {
+		t.Fatal("the API key appears in the metrics")
+	}
+
 	req, _ := http.NewRequest(http.MethodDelete, testAdminURL+"/vastai/instances", nil)
 	req.Header.Set("Origin", testAdminURL)
 	resp, err := http.DefaultClient.Do(req)

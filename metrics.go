@@ -34,7 +34,7 @@ func newCollector(w *fleet.Watcher) *collector {
 	}
 	return &collector{
 		w:              w,
-		instances:      d("instances", "Known instances by pool and vast.ai actual_status.", "pool", "status"),
+		instances:      d("instances", "Known instances by pool and health state (provisioning, loading, starting, ready, unhealthy, failed, stopped, gone).", "pool", "state"),
 		routable:       d("instance_routable", "1 if the instance receives traffic, else 0.", "pool", "instance"),
 		price:          d("instance_price_dollars_per_hour", "The instance's dph_total in USD per hour.", "pool", "instance"),
 		poolRoutable:   d("pool_routable_instances", "Routable instances per pool.", "pool"),
@@ -42,23 +42,6 @@ func newCollector(w *fleet.Watcher) *collector {
 		failures:       d("watch_consecutive_failures", "Failed instance listings since the last success."),
 		stale:          d("watch_stale_seconds", "Seconds since the last successful listing while listings fail, else 0."),
 		watcherRunning: d("watchers_running", "Number of running watcher loops (1 when healthy)."),
-	}
-}
-
-// knownStatuses bounds the cardinality of the status label.
-var knownStatuses = map[string]bool{
-	"running": true, "loading": true, "created": true, "stopped": true, "frozen": true,
-	"exited": true, "rebooting": true, "recycling": true, "unknown": true, "offline": true,
-}
-
-func statusLabel(s string) string {
-	switch {
-	case s == "":
-		return "null"
-	case knownStatuses[s]:
-		return s
-	default:
-		return "other"
 	}
 }
 
@@ -72,16 +55,16 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 // Collect implements prometheus.Collector.
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	snap := c.w.Snapshot()
-	type key struct{ pool, status string }
+	type key struct{ pool, state string }
 	counts := map[key]int{}
 	for _, m := range snap.Members {
-		counts[key{m.Pool, statusLabel(m.Instance.ActualStatus)}]++
+		counts[key{m.Pool, m.State}]++
 		id := strconv.FormatInt(m.Instance.ID, 10)
 		ch <- prometheus.MustNewConstMetric(c.routable, prometheus.GaugeValue, boolFloat(m.Routable), m.Pool, id)
 		ch <- prometheus.MustNewConstMetric(c.price, prometheus.GaugeValue, m.Instance.DPHTotal, m.Pool, id)
 	}
 	for k, n := range counts {
-		ch <- prometheus.MustNewConstMetric(c.instances, prometheus.GaugeValue, float64(n), k.pool, k.status)
+		ch <- prometheus.MustNewConstMetric(c.instances, prometheus.GaugeValue, float64(n), k.pool, k.state)
 	}
 	for name, pv := range snap.Pools {
 		ch <- prometheus.MustNewConstMetric(c.poolRoutable, prometheus.GaugeValue, float64(len(pv.Targets)), name)
