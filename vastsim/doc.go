@@ -16,6 +16,15 @@
 // (some plain text) and no Retry-After, and the Instance Portal's Basic
 // challenge and "not ready" placeholder in front of each engine.
 //
+// Every instance whose container runs also has an in-process SSH server
+// (ssh.go) with its own ed25519 host key, reachable by a direct path
+// (ports["22/tcp"], for ssh_direc runtypes) and a proxy path (ssh_host and
+// ssh_port, with the +1 rule for Jupyter runtypes). It accepts user root
+// with a public key, answers nvidia-smi with GPU figures that follow the
+// engine's load, and forwards direct-tcpip channels to the engine, so that
+// GPU metrics and SSH tunnels can be exercised too (HostKey, RotateHostKey,
+// SetSSHPath, SSHStats, SetNvidiaSMIOutput).
+//
 // The simulator never imports the project's client package: its JSON is
 // produced independently, so that a client bug cannot be mirrored by a
 // simulator bug.
@@ -27,7 +36,7 @@
 //	defer sim.Close()
 //
 // The exported control methods (Launch, Remove, SetStatus, KillEngine,
-// HangEngine, SetFaults, ...) change the simulated world as vast.ai or a
+// HangEngine, SetFaults, SetSSHPath, ...) change the simulated world as vast.ai or a
 // failing host would, and the observation methods (Instances, Engine,
 // APICalls) let a test assert what the client did.
 package vastsim

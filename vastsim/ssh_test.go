@@ -860,3 +860,35 @@ func TestSSHRevive(t *testing.T) {
 	}
 	cl.Close()
 }
+
+// TestSSHClosedPathsEndTunnels closes both paths while the container (and
+// a hung engine) stays up: the dropped connections must take their tunnels
+// with them, so that no goroutine of the server is left waiting for an
+// engine that never answers.
+func TestSSHClosedPathsEndTunnels(t *testing.T) {
+	s, _ := startSim(t, fastOpts())
+	id := launch(t, s, LaunchSpec{Running: true})
+	info := s.info(t, id)
+	direct, proxy := sshAddrs(t, s, id)
+	srv := sshServerOf(t, s, id)
+	s.HangEngine(id, true)
+	for _, addr := range []string{direct, proxy} {
+		tun, err := mustConnect(t, addr, nil).Dial("tcp", "localhost:8000")
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(tun, "GET /health HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n", info.JupyterToken)
+	}
+	eventually(t, 5*time.Second, "requests reached the engine", func() bool { return s.Engine(id).Requests == 2 })
+	s.SetSSHPath(id, false, false)
+	if !srv.wait(5 * time.Second) {
+		t.Fatal("goroutines left behind by closed paths")
+	}
+	if !s.Instances()[0].EngineUp {
+		t.Fatal("engine went down with the SSH paths")
+	}
+	s.HangEngine(id, false)
+	if r := engineReq(t, info.EngineAddr, "GET", "/health", info.JupyterToken, nil); r.status != 200 {
+		t.Fatalf("engine after SSH paths closed: %d", r.status)
+	}
+}
