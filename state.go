@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
@@ -24,8 +25,9 @@ const stateKey = "vastai"
 // its known instances, the vast.ai client with its pacing, and the metrics
 // collectors. Exactly one watcher loop runs per state.
 type state struct {
-	watcher *fleet.Watcher
-	metrics *collector
+	watcher  *fleet.Watcher
+	metrics  *collector
+	inflight inflightCounter
 
 	mu       sync.Mutex // guards the fields below
 	settings clientSettings
@@ -84,6 +86,28 @@ func (s *state) Destruct() error {
 func (s *state) registerMetrics(ctx caddy.Context) error {
 	return s.metrics.register(ctx.GetMetricsRegistry())
 }
+
+// inflightCounter counts proxied requests in flight per instance, for
+// drains. The request path touches one atomic counter per request.
+type inflightCounter struct{ m sync.Map } // int64 → *atomic.Int64
+
+func (c *inflightCounter) counter(id int64) *atomic.Int64 {
+	if v, ok := c.m.Load(id); ok {
+		return v.(*atomic.Int64)
+	}
+	v, _ := c.m.LoadOrStore(id, new(atomic.Int64))
+	return v.(*atomic.Int64)
+}
+
+// begin counts a request in and returns the function that counts it out.
+func (c *inflightCounter) begin(id int64) func() {
+	n := c.counter(id)
+	n.Add(1)
+	return func() { n.Add(-1) }
+}
+
+// count returns the requests in flight to an instance.
+func (c *inflightCounter) count(id int64) int64 { return c.counter(id).Load() }
 
 // Interface guards
 var _ caddy.Destructor = (*state)(nil)

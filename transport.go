@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
+	"sync"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -42,7 +44,7 @@ var errNoRoute = errors.New("upstream is no longer routable")
 type Transport struct {
 	*reverseproxy.HTTPTransport
 
-	watcher *fleet.Watcher
+	st *state
 }
 
 // CaddyModule returns the Caddy module information.
@@ -59,7 +61,7 @@ func (t *Transport) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("vastai transport: %w", err)
 	}
-	t.watcher = app.state.watcher
+	t.st = app.state
 	if t.HTTPTransport == nil {
 		t.HTTPTransport = new(reverseproxy.HTTPTransport)
 	}
@@ -75,7 +77,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if !ok || di.Upstream == nil {
 		return nil, errors.New("vastai transport: no upstream in the request context (use it inside reverse_proxy)")
 	}
-	route, ok := t.watcher.Snapshot().Route(di.Upstream.Dial)
+	route, ok := t.st.watcher.Snapshot().Route(di.Upstream.Dial)
 	if !ok {
 		return nil, reverseproxy.NewDialError(fmt.Errorf("vastai transport: %s: %w", di.Upstream.Dial, errNoRoute))
 	}
@@ -85,24 +87,46 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	out.Header = req.Header.Clone()
 	out.Header.Set("Authorization", "Bearer "+route.Token)
 
+	done := t.st.inflight.begin(route.ID)
 	resp, err := t.HTTPTransport.RoundTrip(out)
+	if err != nil || resp == nil {
+		done()
+	} else {
+		// The request is in flight until its body (maybe a long stream)
+		// is finished: that is what a drain waits for.
+		resp.Body = &trackedBody{ReadCloser: resp.Body, done: done}
+	}
 	switch {
 	case err != nil:
 		// A client that gave up is not the instance's fault (vastproxy
 		// bug B1); anything else (refused, reset, response header
 		// timeout) is.
 		if req.Context().Err() == nil && !errors.Is(err, context.Canceled) {
-			t.watcher.ReportTraffic(route.ID, false)
+			t.st.watcher.ReportTraffic(route.ID, false)
 		}
 	case resp.StatusCode >= 500 || resp.Header.Get(fleet.PlaceholderHeader) != "":
-		t.watcher.ReportTraffic(route.ID, false)
+		t.st.watcher.ReportTraffic(route.ID, false)
 	default:
-		t.watcher.ReportTraffic(route.ID, true)
+		t.st.watcher.ReportTraffic(route.ID, true)
 	}
 	if resp != nil {
 		resp.Header.Set(InstanceHeader, strconv.FormatInt(route.ID, 10))
 	}
 	return resp, err
+}
+
+// trackedBody ends an instance's in-flight count when the response body is
+// closed, exactly once.
+type trackedBody struct {
+	io.ReadCloser
+	once sync.Once
+	done func()
+}
+
+func (b *trackedBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.once.Do(b.done)
+	return err
 }
 
 // UnmarshalCaddyfile sets up the transport from Caddyfile tokens. Syntax:

@@ -70,6 +70,9 @@ type Member struct {
 	LastSeen  time.Time
 	// Misses counts consecutive successful listings that omitted it.
 	Misses int
+	// Draining is true when the instance was taken out of routing on
+	// purpose (before a destroy or a replacement).
+	Draining bool
 
 	token string
 	probe *probeCell
@@ -139,13 +142,20 @@ type tracked struct {
 }
 
 // buildSnapshot derives an immutable snapshot from the watcher's records.
-func buildSnapshot(gen uint64, pools []PoolSpec, known map[int64]*tracked, poll PollStatus) *Snapshot {
+func buildSnapshot(gen uint64, pools []PoolSpec, known map[int64]*tracked, drain map[int64]bool, poll PollStatus) *Snapshot {
 	s := emptySnapshot(pools)
 	s.Generation = gen
 	s.Poll = poll
 	s.Members = make([]Member, 0, len(known))
-	for _, t := range known {
-		s.Members = append(s.Members, deriveMember(pools, t))
+	for id, t := range known {
+		m := deriveMember(pools, t)
+		if drain[id] {
+			m.Draining = true
+			if m.Routable {
+				m.Routable, m.Reason = false, "draining"
+			}
+		}
+		s.Members = append(s.Members, m)
 	}
 	sort.Slice(s.Members, func(i, j int) bool { return s.Members[i].Instance.ID < s.Members[j].Instance.ID })
 	for i := range s.Members {

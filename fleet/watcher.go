@@ -48,6 +48,7 @@ type Watcher struct {
 	lister Lister
 	cfg    Config
 	known  map[int64]*tracked
+	drain  map[int64]bool
 	poll   PollStatus
 	gen    uint64
 
@@ -60,7 +61,7 @@ type Watcher struct {
 
 // NewWatcher returns a watcher with an empty snapshot and no configuration.
 func NewWatcher(log *zap.Logger) *Watcher {
-	w := &Watcher{now: time.Now, known: map[int64]*tracked{}, kick: make(chan struct{}, 1), passive: make(chan trafficEvent, 4096)}
+	w := &Watcher{now: time.Now, known: map[int64]*tracked{}, drain: map[int64]bool{}, kick: make(chan struct{}, 1), passive: make(chan trafficEvent, 4096)}
 	w.prober = newProber(w)
 	w.SetLogger(log)
 	w.snap.Store(emptySnapshot(nil))
@@ -280,9 +281,30 @@ func (w *Watcher) ReportTraffic(id int64, ok bool) {
 	}
 }
 
+// SetDraining takes an instance out of routing (draining true) or puts it
+// back. In-flight requests are not affected; new ones go elsewhere.
+func (w *Watcher) SetDraining(id int64, draining bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.drain[id] == draining {
+		return
+	}
+	if draining {
+		w.drain[id] = true
+	} else {
+		delete(w.drain, id)
+	}
+	w.publishLocked()
+}
+
 func (w *Watcher) publishLocked() {
 	w.gen++
-	w.snap.Store(buildSnapshot(w.gen, w.cfg.Pools, w.known, w.poll))
+	for id := range w.drain {
+		if w.known[id] == nil {
+			delete(w.drain, id) // forgotten instances need no drain mark
+		}
+	}
+	w.snap.Store(buildSnapshot(w.gen, w.cfg.Pools, w.known, w.drain, w.poll))
 }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }

@@ -356,3 +356,25 @@ func waitFor(t *testing.T, cond func() bool, what string) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+func TestDrainingTakesAnInstanceOutOfRoutingOnly(t *testing.T) {
+	l := &scriptedLister{}
+	l.push(result(running(1, "a", 4001), running(2, "b", 4002)), nil)
+	w := newTestWatcher(l, PoolSpec{Name: "all"})
+	_ = pollReady(t, w)
+	w.SetDraining(2, true)
+	s := w.Snapshot()
+	if got := targets(s, "all"); len(got) != 1 || got[0].ID != 1 {
+		t.Fatalf("targets while draining 2: %+v", got)
+	}
+	if m, _ := s.Member(2); !m.Draining || m.Routable || m.Reason != "draining" || m.State != StateReady {
+		t.Errorf("drained member = %+v", m)
+	}
+	if _, ok := s.Route("127.0.0.1:4002"); ok {
+		t.Error("drained instance still has a route")
+	}
+	w.SetDraining(2, false)
+	if got := targets(w.Snapshot(), "all"); len(got) != 2 {
+		t.Fatalf("targets after undrain: %+v", got)
+	}
+}
