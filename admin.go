@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/caddy-vastai/caddy-vastai/fleet"
+	"github.com/caddy-vastai/caddy-vastai/gpumetrics"
 )
 
 func init() {
@@ -59,7 +60,7 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		}
 		out := make([]instanceView, 0, len(snap.Members))
 		for _, m := range snap.Members {
-			out = append(out, newInstanceView(m))
+			out = append(out, a.instanceView(m))
 		}
 		return writeJSON(w, http.StatusOK, out)
 
@@ -75,7 +76,7 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		if !ok {
 			return apiError(http.StatusNotFound, fmt.Errorf("instance %d is not known", id))
 		}
-		return writeJSON(w, http.StatusOK, newInstanceView(m))
+		return writeJSON(w, http.StatusOK, a.instanceView(m))
 
 	case len(parts) == 1 && parts[0] == "pools":
 		if err := onlyGET(r); err != nil {
@@ -135,6 +136,9 @@ type instanceView struct {
 	StateSince     *time.Time `json:"state_since"`
 	Ready          bool       `json:"ready"`
 	LastProbe      *probeView `json:"last_probe"`
+	GPUs           []gpuView  `json:"gpus,omitempty"`
+	GPUError       string     `json:"gpu_error,omitempty"`
+	SSH            *sshView   `json:"ssh,omitempty"`
 	GPUName        string     `json:"gpu_name"`
 	NumGPUs        int        `json:"num_gpus"`
 	DPHTotal       float64    `json:"dph_total"`
@@ -172,6 +176,39 @@ func newInstanceView(m fleet.Member) instanceView {
 		v.StartDate = &t
 	}
 	return v
+}
+
+// instanceView adds what the SSH side knows (GPU figures, connection path)
+// to the snapshot's view of an instance.
+func (a *adminAPI) instanceView(m fleet.Member) instanceView {
+	v := newInstanceView(m)
+	rt := a.app.state.ssh.Load()
+	if rt == nil || m.Pool == "" {
+		return v
+	}
+	st := rt.pool.Status(m.Instance.ID)
+	v.SSH = &sshView{Path: st.Path, LastError: st.LastError, ConnectedSince: timePtr(st.ConnectedSince), Reconnects: st.Reconnects}
+	if sample, ok := rt.collector.Sample(m.Instance.ID); ok {
+		v.GPUError = sample.Err
+		v.GPUs = make([]gpuView, 0, len(sample.GPUs))
+		for _, g := range sample.GPUs {
+			v.GPUs = append(v.GPUs, gpuView{GPU: g, CollectedAt: sample.CollectedAt})
+		}
+	}
+	return v
+}
+
+// gpuView is one GPU's figures from nvidia-smi; unknown figures are null.
+type gpuView struct {
+	gpumetrics.GPU
+	CollectedAt time.Time `json:"collected_at"`
+}
+
+type sshView struct {
+	Path           string     `json:"path"`
+	LastError      string     `json:"last_error,omitempty"`
+	ConnectedSince *time.Time `json:"connected_since,omitempty"`
+	Reconnects     int        `json:"reconnects"`
 }
 
 type probeView struct {

@@ -46,6 +46,12 @@ func init() {
 //			}
 //		}
 //		max_concurrent_probes <n>    # default 64
+//		ssh {
+//			key              <file>               # repeatable; SSH_AUTH_SOCK is used too
+//			known_hosts      storage | insecure   # default storage (trust on first use)
+//			connect_timeout  <duration>           # default 20s
+//			metrics_interval <duration>           # default 15s
+//		}
 //	}
 func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 	if existing != nil {
@@ -94,6 +100,18 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			a.MaxConcurrentProbes = n
+		case "ssh":
+			if d.NextArg() {
+				return d.Err("ssh: expected a block")
+			}
+			if a.SSH != nil {
+				return d.Err("ssh is defined more than once")
+			}
+			sc, err := unmarshalSSH(d)
+			if err != nil {
+				return err
+			}
+			a.SSH = sc
 		case "pool":
 			if !d.NextArg() {
 				return d.Err("pool: a pool name is required")
@@ -259,6 +277,49 @@ func unmarshalHealth(d *caddyfile.Dispenser, pool string) (*HealthConfig, error)
 		}
 	}
 	return h, nil
+}
+
+func unmarshalSSH(d *caddyfile.Dispenser) (*SSHConfig, error) {
+	c := new(SSHConfig)
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch opt := d.Val(); opt {
+		case "key":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return nil, d.Err("ssh: key: a private key file is required")
+			}
+			c.Keys = append(c.Keys, args...)
+		case "known_hosts":
+			var v string
+			if err := oneArg(d, &v); err != nil {
+				return nil, err
+			}
+			if v != KnownHostsStorage && v != KnownHostsInsecure {
+				return nil, d.Errf("ssh: known_hosts: %q is not storage or insecure", v)
+			}
+			c.KnownHosts = v
+		case "connect_timeout", "metrics_interval":
+			var raw string
+			if err := oneArg(d, &raw); err != nil {
+				return nil, err
+			}
+			dur, err := caddy.ParseDuration(raw)
+			if err != nil || dur <= 0 {
+				return nil, d.Errf("ssh: %s: %q is not a positive duration", opt, raw)
+			}
+			if opt == "connect_timeout" {
+				c.ConnectTimeout = caddy.Duration(dur)
+			} else {
+				c.MetricsInterval = caddy.Duration(dur)
+			}
+		default:
+			return nil, d.Errf("ssh: unrecognized option %q", opt)
+		}
+	}
+	if len(c.Keys) == 0 {
+		return nil, d.Err("ssh: key: at least one private key file is required")
+	}
+	return c, nil
 }
 
 // positiveInt reads exactly one positive integer argument.

@@ -15,7 +15,8 @@ import (
 // Label values are pool names, instance ids and a bounded set of statuses:
 // never tokens or keys.
 type collector struct {
-	w *fleet.Watcher
+	w   *fleet.Watcher
+	ssh func() *sshRuntime
 
 	instances      *prometheus.Desc
 	routable       *prometheus.Desc
@@ -25,15 +26,28 @@ type collector struct {
 	failures       *prometheus.Desc
 	stale          *prometheus.Desc
 	watcherRunning *prometheus.Desc
+	gpuUtil        *prometheus.Desc
+	gpuMemUsed     *prometheus.Desc
+	gpuMemTotal    *prometheus.Desc
+	gpuTemp        *prometheus.Desc
+	gpuPower       *prometheus.Desc
+	sshPath        *prometheus.Desc
 }
 
-func newCollector(w *fleet.Watcher) *collector {
+func newCollector(w *fleet.Watcher, ssh func() *sshRuntime) *collector {
 	const ns, sub = "caddy", "vastai"
 	d := func(name, help string, labels ...string) *prometheus.Desc {
 		return prometheus.NewDesc(prometheus.BuildFQName(ns, sub, name), help, labels, nil)
 	}
 	return &collector{
 		w:              w,
+		ssh:            ssh,
+		gpuUtil:        d("gpu_utilization_ratio", "GPU utilization from nvidia-smi, 0 to 1.", "pool", "instance", "gpu"),
+		gpuMemUsed:     d("gpu_memory_used_bytes", "GPU memory in use from nvidia-smi.", "pool", "instance", "gpu"),
+		gpuMemTotal:    d("gpu_memory_total_bytes", "GPU memory size from nvidia-smi.", "pool", "instance", "gpu"),
+		gpuTemp:        d("gpu_temperature_celsius", "GPU temperature from nvidia-smi.", "pool", "instance", "gpu"),
+		gpuPower:       d("gpu_power_watts", "GPU power draw from nvidia-smi.", "pool", "instance", "gpu"),
+		sshPath:        d("ssh_path", "1 for the SSH path in use to the instance (direct, proxy or down).", "pool", "instance", "path"),
 		instances:      d("instances", "Known instances by pool and health state (provisioning, loading, starting, ready, unhealthy, failed, stopped, gone).", "pool", "state"),
 		routable:       d("instance_routable", "1 if the instance receives traffic, else 0.", "pool", "instance"),
 		price:          d("instance_price_dollars_per_hour", "The instance's dph_total in USD per hour.", "pool", "instance"),
@@ -47,7 +61,8 @@ func newCollector(w *fleet.Watcher) *collector {
 
 // Describe implements prometheus.Collector.
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.instances, c.routable, c.price, c.poolRoutable, c.lastSuccess, c.failures, c.stale, c.watcherRunning} {
+	for _, d := range []*prometheus.Desc{c.instances, c.routable, c.price, c.poolRoutable, c.lastSuccess, c.failures, c.stale, c.watcherRunning,
+		c.gpuUtil, c.gpuMemUsed, c.gpuMemTotal, c.gpuTemp, c.gpuPower, c.sshPath} {
 		ch <- d
 	}
 }
@@ -63,6 +78,13 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.routable, prometheus.GaugeValue, boolFloat(m.Routable), m.Pool, id)
 		ch <- prometheus.MustNewConstMetric(c.price, prometheus.GaugeValue, m.Instance.DPHTotal, m.Pool, id)
 	}
+	if rt := c.ssh(); rt != nil {
+		for _, m := range snap.Members {
+			if m.Pool != "" {
+				c.collectSSH(ch, rt, m.Pool, m.Instance.ID)
+			}
+		}
+	}
 	for k, n := range counts {
 		ch <- prometheus.MustNewConstMetric(c.instances, prometheus.GaugeValue, float64(n), k.pool, k.state)
 	}
@@ -77,6 +99,29 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.failures, prometheus.GaugeValue, float64(snap.Poll.ConsecutiveFailures))
 	ch <- prometheus.MustNewConstMetric(c.stale, prometheus.GaugeValue, snap.Poll.Stale(time.Now()).Seconds())
 	ch <- prometheus.MustNewConstMetric(c.watcherRunning, prometheus.GaugeValue, float64(c.w.Running()))
+}
+
+func (c *collector) collectSSH(ch chan<- prometheus.Metric, rt *sshRuntime, pool string, id int64) {
+	inst := strconv.FormatInt(id, 10)
+	ch <- prometheus.MustNewConstMetric(c.sshPath, prometheus.GaugeValue, 1, pool, inst, rt.pool.Status(id).Path)
+	sample, ok := rt.collector.Sample(id)
+	if !ok {
+		return
+	}
+	const mib = 1 << 20
+	for _, g := range sample.GPUs {
+		gpu := strconv.Itoa(g.Index)
+		gauge := func(d *prometheus.Desc, v *float64, scale float64) {
+			if v != nil {
+				ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, *v*scale, pool, inst, gpu)
+			}
+		}
+		gauge(c.gpuUtil, g.UtilizationGPU, 0.01)
+		gauge(c.gpuMemUsed, g.MemoryUsedMiB, mib)
+		gauge(c.gpuMemTotal, g.MemoryTotalMiB, mib)
+		gauge(c.gpuTemp, g.TemperatureC, 1)
+		gauge(c.gpuPower, g.PowerDrawW, 1)
+	}
 }
 
 // register adds the collector to a config's registry. Caddy creates a new

@@ -15,6 +15,7 @@
 package vastai
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/url"
@@ -61,10 +62,15 @@ type App struct {
 	// Default: 64.
 	MaxConcurrentProbes int `json:"max_concurrent_probes,omitempty"`
 
-	apiKey string
-	specs  []fleet.PoolSpec
-	state  *state
-	logger *zap.Logger
+	// SSH access to the instances, for GPU metrics (nvidia-smi) and the
+	// tunnel transport. Without it, no SSH connection is ever made.
+	SSH *SSHConfig `json:"ssh,omitempty"`
+
+	storage certmagicStorage
+	apiKey  string
+	specs   []fleet.PoolSpec
+	state   *state
+	logger  *zap.Logger
 }
 
 // Pool selects instances of the account and says how to reach their engine.
@@ -173,6 +179,7 @@ var (
 // new configuration is applied in Start.
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
+	a.storage = ctx.Storage()
 	repl := caddy.NewReplacer()
 	a.apiKey = strings.TrimSpace(repl.ReplaceAll(a.APIKey, ""))
 	a.specs = a.specs[:0]
@@ -219,6 +226,9 @@ func (a *App) Validate() error {
 	if a.PollInterval < 0 {
 		return fmt.Errorf("vastai: poll_interval: must not be negative, got %s", time.Duration(a.PollInterval))
 	}
+	if err := a.SSH.validate(); err != nil {
+		return err
+	}
 	if a.MaxConcurrentProbes < 0 {
 		return fmt.Errorf("vastai: max_concurrent_probes: must not be negative")
 	}
@@ -262,7 +272,7 @@ func (a *App) Start() error {
 		Pools:               a.specs,
 		PollInterval:        interval,
 		MaxConcurrentProbes: a.MaxConcurrentProbes,
-	})
+	}, a.SSH, prefixedStore{a.storage, "vastai/"})
 }
 
 // Stop does nothing: on a reload the new app has already taken over the
@@ -308,6 +318,27 @@ func lookupApp(ctx caddy.Context) (*App, error) {
 		return nil, fmt.Errorf("vastai app has unexpected type %T", appIface)
 	}
 	return app, nil
+}
+
+// certmagicStorage is the part of Caddy's storage the plugin uses (host
+// keys for now).
+type certmagicStorage interface {
+	Load(ctx context.Context, key string) ([]byte, error)
+	Store(ctx context.Context, key string, value []byte) error
+}
+
+// prefixedStore keeps the plugin's keys under one folder of Caddy's storage.
+type prefixedStore struct {
+	s      certmagicStorage
+	prefix string
+}
+
+func (p prefixedStore) Load(ctx context.Context, key string) ([]byte, error) {
+	return p.s.Load(ctx, p.prefix+key)
+}
+
+func (p prefixedStore) Store(ctx context.Context, key string, value []byte) error {
+	return p.s.Store(ctx, p.prefix+key, value)
 }
 
 // clientSettings identify a vast.ai client; the client (and its per-endpoint

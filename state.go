@@ -3,6 +3,7 @@ package vastai
 import (
 	"context"
 	"fmt"
+	"net"
 	"sync"
 	"sync/atomic"
 
@@ -10,6 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-vastai/caddy-vastai/fleet"
+	"github.com/caddy-vastai/caddy-vastai/gpumetrics"
 	"github.com/caddy-vastai/caddy-vastai/vastclient"
 )
 
@@ -28,6 +30,8 @@ type state struct {
 	watcher  *fleet.Watcher
 	metrics  *collector
 	inflight inflightCounter
+	ssh      atomic.Pointer[sshRuntime] // nil without an ssh block
+	tunnels  atomic.Int32               // provisioned transports with tunnel ssh
 
 	mu       sync.Mutex // guards the fields below
 	settings clientSettings
@@ -37,16 +41,27 @@ type state struct {
 }
 
 func newState() *state {
-	w := fleet.NewWatcher(nil)
-	return &state{watcher: w, metrics: newCollector(w)}
+	s := &state{watcher: fleet.NewWatcher(nil)}
+	s.metrics = newCollector(s.watcher, s.ssh.Load)
+	return s
 }
 
 // apply installs a started config: it (re)creates the vast.ai client only if
 // its settings changed, reconfigures the watcher, and starts the loop if it
 // is not running yet. It never starts a second loop.
-func (s *state) apply(log *zap.Logger, settings clientSettings, cfg fleet.Config) error {
+func (s *state) apply(log *zap.Logger, settings clientSettings, cfg fleet.Config, sshCfg *SSHConfig, hostKeys gpumetrics.HostKeyStore) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if err := s.applySSHLocked(log, sshCfg, hostKeys); err != nil {
+		return err
+	}
+	cfg.Dial = func(ctx context.Context, id int64, addr string) (net.Conn, error) {
+		_, port, ok := fleet.ParseTunnelAddr(addr)
+		if !ok {
+			return nil, fmt.Errorf("probe of instance %d: %s is not a tunnel address", id, addr)
+		}
+		return s.dialTunnel(ctx, id, port)
+	}
 	if s.client == nil || settings != s.settings {
 		c, err := settings.newClient(log.Named("api"))
 		if err != nil {
@@ -56,6 +71,7 @@ func (s *state) apply(log *zap.Logger, settings clientSettings, cfg fleet.Config
 	}
 	s.watcher.SetLogger(log.Named("watcher"))
 	s.watcher.Configure(s.client, cfg)
+	s.watcher.SetTunnel(s.tunnels.Load() > 0)
 	if s.cancel == nil {
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
@@ -79,6 +95,9 @@ func (s *state) Destruct() error {
 		cancel()
 		<-done
 	}
+	s.mu.Lock()
+	s.stopSSHLocked()
+	s.mu.Unlock()
 	return nil
 }
 

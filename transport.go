@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"sync"
@@ -44,7 +45,15 @@ var errNoRoute = errors.New("upstream is no longer routable")
 type Transport struct {
 	*reverseproxy.HTTPTransport
 
-	st *state
+	// "ssh" sends every request through the instance's SSH connection (a
+	// direct-tcpip channel to 127.0.0.1:<port> inside the instance)
+	// instead of public_ipaddr:HostPort, so engine ports need not be
+	// public and tokens never cross the internet in clear. Needs the
+	// vastai app's ssh block. Health probes then take the tunnel too.
+	Tunnel string `json:"tunnel,omitempty"`
+
+	st         *state
+	registered bool
 }
 
 // CaddyModule returns the Caddy module information.
@@ -62,11 +71,51 @@ func (t *Transport) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("vastai transport: %w", err)
 	}
 	t.st = app.state
+	switch t.Tunnel {
+	case "":
+	case "ssh":
+		if app.SSH == nil {
+			return fmt.Errorf("vastai transport: tunnel ssh needs SSH access: add ssh { key <file> } to the vastai app")
+		}
+		// Counted so the app turns tunnel mode on when it starts, and off
+		// when the last tunnelling config is unloaded.
+		t.st.tunnels.Add(1)
+		t.registered = true
+	default:
+		return fmt.Errorf("vastai transport: tunnel: %q is not supported (use ssh)", t.Tunnel)
+	}
 	if t.HTTPTransport == nil {
 		t.HTTPTransport = new(reverseproxy.HTTPTransport)
 	}
 	if err := t.HTTPTransport.Provision(ctx); err != nil {
 		return fmt.Errorf("vastai transport: %w", err)
+	}
+	// Every vastai transport can reach tunnel addresses, whatever its own
+	// tunnel setting: during a reload an old transport may still receive
+	// them from the shared snapshot.
+	if rt := t.HTTPTransport.Transport; rt != nil {
+		base := rt.DialContext
+		rt.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if id, port, ok := fleet.ParseTunnelAddr(addr); ok {
+				conn, err := t.st.dialTunnel(ctx, id, port)
+				if err != nil {
+					return nil, reverseproxy.NewDialError(err)
+				}
+				return conn, nil
+			}
+			return base(ctx, network, addr)
+		}
+	}
+	return nil
+}
+
+// Cleanup releases this transport's claim on tunnel mode.
+func (t *Transport) Cleanup() error {
+	if t.registered {
+		t.registered = false
+		if t.st.tunnels.Add(-1) == 0 {
+			t.st.watcher.SetTunnel(false)
+		}
 	}
 	return nil
 }
@@ -132,12 +181,43 @@ func (b *trackedBody) Close() error {
 // UnmarshalCaddyfile sets up the transport from Caddyfile tokens. Syntax:
 //
 //	transport vastai {
+//		tunnel ssh    # optional: carry requests over the instances' SSH connections
 //		<any option of the http transport>
 //	}
 func (t *Transport) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if t.HTTPTransport == nil {
 		t.HTTPTransport = new(reverseproxy.HTTPTransport)
 	}
+	// Take out our own option, then hand the rest to the http transport.
+	depth := 0
+	for d.Next() {
+		switch d.Val() {
+		case "{":
+			depth++
+			continue
+		case "}":
+			depth--
+			continue
+		}
+		if d.Val() != "tunnel" || depth != 1 {
+			continue
+		}
+		if !d.NextArg() {
+			return d.Err("tunnel: expected ssh")
+		}
+		if d.Val() != "ssh" {
+			return d.Errf("tunnel: %q is not supported (use ssh)", d.Val())
+		}
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+		if t.Tunnel != "" {
+			return d.Err("tunnel already specified")
+		}
+		t.Tunnel = "ssh"
+		d.DeleteN(2)
+	}
+	d.Reset()
 	return t.HTTPTransport.UnmarshalCaddyfile(d)
 }
 
@@ -147,4 +227,5 @@ var (
 	_ http.RoundTripper         = (*Transport)(nil)
 	_ reverseproxy.TLSTransport = (*Transport)(nil)
 	_ caddyfile.Unmarshaler     = (*Transport)(nil)
+	_ caddy.CleanerUpper        = (*Transport)(nil)
 )

@@ -93,6 +93,9 @@ func (p *prober) run(ctx context.Context) {
 func (p *prober) schedule(ctx context.Context, now time.Time, next map[int64]time.Time, inflight map[int64]bool, results chan<- probeOutcome, wg *sync.WaitGroup) {
 	p.w.mu.Lock()
 	limit, dial := p.w.cfg.MaxConcurrentProbes, p.w.cfg.Dial
+	if !p.w.tunnel {
+		dial = nil // direct: probes dial the public address like traffic
+	}
 	pools := p.w.cfg.Pools
 	p.w.mu.Unlock()
 	if limit <= 0 {

@@ -106,6 +106,10 @@ type Route struct {
 	ID    int64
 	Pool  string
 	Token string
+	// Tunnel is true when the upstream is reached through the instance's
+	// SSH connection, to 127.0.0.1:Port inside the instance.
+	Tunnel bool
+	Port   int
 }
 
 // Member returns the member with the given id.
@@ -142,13 +146,13 @@ type tracked struct {
 }
 
 // buildSnapshot derives an immutable snapshot from the watcher's records.
-func buildSnapshot(gen uint64, pools []PoolSpec, known map[int64]*tracked, drain map[int64]bool, poll PollStatus) *Snapshot {
+func buildSnapshot(gen uint64, pools []PoolSpec, known map[int64]*tracked, drain map[int64]bool, tunnel bool, poll PollStatus) *Snapshot {
 	s := emptySnapshot(pools)
 	s.Generation = gen
 	s.Poll = poll
 	s.Members = make([]Member, 0, len(known))
 	for id, t := range known {
-		m := deriveMember(pools, t)
+		m := deriveMember(pools, t, tunnel)
 		if drain[id] {
 			m.Draining = true
 			if m.Routable {
@@ -175,13 +179,13 @@ func buildSnapshot(gen uint64, pools []PoolSpec, known map[int64]*tracked, drain
 			m.Routable, m.Reason = false, "upstream address also used by instance "+itoa(prev.ID)
 			continue
 		}
-		s.routes[m.Upstream] = Route{ID: m.Instance.ID, Pool: m.Pool, Token: m.token}
+		s.routes[m.Upstream] = Route{ID: m.Instance.ID, Pool: m.Pool, Token: m.token, Tunnel: tunnel, Port: pv.Spec.port()}
 		pv.Targets = append(pv.Targets, Target{ID: m.Instance.ID, Dial: m.Upstream})
 	}
 	return s
 }
 
-func deriveMember(pools []PoolSpec, t *tracked) Member {
+func deriveMember(pools []PoolSpec, t *tracked, tunnel bool) Member {
 	m := Member{
 		Instance: t.inst, FirstSeen: t.firstSeen, LastSeen: t.lastSeen, Misses: t.misses,
 		State: t.health.state, StateSince: t.health.since, probe: t.health.cell,
@@ -194,6 +198,9 @@ func deriveMember(pools []PoolSpec, t *tracked) Member {
 	}
 	spec := pools[idx]
 	addr, why := upstreamAddr(&t.inst, spec.port())
+	if tunnel {
+		addr, why = tunnelUpstream(&t.inst, spec.port())
+	}
 	m.Upstream = addr
 	m.token = spec.Token.Resolve(&t.inst)
 	switch {

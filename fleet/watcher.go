@@ -24,7 +24,8 @@ type Config struct {
 	PollInterval time.Duration
 	// MaxConcurrentProbes bounds the active probes in flight (default 64).
 	MaxConcurrentProbes int
-	// Dial opens probe connections; nil dials addr directly over TCP.
+	// Dial opens probe connections in tunnel mode (see SetTunnel); in
+	// direct mode probes dial the public address over TCP.
 	Dial Dialer
 }
 
@@ -49,6 +50,7 @@ type Watcher struct {
 	cfg    Config
 	known  map[int64]*tracked
 	drain  map[int64]bool
+	tunnel bool
 	poll   PollStatus
 	gen    uint64
 
@@ -281,6 +283,19 @@ func (w *Watcher) ReportTraffic(id int64, ok bool) {
 	}
 }
 
+// SetTunnel switches tunnel mode: every instance is then reached through
+// its SSH connection (upstream addresses from TunnelAddr), and probes use
+// Config.Dial, so they take the same path as traffic.
+func (w *Watcher) SetTunnel(enabled bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.tunnel == enabled {
+		return
+	}
+	w.tunnel = enabled
+	w.publishLocked()
+}
+
 // SetDraining takes an instance out of routing (draining true) or puts it
 // back. In-flight requests are not affected; new ones go elsewhere.
 func (w *Watcher) SetDraining(id int64, draining bool) {
@@ -304,7 +319,7 @@ func (w *Watcher) publishLocked() {
 			delete(w.drain, id) // forgotten instances need no drain mark
 		}
 	}
-	w.snap.Store(buildSnapshot(w.gen, w.cfg.Pools, w.known, w.drain, w.poll))
+	w.snap.Store(buildSnapshot(w.gen, w.cfg.Pools, w.known, w.drain, w.tunnel, w.poll))
 }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }

@@ -1,0 +1,179 @@
+package vastai
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"reflect"
+	"strconv"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+
+	"github.com/caddy-vastai/caddy-vastai/fleet"
+	"github.com/caddy-vastai/caddy-vastai/gpumetrics"
+	"github.com/caddy-vastai/caddy-vastai/vastclient"
+)
+
+// SSHConfig configures SSH to the instances: GPU metrics with nvidia-smi,
+// and the tunnel transport. Connections are made as root, directly to
+// public_ipaddr and the port mapped to 22/tcp first, else through vast.ai's
+// SSH proxy.
+type SSHConfig struct {
+	// Private key files; every one is tried. The keys of the agent at
+	// SSH_AUTH_SOCK are used too when that variable is set.
+	Keys []string `json:"keys,omitempty"`
+
+	// How host keys are checked: "storage" (default) trusts the first key
+	// an instance presents and remembers it in Caddy's storage, refusing a
+	// changed key; "insecure" accepts any key (a man in the middle could
+	// then read tokens and traffic).
+	KnownHosts string `json:"known_hosts,omitempty"`
+
+	// Time limit for opening an SSH connection. Default: 20s.
+	ConnectTimeout caddy.Duration `json:"connect_timeout,omitempty"`
+
+	// How often GPU metrics are collected from each instance. Default: 15s.
+	MetricsInterval caddy.Duration `json:"metrics_interval,omitempty"`
+}
+
+// Known-hosts policies.
+const (
+	KnownHostsStorage  = "storage"
+	KnownHostsInsecure = "insecure"
+)
+
+// DefaultMetricsInterval is how often GPU metrics are collected by default.
+const DefaultMetricsInterval = 15 * time.Second
+
+func (c *SSHConfig) validate() error {
+	if c == nil {
+		return nil
+	}
+	if len(c.Keys) == 0 {
+		return fmt.Errorf("vastai: ssh: key: at least one private key file is required")
+	}
+	switch c.KnownHosts {
+	case "", KnownHostsStorage, KnownHostsInsecure:
+	default:
+		return fmt.Errorf("vastai: ssh: known_hosts: %q is not storage or insecure", c.KnownHosts)
+	}
+	if c.ConnectTimeout < 0 || c.MetricsInterval < 0 {
+		return fmt.Errorf("vastai: ssh: durations must not be negative")
+	}
+	return nil
+}
+
+// sshRuntime is the reload-surviving SSH side: one connection pool shared by
+// metrics and tunnels, and the metrics collector.
+type sshRuntime struct {
+	cfg       SSHConfig
+	pool      *gpumetrics.Pool
+	collector *gpumetrics.Collector
+	cancel    context.CancelFunc
+	done      chan struct{}
+}
+
+// applySSHLocked (re)starts the SSH side when its configuration changed. Called
+// with s.mu held.
+func (s *state) applySSHLocked(log *zap.Logger, cfg *SSHConfig, hostKeys gpumetrics.HostKeyStore) error {
+	if cfg == nil {
+		s.stopSSHLocked()
+		return nil
+	}
+	if cur := s.ssh.Load(); cur != nil && reflect.DeepEqual(cur.cfg, *cfg) {
+		return nil
+	}
+	pool, err := gpumetrics.NewPool(gpumetrics.PoolConfig{
+		User:                   "root",
+		KeyFiles:               cfg.Keys,
+		UseAgent:               true,
+		HostKeys:               hostKeys,
+		InsecureIgnoreHostKeys: cfg.KnownHosts == KnownHostsInsecure,
+		ConnectTimeout:         time.Duration(cfg.ConnectTimeout),
+		Logger:                 log.Named("ssh"),
+	})
+	if err != nil {
+		return fmt.Errorf("vastai: ssh: %w", err)
+	}
+	// A changed SSH configuration replaces the pool; the old one's
+	// connections close once their tunnels have finished.
+	s.stopSSHLocked()
+	interval := time.Duration(cfg.MetricsInterval)
+	if interval <= 0 {
+		interval = DefaultMetricsInterval
+	}
+	rt := &sshRuntime{cfg: *cfg, pool: pool, collector: gpumetrics.NewCollector(pool, interval, log.Named("gpumetrics")), done: make(chan struct{})}
+	ctx, cancel := context.WithCancel(context.Background())
+	rt.cancel = cancel
+	go func() {
+		defer close(rt.done)
+		go rt.collector.Run(ctx)
+		rt.syncEndpoints(ctx, s.watcher)
+	}()
+	s.ssh.Store(rt)
+	return nil
+}
+
+func (s *state) stopSSHLocked() {
+	rt := s.ssh.Swap(nil)
+	if rt == nil {
+		return
+	}
+	rt.cancel()
+	<-rt.done
+	rt.pool.Close()
+}
+
+// syncEndpoints keeps the collector's endpoints in line with the fleet:
+// pooled, running instances with an SSH address.
+func (rt *sshRuntime) syncEndpoints(ctx context.Context, w *fleet.Watcher) {
+	var gen uint64
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		if snap := w.Snapshot(); snap.Generation != gen {
+			gen = snap.Generation
+			eps := make([]gpumetrics.Endpoint, 0, len(snap.Members))
+			for i := range snap.Members {
+				m := &snap.Members[i]
+				if m.Pool == "" || m.Instance.ActualStatus != "running" || m.State == fleet.StateGone {
+					continue
+				}
+				if ep, ok := sshEndpoint(&m.Instance); ok {
+					eps = append(eps, ep)
+				}
+			}
+			rt.collector.SetEndpoints(eps)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func sshEndpoint(in *vastclient.Instance) (gpumetrics.Endpoint, bool) {
+	d, p := fleet.SSHEndpoints(in)
+	return gpumetrics.Endpoint{ID: in.ID, Direct: d, Proxy: p}, d != "" || p != ""
+}
+
+// dialTunnel opens a connection to 127.0.0.1:port inside an instance over
+// its SSH connection.
+func (s *state) dialTunnel(ctx context.Context, id int64, port int) (net.Conn, error) {
+	rt := s.ssh.Load()
+	if rt == nil {
+		return nil, fmt.Errorf("tunnel to instance %d: SSH is not configured (vastai { ssh { key ... } })", id)
+	}
+	m, ok := s.watcher.Snapshot().Member(id)
+	if !ok {
+		return nil, fmt.Errorf("tunnel to instance %d: %w", id, errNoRoute)
+	}
+	ep, ok := sshEndpoint(&m.Instance)
+	if !ok {
+		return nil, fmt.Errorf("tunnel to instance %d: no SSH endpoint", id)
+	}
+	return rt.pool.DialContext(ctx, ep, net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+}

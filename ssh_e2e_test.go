@@ -1,0 +1,179 @@
+package vastai
+
+import (
+	"bufio"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/pem"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/caddy-vastai/caddy-vastai/vastsim"
+)
+
+// writeSSHKey writes a fresh ed25519 private key in OpenSSH format and
+// returns its path and public key.
+func writeSSHKey(t testing.TB, dir string) (string, ssh.PublicKey) {
+	t.Helper()
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, err := ssh.MarshalPrivateKey(priv, "caddy-vastai test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "id_ed25519")
+	if err := os.WriteFile(path, pem.EncodeToMemory(block), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sshPub, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return path, sshPub
+}
+
+// sshConfig renders a test config with an ssh block and a storage folder
+// of the test's own (host keys are remembered there).
+func sshConfig(simURL, keyFile, storage, pools, site string) string {
+	cfg := testConfig(simURL, pools+fmt.Sprintf(`
+		ssh {
+			key %s
+			known_hosts storage
+			connect_timeout 5s
+			metrics_interval 300ms
+		}`, keyFile), site)
+	return strings.Replace(cfg, "\tskip_install_trust\n", "\tskip_install_trust\n\tstorage file_system "+storage+"\n", 1)
+}
+
+type gpuInstance struct {
+	ID   int64 `json:"id"`
+	GPUs []struct {
+		Index          int       `json:"index"`
+		Name           string    `json:"name"`
+		UtilizationGPU *float64  `json:"utilization_gpu"`
+		MemoryTotalMiB *float64  `json:"memory_total_mib"`
+		TemperatureC   *float64  `json:"temperature_c"`
+		CollectedAt    time.Time `json:"collected_at"`
+	} `json:"gpus"`
+	SSH *struct {
+		Path      string `json:"path"`
+		LastError string `json:"last_error"`
+	} `json:"ssh"`
+}
+
+func TestGPUMetricsFromTheSimulatorsSSH(t *testing.T) {
+	dir := t.TempDir()
+	keyFile, pub := writeSSHKey(t, dir)
+	sim := newSim(t, vastsim.Options{SSHAuthorizedKeys: []ssh.PublicKey{pub}})
+	id, err := sim.Launch(vastsim.LaunchSpec{Label: "llm-1", GPUName: "RTX 4090", NumGPUs: 2, DPH: 0.8, Running: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	startCaddy(t, sshConfig(sim.URL(), keyFile, filepath.Join(dir, "storage"), llmPool, `	vastai_proxy llm`))
+
+	var in gpuInstance
+	waitFor(t, 15*time.Second, "GPU metrics over SSH", func() bool {
+		adminGET(t, fmt.Sprintf("/vastai/instances/%d", id), &in)
+		return len(in.GPUs) == 2 && in.SSH != nil
+	})
+	if in.SSH.Path != "direct" {
+		t.Errorf("ssh path %q (%s), want direct", in.SSH.Path, in.SSH.LastError)
+	}
+	for _, g := range in.GPUs {
+		if g.UtilizationGPU == nil || g.MemoryTotalMiB == nil || *g.MemoryTotalMiB < 20000 || g.TemperatureC == nil || g.CollectedAt.IsZero() {
+			t.Errorf("GPU %d figures incomplete: %+v", g.Index, g)
+		}
+	}
+	first := in.GPUs[0].CollectedAt
+	waitFor(t, 10*time.Second, "a newer GPU sample", func() bool {
+		adminGET(t, fmt.Sprintf("/vastai/instances/%d", id), &in)
+		return len(in.GPUs) == 2 && in.GPUs[0].CollectedAt.After(first)
+	})
+	_, metrics := adminGET(t, "/metrics", nil)
+	for _, want := range []string{
+		fmt.Sprintf(`caddy_vastai_gpu_memory_total_bytes{gpu="1",instance="%d",pool="llm"}`, id),
+		fmt.Sprintf(`caddy_vastai_ssh_path{instance="%d",path="direct",pool="llm"} 1`, id),
+	} {
+		if !strings.Contains(string(metrics), want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	// A metrics failure never affects routing.
+	sim.SetNvidiaSMIOutput(id, "garbage", 1)
+	waitFor(t, 10*time.Second, "the metrics error to be reported", func() bool {
+		var raw map[string]any
+		adminGET(t, fmt.Sprintf("/vastai/instances/%d", id), &raw)
+		e, _ := raw["gpu_error"].(string)
+		return e != ""
+	})
+	resp, body := completion(t, http.DefaultClient)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("traffic after a metrics failure: %d %s", resp.StatusCode, body)
+	}
+}
+
+func TestTunnelTransportCarriesAStreamOverTheSimulatorsSSH(t *testing.T) {
+	dir := t.TempDir()
+	keyFile, pub := writeSSHKey(t, dir)
+	sim := newSim(t, vastsim.Options{SSHAuthorizedKeys: []ssh.PublicKey{pub}, TokenInterval: 30 * time.Millisecond})
+	ids := launch(t, sim, 2, "llm-")
+	startCaddy(t, sshConfig(sim.URL(), keyFile, filepath.Join(dir, "storage"), healthPool, `	vastai_proxy llm {
+		lb_policy round_robin
+		transport vastai {
+			tunnel ssh
+		}
+	}`))
+	waitRoutable(t, ids, 15*time.Second)
+
+	var list []struct {
+		ID       int64  `json:"id"`
+		Upstream string `json:"upstream"`
+	}
+	adminGET(t, "/vastai/instances", &list)
+	for _, in := range list {
+		if !strings.HasSuffix(strings.Split(in.Upstream, ":")[0], ".vastai-tunnel") {
+			t.Errorf("instance %d upstream %q is not a tunnel address", in.ID, in.Upstream)
+		}
+	}
+	req, _ := http.NewRequest(http.MethodPost, testProxyURL+"/v1/chat/completions",
+		strings.NewReader(`{"model":"vastsim/tiny-llm","stream":true,"max_tokens":12,"messages":[{"role":"user","content":"hi"}]}`))
+	start := time.Now()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var arrivals []time.Duration
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if strings.HasPrefix(sc.Text(), "data: ") {
+			arrivals = append(arrivals, time.Since(start))
+		}
+	}
+	if resp.StatusCode != http.StatusOK || len(arrivals) < 12 {
+		t.Fatalf("stream through the tunnel: status %d, %d events", resp.StatusCode, len(arrivals))
+	}
+	if spread := arrivals[len(arrivals)-1] - arrivals[0]; spread < 5*30*time.Millisecond {
+		t.Errorf("tunnelled stream was buffered: events within %s", spread)
+	}
+	var tunnels int64
+	for _, id := range ids {
+		st := sim.SSHStats(id)
+		tunnels += st.Direct.DirectTCPIP + st.Proxy.DirectTCPIP
+		if u := sim.Engine(id).Unauthorized; u != 0 {
+			t.Errorf("instance %d: %d unauthorized requests through the tunnel", id, u)
+		}
+	}
+	if tunnels == 0 {
+		t.Fatal("no direct-tcpip channel was opened: traffic did not use the tunnel")
+	}
+}
