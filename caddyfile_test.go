@@ -87,6 +87,13 @@ func TestCaddyfileErrorsNameTheProblem(t *testing.T) {
 		{"health unknown option", wrap("\t\tapi_key k\n\t\tpool llm {\n\t\t\thealth {\n\t\t\t\tretries 3\n\t\t\t}\n\t\t}", okSite), `health: unrecognized option "retries"`},
 		{"health twice", wrap("\t\tapi_key k\n\t\tpool llm {\n\t\t\thealth\n\t\t\thealth\n\t\t}", okSite), "health is defined more than once"},
 		{"bad max_concurrent_probes", wrap("\t\tapi_key k\n\t\tmax_concurrent_probes lots", okSite), "max_concurrent_probes"},
+		{"ssh without key", wrap("\t\tapi_key k\n\t\tssh {\n\t\t\tknown_hosts storage\n\t\t}", okSite), "ssh: key: at least one private key file is required"},
+		{"ssh bad known_hosts", wrap("\t\tapi_key k\n\t\tssh {\n\t\t\tkey /k\n\t\t\tknown_hosts yolo\n\t\t}", okSite), `ssh: known_hosts: "yolo" is not storage or insecure`},
+		{"ssh bad timeout", wrap("\t\tapi_key k\n\t\tssh {\n\t\t\tkey /k\n\t\t\tconnect_timeout never\n\t\t}", okSite), "ssh: connect_timeout"},
+		{"ssh unknown option", wrap("\t\tapi_key k\n\t\tssh {\n\t\t\tkey /k\n\t\t\tuser ubuntu\n\t\t}", okSite), `ssh: unrecognized option "user"`},
+		{"ssh twice", wrap("\t\tapi_key k\n\t\tssh {\n\t\t\tkey /k\n\t\t}\n\t\tssh {\n\t\t\tkey /k\n\t\t}", okSite), "ssh is defined more than once"},
+		{"tunnel other than ssh", wrap(okPool, "\tvastai_proxy llm {\n\t\ttransport vastai {\n\t\t\ttunnel wireguard\n\t\t}\n\t}"), `tunnel: "wireguard" is not supported`},
+		{"tunnel without kind", wrap(okPool, "\tvastai_proxy llm {\n\t\ttransport vastai {\n\t\t\ttunnel\n\t\t}\n\t}"), "tunnel: expected ssh"},
 		{"vastai_proxy without pool", wrap(okPool, "\tvastai_proxy"), "vastai_proxy: a pool name is required"},
 		{"vastai_proxy with two pools", wrap(okPool, "\tvastai_proxy llm other"), `unexpected argument "other"`},
 		{"vastai_proxy with dynamic", wrap(okPool, "\tvastai_proxy llm {\n\t\tdynamic a example.com\n\t}"), "dynamic upstreams are preset"},
@@ -130,6 +137,9 @@ func TestConfigValidationNamesTheField(t *testing.T) {
 		{"poll_interval too small", `{"api_key":"k","poll_interval":1000,"pools":{"llm":{}}}`, site("llm"), "poll_interval"},
 		{"label and prefix", `{"api_key":"k","pools":{"llm":{"label":"a","label_prefix":"b"}}}`, site("llm"), "mutually exclusive"},
 		{"upstream without the app", ``, site("llm"), "vastai app is not configured"},
+		{"ssh without keys", `{"api_key":"k","ssh":{},"pools":{"llm":{}}}`, site("llm"), "ssh: key"},
+		{"ssh key file missing", `{"api_key":"k","ssh":{"keys":["/nonexistent/key"]},"pools":{"llm":{}}}`, site("llm"), "/nonexistent/key"},
+		{"tunnel without ssh", `{"api_key":"k","pools":{"llm":{}}}`, strings.Replace(site("llm"), `"protocol":"vastai"`, `"protocol":"vastai","tunnel":"ssh"`, 1), "tunnel ssh needs SSH access"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

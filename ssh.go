@@ -4,12 +4,14 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
 	"reflect"
 	"strconv"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
+	"golang.org/x/crypto/ssh"
 
 	"github.com/caddy-vastai/caddy-vastai/fleet"
 	"github.com/caddy-vastai/caddy-vastai/gpumetrics"
@@ -53,6 +55,17 @@ func (c *SSHConfig) validate() error {
 	}
 	if len(c.Keys) == 0 {
 		return fmt.Errorf("vastai: ssh: key: at least one private key file is required")
+	}
+	// Unreadable keys are a configuration error now, not a connection
+	// error for every instance later.
+	for _, f := range c.Keys {
+		pem, err := os.ReadFile(f)
+		if err != nil {
+			return fmt.Errorf("vastai: ssh: key: %w", err)
+		}
+		if _, err := ssh.ParsePrivateKey(pem); err != nil {
+			return fmt.Errorf("vastai: ssh: key %s: %w", f, err)
+		}
 	}
 	switch c.KnownHosts {
 	case "", KnownHostsStorage, KnownHostsInsecure:
