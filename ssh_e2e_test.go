@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/caddy-vastai/caddy-vastai/internal/sshdtest"
 	"github.com/caddy-vastai/caddy-vastai/vastsim"
 )
 
@@ -175,5 +176,83 @@ func TestTunnelTransportCarriesAStreamOverTheSimulatorsSSH(t *testing.T) {
 	}
 	if tunnels == 0 {
 		t.Fatal("no direct-tcpip channel was opened: traffic did not use the tunnel")
+	}
+}
+
+// nvidiaSMIThreeGPUs is nvidia-smi's answer to gpumetrics.Query on a host
+// with three GPUs, one of which reports [N/A] for some fields.
+const nvidiaSMIThreeGPUs = `0, GPU-11111111-2222-3333-4444-555555555555, NVIDIA GeForce RTX 4090, 87, 41, 20110, 24564, 71, 382.45, 450.00
+1, GPU-22222222-2222-3333-4444-555555555555, NVIDIA GeForce RTX 4090, 12, 3, 1024, 24564, 44, 61.20, 450.00
+2, GPU-33333333-2222-3333-4444-555555555555, NVIDIA A100-SXM4-80GB, [N/A], [N/A], 81000, 81920, 39, [N/A], 400.00
+`
+
+func TestTunnelAndGPUMetricsThroughARealOpenSSHServer(t *testing.T) {
+	sshd := sshdtest.Start(t, nvidiaSMIThreeGPUs)
+	sim := newSim(t, vastsim.Options{TokenInterval: 30 * time.Millisecond})
+	ids := launch(t, sim, 1, "llm-")
+	var enginePort string
+	for _, in := range sim.Instances() {
+		if in.ID == ids[0] {
+			_, enginePort, _ = strings.Cut(in.EngineAddr, ":")
+		}
+	}
+	// The "instance" is this host: sshd is its SSH server, and inside it
+	// the engine listens on 127.0.0.1:<enginePort>.
+	sim.UseExternalSSH(ids[0], sshd.Port)
+	dir := t.TempDir()
+	pool := fmt.Sprintf(`		pool llm {
+			label_prefix llm-
+			port %s
+			health {
+				interval 200ms
+				timeout 2s
+			}
+		}`, enginePort)
+	startCaddy(t, sshConfig(sim.URL(), sshd.KeyFile, filepath.Join(dir, "storage"), pool, `	vastai_proxy llm {
+		transport vastai {
+			tunnel ssh
+		}
+	}`))
+	waitRoutable(t, ids, 20*time.Second)
+
+	req, _ := http.NewRequest(http.MethodPost, testProxyURL+"/v1/completions",
+		strings.NewReader(`{"model":"vastsim/tiny-llm","prompt":"hi","stream":true,"max_tokens":15}`))
+	start := time.Now()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var arrivals []time.Duration
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if strings.HasPrefix(sc.Text(), "data: ") {
+			arrivals = append(arrivals, time.Since(start))
+		}
+	}
+	if resp.StatusCode != http.StatusOK || len(arrivals) < 15 {
+		t.Fatalf("stream through sshd: status %d, %d events", resp.StatusCode, len(arrivals))
+	}
+	if spread := arrivals[len(arrivals)-1] - arrivals[0]; spread < 7*30*time.Millisecond {
+		t.Errorf("stream through sshd was buffered: events within %s", spread)
+	}
+	if st := sim.SSHStats(ids[0]); st.Direct.DirectTCPIP+st.Proxy.DirectTCPIP != 0 {
+		t.Errorf("the simulator's own SSH server carried tunnels; they must go through sshd")
+	}
+
+	var in gpuInstance
+	waitFor(t, 15*time.Second, "GPU metrics through sshd", func() bool {
+		adminGET(t, fmt.Sprintf("/vastai/instances/%d", ids[0]), &in)
+		return len(in.GPUs) == 3
+	})
+	if in.SSH == nil || in.SSH.Path != "direct" {
+		t.Errorf("ssh = %+v, want path direct", in.SSH)
+	}
+	g0, g2 := in.GPUs[0], in.GPUs[2]
+	if g0.UtilizationGPU == nil || *g0.UtilizationGPU != 87 || g0.MemoryTotalMiB == nil || *g0.MemoryTotalMiB != 24564 || g0.TemperatureC == nil || *g0.TemperatureC != 71 {
+		t.Errorf("GPU 0 = %+v", g0)
+	}
+	if g2.UtilizationGPU != nil || g2.Name != "NVIDIA A100-SXM4-80GB" || g2.MemoryTotalMiB == nil || *g2.MemoryTotalMiB != 81920 {
+		t.Errorf("GPU 2 ([N/A] utilization) = %+v", g2)
 	}
 }

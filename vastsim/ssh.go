@@ -157,6 +157,9 @@ func (s *Sim) sshOwnsPort(p portSpec) bool {
 // stays reported while a path is closed by SetSSHPath (the point is to test
 // a client that finds it unreachable). s.mu must be held.
 func (s *Sim) sshDirectPortLocked(in *instance) int {
+	if in.extSSH != 0 {
+		return in.extSSH
+	}
 	if s.opts.SSHDisabled || in.ssh == nil || !in.sshDirectWanted() {
 		return 0
 	}
@@ -167,6 +170,9 @@ func (s *Sim) sshDirectPortLocked(in *instance) int {
 // object. With SSH disabled it is the fictitious vast.ai proxy. s.mu must
 // be held.
 func (s *Sim) sshProxyEndpointLocked(in *instance) (string, int) {
+	if in.extSSH != 0 {
+		return "127.0.0.1", in.extSSH
+	}
 	if s.opts.SSHDisabled {
 		return "ssh5.vast.ai", in.sshPort
 	}
@@ -179,6 +185,19 @@ func (s *Sim) sshProxyEndpointLocked(in *instance) (string, int) {
 		}
 	}
 	return "127.0.0.1", port
+}
+
+// UseExternalSSH makes the API report an SSH server running outside the
+// simulator (for example a real OpenSSH sshd on 127.0.0.1:port) as the
+// instance's direct and proxy SSH endpoints, so clients test against it;
+// 0 restores the simulated server. Through such a server, tunnels reach the
+// host's 127.0.0.1, where the engine listens on its host port.
+func (s *Sim) UseExternalSSH(id int64, port int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if in := s.instances[id]; in != nil {
+		in.extSSH = port
+	}
 }
 
 // freePort finds a loopback port that is free now, for a path that is

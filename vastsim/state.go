@@ -55,6 +55,7 @@ type instance struct {
 	created        time.Time
 	end            time.Time
 	sshPort        int
+	extSSH         int // port of an external SSH server standing in for the container's (UseExternalSSH)
 	localIP        string
 	ports          []portSpec
 	hostPorts      map[string]int // "8000/tcp" -> host port
