@@ -27,6 +27,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-vastai/caddy-vastai/fleet"
+	"github.com/caddy-vastai/caddy-vastai/lifecycle"
 	"github.com/caddy-vastai/caddy-vastai/vastclient"
 )
 
@@ -66,11 +67,37 @@ type App struct {
 	// tunnel transport. Without it, no SSH connection is ever made.
 	SSH *SSHConfig `json:"ssh,omitempty"`
 
-	storage certmagicStorage
-	apiKey  string
-	specs   []fleet.PoolSpec
-	state   *state
-	logger  *zap.Logger
+	// Names this gateway in the labels of the instances it creates
+	// ("cv:<gateway_id>:<pool>:<operation>") and in its storage keys;
+	// [a-z0-9-]{1,32}. Gateways sharing a vast.ai account need distinct
+	// ids: each only ever touches instances labelled with its own.
+	// Default: "default".
+	GatewayID string `json:"gateway_id,omitempty"`
+
+	// How often the fleet is reconciled: orphans (our label, no record),
+	// ghosts (a record, no instance), pools below min_instances, instances
+	// past max_lifetime, unconfirmed destroys. Default: 5m.
+	ReconcileInterval caddy.Duration `json:"reconcile_interval,omitempty"`
+
+	// What reconciliation does with an instance that carries this
+	// gateway's label but has no record: "adopt" (default), "destroy"
+	// (only after two consecutive sightings) or "ignore".
+	Orphans string `json:"orphans,omitempty"`
+
+	// Gateway budget in $/hour over all pools: a provisioning that would
+	// exceed it is refused (0: none).
+	MaxSpendPerHour float64 `json:"max_spend_per_hour,omitempty"`
+
+	// New instances are refused while the account credit is below this
+	// many dollars (0: no check).
+	MinCredit float64 `json:"min_credit,omitempty"`
+
+	storage   caddyStorage
+	apiKey    string
+	specs     []fleet.PoolSpec
+	lifecycle lifecycle.Config
+	state     *state
+	logger    *zap.Logger
 }
 
 // Pool selects instances of the account and says how to reach their engine.
@@ -93,6 +120,10 @@ type Pool struct {
 	// Active health probes of the engines. Only instances whose engine
 	// passes them receive traffic. Default: GET /health every 5s.
 	Health *HealthConfig `json:"health,omitempty"`
+
+	// What to provision for this pool, and its size and price limits.
+	// Without it the pool only routes to instances created elsewhere.
+	Provision *ProvisionConfig `json:"provision,omitempty"`
 }
 
 // HealthConfig configures a pool's active probes. Probes carry the
@@ -189,6 +220,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 			a.Pools[name] = p
 		}
 		spec := fleet.PoolSpec{Name: name, Label: p.Label, LabelPrefix: p.LabelPrefix, Port: p.Port, Health: p.Health.spec()}
+		if p.Provision != nil {
+			spec.ManagedPrefix = lifecycle.PoolLabelPrefix(a.gatewayID(), name)
+		}
 		if p.Token != nil {
 			spec.Token = fleet.TokenSource{Kind: p.Token.Source}
 			switch p.Token.Source {
@@ -201,6 +235,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		a.specs = append(a.specs, spec)
 	}
 	fleet.SortPools(a.specs)
+	a.lifecycle = a.lifecycleConfig()
 
 	st, _, err := states.LoadOrNew(stateKey, func() (caddy.Destructor, error) {
 		return newState(), nil
@@ -228,6 +263,9 @@ func (a *App) Validate() error {
 	}
 	if err := a.SSH.validate(); err != nil {
 		return err
+	}
+	if err := a.lifecycle.Validate(); err != nil {
+		return fmt.Errorf("vastai: %w", err)
 	}
 	if a.MaxConcurrentProbes < 0 {
 		return fmt.Errorf("vastai: max_concurrent_probes: must not be negative")
@@ -272,7 +310,7 @@ func (a *App) Start() error {
 		Pools:               a.specs,
 		PollInterval:        interval,
 		MaxConcurrentProbes: a.MaxConcurrentProbes,
-	}, a.SSH, prefixedStore{a.storage, "vastai/"})
+	}, a.SSH, prefixedStore{a.storage, "vastai/"}, a.lifecycle, a.storage)
 }
 
 // Stop does nothing: on a reload the new app has already taken over the
@@ -320,16 +358,15 @@ func lookupApp(ctx caddy.Context) (*App, error) {
 	return app, nil
 }
 
-// certmagicStorage is the part of Caddy's storage the plugin uses (host
-// keys for now).
-type certmagicStorage interface {
-	Load(ctx context.Context, key string) ([]byte, error)
-	Store(ctx context.Context, key string, value []byte) error
+// caddyStorage is the part of Caddy's storage the plugin uses: host keys,
+// provisioning records and the reconciliation lock.
+type caddyStorage interface {
+	lifecycle.Store
 }
 
 // prefixedStore keeps the plugin's keys under one folder of Caddy's storage.
 type prefixedStore struct {
-	s      certmagicStorage
+	s      caddyStorage
 	prefix string
 }
 

@@ -106,6 +106,11 @@ func (s *state) applySSHLocked(log *zap.Logger, cfg *SSHConfig, hostKeys gpumetr
 		InsecureIgnoreHostKeys: cfg.KnownHosts == KnownHostsInsecure,
 		ConnectTimeout:         time.Duration(cfg.ConnectTimeout),
 		Logger:                 log.Named("ssh"),
+		// Pooled keep-alive connections would keep using a retired SSH
+		// path (and keep it open) after a move to direct; closing the idle
+		// ones makes the next request dial the new path, while requests in
+		// flight finish on the old one.
+		OnConnChange: func(int64, string) { s.closeIdleTunnelConns() },
 	})
 	if err != nil {
 		return fmt.Errorf("vastai: ssh: %w", err)
@@ -171,6 +176,18 @@ func (rt *sshRuntime) syncEndpoints(ctx context.Context, w *fleet.Watcher) {
 func sshEndpoint(in *vastclient.Instance) (gpumetrics.Endpoint, bool) {
 	d, p := fleet.SSHEndpoints(in)
 	return gpumetrics.Endpoint{ID: in.ID, Direct: d, Proxy: p}, d != "" || p != ""
+}
+
+// closeIdleTunnelConns closes idle HTTP connections of every vastai
+// transport and of the health prober.
+func (s *state) closeIdleTunnelConns() {
+	s.transports.Range(func(k, _ any) bool {
+		if rt := k.(*Transport).HTTPTransport; rt != nil && rt.Transport != nil {
+			rt.Transport.CloseIdleConnections()
+		}
+		return true
+	})
+	s.watcher.CloseIdleConnections()
 }
 
 // dialTunnel opens a connection to 127.0.0.1:port inside an instance over

@@ -12,6 +12,7 @@ import (
 
 	"github.com/caddy-vastai/caddy-vastai/fleet"
 	"github.com/caddy-vastai/caddy-vastai/gpumetrics"
+	"github.com/caddy-vastai/caddy-vastai/lifecycle"
 	"github.com/caddy-vastai/caddy-vastai/vastclient"
 )
 
@@ -32,6 +33,9 @@ type state struct {
 	inflight inflightCounter
 	ssh      atomic.Pointer[sshRuntime] // nil without an ssh block
 	tunnels  atomic.Int32               // provisioned transports with tunnel ssh
+	// transports are the provisioned vastai transports (*Transport keys).
+	transports sync.Map
+	lifecycle  atomic.Pointer[lifecycleRuntime]
 
 	mu       sync.Mutex // guards the fields below
 	settings clientSettings
@@ -49,7 +53,7 @@ func newState() *state {
 // apply installs a started config: it (re)creates the vast.ai client only if
 // its settings changed, reconfigures the watcher, and starts the loop if it
 // is not running yet. It never starts a second loop.
-func (s *state) apply(log *zap.Logger, settings clientSettings, cfg fleet.Config, sshCfg *SSHConfig, hostKeys gpumetrics.HostKeyStore) error {
+func (s *state) apply(log *zap.Logger, settings clientSettings, cfg fleet.Config, sshCfg *SSHConfig, hostKeys gpumetrics.HostKeyStore, lc lifecycle.Config, store lifecycle.Store) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.applySSHLocked(log, sshCfg, hostKeys); err != nil {
@@ -72,6 +76,9 @@ func (s *state) apply(log *zap.Logger, settings clientSettings, cfg fleet.Config
 	s.watcher.SetLogger(log.Named("watcher"))
 	s.watcher.Configure(s.client, cfg)
 	s.watcher.SetTunnel(s.tunnels.Load() > 0)
+	if err := s.applyLifecycleLocked(log, lc, store); err != nil {
+		return err
+	}
 	if s.cancel == nil {
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
@@ -96,6 +103,7 @@ func (s *state) Destruct() error {
 		<-done
 	}
 	s.mu.Lock()
+	s.stopLifecycleLocked()
 	s.stopSSHLocked()
 	s.mu.Unlock()
 	return nil

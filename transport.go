@@ -106,11 +106,15 @@ func (t *Transport) Provision(ctx caddy.Context) error {
 			return base(ctx, network, addr)
 		}
 	}
+	t.st.transports.Store(t, struct{}{})
 	return nil
 }
 
 // Cleanup releases this transport's claim on tunnel mode.
 func (t *Transport) Cleanup() error {
+	if t.st != nil {
+		t.st.transports.Delete(t)
+	}
 	if t.registered {
 		t.registered = false
 		if t.st.tunnels.Add(-1) == 0 {

@@ -71,7 +71,15 @@ type PoolSpec struct {
 	Port        int    // the engine's container port
 	Token       TokenSource
 	Health      HealthSpec
+	// ManagedPrefix selects the instances the plugin created for this pool
+	// (label "cv:<gateway>:<pool>:"), in addition to Label/LabelPrefix.
+	// Their token is always their generated WEB_PASSWORD.
+	ManagedPrefix string
 }
+
+// ManagedTokenVar is the extra_env variable holding the token of an
+// instance the plugin created.
+const ManagedTokenVar = "WEB_PASSWORD"
 
 // DefaultPort is the engine container port used when a pool sets none.
 const DefaultPort = 8000
@@ -108,7 +116,14 @@ func (p PoolSpec) port() int {
 // beats a longer prefix, which beats a shorter one, which beats catch-all.
 // -1 means no match.
 func (p PoolSpec) specificity(label string) int {
+	if p.ManagedPrefix != "" && strings.HasPrefix(label, p.ManagedPrefix) {
+		return 1 << 21 // the plugin's own label: nothing is more specific
+	}
 	switch {
+	case p.Label == "" && p.LabelPrefix == "" && p.ManagedPrefix != "":
+		// A pool that only provisions selects only its own instances,
+		// not the whole account.
+		return -1
 	case p.Label != "":
 		if label == p.Label {
 			return 1 << 20

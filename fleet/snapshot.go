@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/caddy-vastai/caddy-vastai/vastclient"
@@ -203,6 +204,9 @@ func deriveMember(pools []PoolSpec, t *tracked, tunnel bool) Member {
 	}
 	m.Upstream = addr
 	m.token = spec.Token.Resolve(&t.inst)
+	if spec.ManagedPrefix != "" && strings.HasPrefix(t.inst.Label, spec.ManagedPrefix) {
+		m.token = t.inst.ExtraEnv[ManagedTokenVar]
+	}
 	switch {
 	case addr == "" && t.health.state != StateGone && t.inst.ActualStatus == "running":
 		m.Reason = why

@@ -283,6 +283,12 @@ func (w *Watcher) ReportTraffic(id int64, ok bool) {
 	}
 }
 
+// CloseIdleConnections closes the prober's idle connections, so the next
+// probes dial afresh (after an SSH path change, for example).
+func (w *Watcher) CloseIdleConnections() {
+	w.prober.client.CloseIdleConnections()
+}
+
 // SetTunnel switches tunnel mode: every instance is then reached through
 // its SSH connection (upstream addresses from TunnelAddr), and probes use
 // Config.Dial, so they take the same path as traffic.

@@ -378,3 +378,38 @@ func TestDrainingTakesAnInstanceOutOfRoutingOnly(t *testing.T) {
 		t.Fatalf("targets after undrain: %+v", got)
 	}
 }
+
+func TestManagedInstancesJoinTheirPoolWithTheirGeneratedToken(t *testing.T) {
+	managed := running(7, "cv:gw:llm:0a1b2c", 4007)
+	managed.ExtraEnv["WEB_PASSWORD"] = "generated-secret"
+	other := running(8, "cv:gw:embed:ffff", 4008)
+	adopted := running(9, "llm-old", 4009)
+	l := &scriptedLister{}
+	l.push(result(managed, other, adopted), nil)
+	w := newTestWatcher(l,
+		PoolSpec{Name: "llm", LabelPrefix: "llm-", ManagedPrefix: "cv:gw:llm:"},
+		PoolSpec{Name: "embed", ManagedPrefix: "cv:gw:embed:"},
+		PoolSpec{Name: "all"})
+	_ = pollReady(t, w)
+	s := w.Snapshot()
+	want := map[int64]string{7: "llm", 8: "embed", 9: "llm"}
+	for id, pool := range want {
+		if m, _ := s.Member(id); m.Pool != pool {
+			t.Errorf("instance %d in pool %q, want %q", id, m.Pool, pool)
+		}
+	}
+	if r, ok := s.Route("127.0.0.1:4007"); !ok || r.Token != "generated-secret" {
+		t.Errorf("managed route = %+v %v, want the WEB_PASSWORD token", r, ok)
+	}
+	if r, _ := s.Route("127.0.0.1:4009"); r.Token != "tok-9" {
+		t.Errorf("adopted route token %q, want the pool's token source", r.Token)
+	}
+	// A pool that only provisions does not take unrelated instances.
+	l2 := &scriptedLister{}
+	l2.push(result(running(10, "training", 4010)), nil)
+	w2 := newTestWatcher(l2, PoolSpec{Name: "embed", ManagedPrefix: "cv:gw:embed:"})
+	_ = pollReady(t, w2)
+	if m, _ := w2.Snapshot().Member(10); m.Pool != "" {
+		t.Errorf("provision-only pool took an unrelated instance")
+	}
+}

@@ -1,0 +1,476 @@
+package lifecycle
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Orphan policies: what reconciliation does with an instance that carries
+// this gateway's label but has no record.
+const (
+	// OrphansAdopt writes a record for the instance (its pool comes from the
+	// label) and manages it from then on. It is the default: an orphan is
+	// most likely an instance whose record was lost in a crash.
+	OrphansAdopt = "adopt"
+	// OrphansDestroy destroys the instance, with verification, once it has
+	// been seen as an orphan in two consecutive successful reconciliations.
+	OrphansDestroy = "destroy"
+	// OrphansIgnore only reports the instance.
+	OrphansIgnore = "ignore"
+)
+
+// Offer types.
+const (
+	// TypeOnDemand rents at the offer's price; the instance is not
+	// interruptible. It is the default.
+	TypeOnDemand = "on-demand"
+	// TypeBid rents an interruptible instance at PoolTemplate.BidPrice.
+	// vast.ai stops (does not destroy) an outbid instance; its disk keeps
+	// billing.
+	TypeBid = "bid"
+)
+
+// Defaults applied by New to zero Config and PoolTemplate fields.
+const (
+	DefaultReconcileInterval     = 5 * time.Minute
+	DefaultBlocklistTTL          = 24 * time.Hour
+	DefaultGhostConfirmations    = 3
+	DefaultDestroyVerifyAttempts = 10
+	DefaultReadyTimeout          = 30 * time.Minute
+	DefaultMaxAttempts           = 3
+	DefaultPollInterval          = 5 * time.Second
+	DefaultStatusPollInterval    = 15 * time.Second
+	DefaultDestroyBackoff        = 5 * time.Second
+	DefaultDestroyBackoffMax     = 2 * time.Minute
+	DefaultLeaseTTL              = 2 * time.Minute
+	DefaultLockTimeout           = 2 * time.Minute
+	DefaultDrainTimeout          = 10 * time.Minute
+	DefaultOfferCacheTTL         = 30 * time.Second
+	DefaultRetention             = 7 * 24 * time.Hour
+	DefaultOfferLimit            = 20
+	DefaultOrder                 = "dph_total"
+	// DefaultDisk is the disk size in GB when a pool sets none (the CLI's
+	// default; vast.ai's own minimum is 8).
+	DefaultDisk = 10
+	// gpuRAMSlack is the tolerance on MinGPURAMGB. Drivers report less than
+	// the marketing size (24564 MB for a "24 GB" RTX 4090), and a strict
+	// ≥ 24576 filter excluded every 4090 in cloud-gpu-shopper.
+	gpuRAMSlack = 0.02
+)
+
+// Sentinel errors for expected conditions. Test with errors.Is.
+var (
+	// ErrUnknownPool means the pool name is not configured.
+	ErrUnknownPool = errors.New("lifecycle: unknown pool")
+	// ErrMaxInstances means the request would take a pool beyond its
+	// MaxInstances.
+	ErrMaxInstances = errors.New("lifecycle: max_instances reached")
+	// ErrBudget is matched by every *BudgetError.
+	ErrBudget = errors.New("lifecycle: budget exceeded")
+	// ErrNoOffers means no offer matches the pool's filter, price cap and
+	// blocklist.
+	ErrNoOffers = errors.New("lifecycle: no matching offer")
+	// ErrNotOwned means the instance is not this gateway's (no record and no
+	// "cv:<gateway>:" label); destroying it needs Force.
+	ErrNotOwned = errors.New("lifecycle: instance not owned by this gateway")
+	// ErrInstanceNotFound means vast.ai does not know the instance.
+	ErrInstanceNotFound = errors.New("lifecycle: instance not found")
+	// ErrOperationNotFound means no operation has that id.
+	ErrOperationNotFound = errors.New("lifecycle: operation not found")
+	// ErrStopped means the Manager was stopped; it accepts no new work.
+	ErrStopped = errors.New("lifecycle: manager stopped")
+	// ErrInvalidConfig wraps configuration mistakes.
+	ErrInvalidConfig = errors.New("lifecycle: invalid configuration")
+)
+
+// OfferFilter selects offers. Zero fields do not filter. All filters are
+// sent to vast.ai (unfiltered searches return a capped subset) and checked
+// again on the answer.
+type OfferFilter struct {
+	// GPUName is vast.ai's spelling, with spaces ("RTX 4090").
+	GPUName string `json:"gpu_name,omitempty"`
+	// NumGPUs is the exact GPU count.
+	NumGPUs int `json:"num_gpus,omitempty"`
+	// MinGPURAMGB is the minimum memory per GPU in GB. It is compared with
+	// the driver-reported MB (gpu_ram) as GB×1000 minus 2%, so a 24564 MB
+	// card counts as 24 GB.
+	MinGPURAMGB float64 `json:"min_gpu_ram_gb,omitempty"`
+	// MaxDPH is the highest dph_total ($/hour, storage included).
+	MaxDPH float64 `json:"max_dph,omitempty"`
+	// MinReliability is the minimum reliability2 (0–1).
+	MinReliability float64 `json:"min_reliability,omitempty"`
+	// Verified restricts to verified machines.
+	Verified bool `json:"verified,omitempty"`
+	// Countries are two-letter geolocation codes ("US", "CA").
+	Countries []string `json:"countries,omitempty"`
+	// MinDirectPorts is the minimum direct_port_count; direct HTTP access to
+	// the engine needs at least one.
+	MinDirectPorts int `json:"min_direct_ports,omitempty"`
+	// MinCUDA is the minimum cuda_max_good. Hosts have advertised more
+	// than their driver supports; verify on the box as well.
+	MinCUDA float64 `json:"min_cuda,omitempty"`
+	// Extra are raw operator filters ({"inet_down": {"gte": 500}}); they
+	// override the fields above on the same key.
+	Extra map[string]map[string]any `json:"extra,omitempty"`
+	// Limit caps the number of offers asked for (default 20). Only
+	// meaningful in Offers overrides and templates.
+	Limit int `json:"limit,omitempty"`
+}
+
+// PoolTemplate says what to provision for a pool and within which limits.
+type PoolTemplate struct {
+	// Image is the Docker image; required unless TemplateHashID is set.
+	Image string `json:"image,omitempty"`
+	// TemplateHashID selects a vast.ai template. Hash ids change when a
+	// template is edited; pin the image where possible.
+	TemplateHashID string `json:"template_hash_id,omitempty"`
+	// Disk is the disk size in GB (at least 8, default 10; it cannot change
+	// later, and it bills even while the instance is stopped).
+	Disk float64 `json:"disk,omitempty"`
+	// Env are environment variables and Docker options such as
+	// "-p 8000:8000": "1". WEB_PASSWORD is generated per instance and must
+	// not be set here.
+	Env map[string]string `json:"env,omitempty"`
+	// Onstart is the onstart script.
+	Onstart string `json:"onstart,omitempty"`
+	// Args are the entrypoint arguments for runtype "args".
+	Args []string `json:"args,omitempty"`
+	// Runtype is "args", "ssh_direct", ... (empty: vast.ai's default).
+	Runtype string `json:"runtype,omitempty"`
+	// Offer selects offers.
+	Offer OfferFilter `json:"offer"`
+	// Order is the offer order as [field, "asc"|"desc"] pairs; default
+	// dph_total ascending.
+	Order [][2]string `json:"order,omitempty"`
+	// Type is "on-demand" (default) or "bid".
+	Type string `json:"type,omitempty"`
+	// BidPrice is the bid in $/hour for Type "bid" (sent as the create
+	// "price").
+	BidPrice float64 `json:"bid_price,omitempty"`
+	// MinInstances is kept running by reconciliation.
+	MinInstances int `json:"min_instances,omitempty"`
+	// MaxInstances bounds the pool (0: no bound).
+	MaxInstances int `json:"max_instances,omitempty"`
+	// MaxPricePerHour is the highest $/hour for one instance; offers above
+	// it are never used (0: no cap).
+	MaxPricePerHour float64 `json:"max_price_per_hour,omitempty"`
+	// MaxLifetime replaces instances older than this (0: never). The
+	// replacement is made ready before the old instance is drained.
+	MaxLifetime time.Duration `json:"max_lifetime,omitempty"`
+	// ReadyTimeout is how long an instance may stay in one provisioning
+	// state (loading, starting, ...) before it is given up (default 30m).
+	// The clock restarts when the state changes, so a slow image pull does
+	// not eat the engine's start-up time.
+	ReadyTimeout time.Duration `json:"ready_timeout,omitempty"`
+	// MaxAttempts bounds the offers tried per provisioning (default 3).
+	MaxAttempts int `json:"max_attempts,omitempty"`
+	// MaxSpendPerHour is the pool budget in $/hour: running instances plus
+	// creates in progress (0: none).
+	MaxSpendPerHour float64 `json:"max_spend_per_hour,omitempty"`
+}
+
+// Config configures a Manager.
+type Config struct {
+	// GatewayID names this gateway in labels and storage keys:
+	// [a-z0-9-]{1,32}. Gateways sharing a vast.ai account must use distinct
+	// ids; each only ever touches instances labelled with its own.
+	GatewayID string
+	// Pools are the pool templates by name ([A-Za-z0-9_.-]{1,40}).
+	Pools map[string]PoolTemplate
+	// Orphans is the orphan policy: "adopt" (default), "destroy" or
+	// "ignore".
+	Orphans string
+	// ReconcileInterval is the period of reconciliation in Run (default 5m).
+	ReconcileInterval time.Duration
+	// MaxSpendPerHour is the gateway budget in $/hour (0: none).
+	MaxSpendPerHour float64
+	// MinCredit refuses new instances while the account credit is below it
+	// (0: no check).
+	MinCredit float64
+	// BlocklistTTL is how long a machine that failed a provisioning stays
+	// excluded (default 24h).
+	BlocklistTTL time.Duration
+	// GhostConfirmations is the number of consecutive successful listings
+	// that must omit a recorded instance before the show endpoint is asked
+	// whether it is gone (default 3).
+	GhostConfirmations int
+	// DestroyVerifyAttempts is the number of failed verifications after
+	// which a destroy is marked "destroy_failed" (default 10). Retrying
+	// never stops.
+	DestroyVerifyAttempts int
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+	// Logger receives structured logs (default: none).
+	Logger *zap.Logger
+
+	// PollInterval is how often a provisioning checks the routing side's
+	// state (default 5s).
+	PollInterval time.Duration
+	// StatusPollInterval is how often a provisioning looks at the instance
+	// row itself (default 15s).
+	StatusPollInterval time.Duration
+	// DestroyBackoff and DestroyBackoffMax shape the capped exponential
+	// backoff between DELETE attempts (defaults 5s and 2m).
+	DestroyBackoff    time.Duration
+	DestroyBackoffMax time.Duration
+	// LeaseTTL is how long an in-progress operation stays leased to the
+	// process working on it without renewal (default 2m). A process that
+	// dies loses its leases after LeaseTTL, and another one resumes.
+	LeaseTTL time.Duration
+	// LockTimeout bounds waiting for the Store lock (default 2m).
+	LockTimeout time.Duration
+	// DrainTimeout bounds Fleet.Drain before a drained instance is
+	// destroyed anyway (default 10m).
+	DrainTimeout time.Duration
+	// OfferCacheTTL is how long an offer search is reused (default 30s).
+	OfferCacheTTL time.Duration
+	// Retention is how long finished operations and records of destroyed
+	// instances are kept (default 7 days).
+	Retention time.Duration
+}
+
+var (
+	gatewayIDRe = regexp.MustCompile(`^[a-z0-9-]{1,32}$`)
+	poolNameRe  = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,40}$`)
+	countryRe   = regexp.MustCompile(`^[A-Z]{2}$`)
+)
+
+// withDefaults returns a copy of c with defaults applied; the pools map
+// and templates are copied too, so the caller's values are never shared.
+func (c Config) withDefaults() Config {
+	if c.Orphans == "" {
+		c.Orphans = OrphansAdopt
+	}
+	if c.ReconcileInterval <= 0 {
+		c.ReconcileInterval = DefaultReconcileInterval
+	}
+	if c.BlocklistTTL <= 0 {
+		c.BlocklistTTL = DefaultBlocklistTTL
+	}
+	if c.GhostConfirmations <= 0 {
+		c.GhostConfirmations = DefaultGhostConfirmations
+	}
+	if c.DestroyVerifyAttempts <= 0 {
+		c.DestroyVerifyAttempts = DefaultDestroyVerifyAttempts
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+	if c.PollInterval <= 0 {
+		c.PollInterval = DefaultPollInterval
+	}
+	if c.StatusPollInterval <= 0 {
+		c.StatusPollInterval = DefaultStatusPollInterval
+	}
+	if c.DestroyBackoff <= 0 {
+		c.DestroyBackoff = DefaultDestroyBackoff
+	}
+	if c.DestroyBackoffMax <= 0 {
+		c.DestroyBackoffMax = DefaultDestroyBackoffMax
+	}
+	if c.DestroyBackoffMax < c.DestroyBackoff {
+		c.DestroyBackoffMax = c.DestroyBackoff
+	}
+	if c.LeaseTTL <= 0 {
+		c.LeaseTTL = DefaultLeaseTTL
+	}
+	if c.LockTimeout <= 0 {
+		c.LockTimeout = DefaultLockTimeout
+	}
+	if c.DrainTimeout <= 0 {
+		c.DrainTimeout = DefaultDrainTimeout
+	}
+	if c.OfferCacheTTL <= 0 {
+		c.OfferCacheTTL = DefaultOfferCacheTTL
+	}
+	if c.Retention <= 0 {
+		c.Retention = DefaultRetention
+	}
+	pools := make(map[string]PoolTemplate, len(c.Pools))
+	for name, p := range c.Pools {
+		pools[name] = p.withDefaults()
+	}
+	c.Pools = pools
+	return c
+}
+
+func (p PoolTemplate) withDefaults() PoolTemplate {
+	if p.Type == "" {
+		p.Type = TypeOnDemand
+	}
+	if len(p.Order) == 0 {
+		p.Order = [][2]string{{DefaultOrder, "asc"}}
+	} else {
+		p.Order = append([][2]string(nil), p.Order...)
+	}
+	if p.Disk == 0 {
+		p.Disk = DefaultDisk
+	}
+	if p.ReadyTimeout <= 0 {
+		p.ReadyTimeout = DefaultReadyTimeout
+	}
+	if p.MaxAttempts <= 0 {
+		p.MaxAttempts = DefaultMaxAttempts
+	}
+	if p.Offer.Limit <= 0 {
+		p.Offer.Limit = DefaultOfferLimit
+	}
+	env := make(map[string]string, len(p.Env))
+	for k, v := range p.Env {
+		env[k] = v
+	}
+	p.Env = env
+	p.Args = append([]string(nil), p.Args...)
+	p.Offer = p.Offer.clone()
+	return p
+}
+
+func (f OfferFilter) clone() OfferFilter {
+	f.Countries = append([]string(nil), f.Countries...)
+	if f.Extra != nil {
+		extra := make(map[string]map[string]any, len(f.Extra))
+		for k, ops := range f.Extra {
+			m := make(map[string]any, len(ops))
+			for op, v := range ops {
+				m[op] = v
+			}
+			extra[k] = m
+		}
+		f.Extra = extra
+	}
+	return f
+}
+
+// Validate reports configuration mistakes, naming the field. It checks the
+// configuration as given, before defaults.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf(format, args...))
+	}
+	if !gatewayIDRe.MatchString(c.GatewayID) {
+		bad("gateway_id %q must match [a-z0-9-]{1,32}", c.GatewayID)
+	}
+	switch c.Orphans {
+	case "", OrphansAdopt, OrphansDestroy, OrphansIgnore:
+	default:
+		bad("orphans %q must be adopt, destroy or ignore", c.Orphans)
+	}
+	for name, v := range map[string]float64{
+		"max_spend_per_hour": c.MaxSpendPerHour, "min_credit": c.MinCredit,
+	} {
+		if v < 0 || math.IsNaN(v) || math.IsInf(v, 0) {
+			bad("%s %v must be a non-negative number", name, v)
+		}
+	}
+	if c.GhostConfirmations < 0 || c.DestroyVerifyAttempts < 0 {
+		bad("ghost_confirmations and destroy_verify_attempts must not be negative")
+	}
+	names := make([]string, 0, len(c.Pools))
+	for name := range c.Pools {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		if err := validatePool(name, c.Pools[name]); err != nil {
+			errs = append(errs, err)
+		}
+		if gatewayIDRe.MatchString(c.GatewayID) && poolNameRe.MatchString(name) {
+			// The longest label this pool can produce must fit.
+			l := FormatLabel(c.GatewayID, name, strings.Repeat("0", opIDLen))
+			if len(l) > MaxLabelLen {
+				bad("pool %q: label %q would exceed %d characters", name, l, MaxLabelLen)
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, errors.Join(errs...))
+	}
+	return nil
+}
+
+func validatePool(name string, p PoolTemplate) error {
+	var errs []error
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("pool %q: "+format, append([]any{name}, args...)...))
+	}
+	if !poolNameRe.MatchString(name) {
+		bad("name must match [A-Za-z0-9_.-]{1,40}")
+	}
+	if p.Image == "" && p.TemplateHashID == "" {
+		bad("image or template_hash_id is required")
+	}
+	if p.Disk != 0 && p.Disk < 8 {
+		bad("disk %v GB must be at least 8", p.Disk)
+	}
+	for k := range p.Env {
+		if k == "" {
+			bad("env has an empty key")
+		}
+		if k == EnvToken {
+			bad("env %s is generated per instance and must not be set", EnvToken)
+		}
+	}
+	switch p.Type {
+	case "", TypeOnDemand:
+		if p.BidPrice != 0 {
+			bad("bid_price needs type %q", TypeBid)
+		}
+	case TypeBid:
+		if !(p.BidPrice >= 0.001 && p.BidPrice <= 128) {
+			bad("bid_price %v must be between 0.001 and 128 $/hour", p.BidPrice)
+		}
+	default:
+		bad("type %q must be %q or %q", p.Type, TypeOnDemand, TypeBid)
+	}
+	for _, o := range p.Order {
+		if o[0] == "" || (o[1] != "asc" && o[1] != "desc") {
+			bad("order entry %q must be [field, asc|desc]", o)
+		}
+	}
+	if p.MinInstances < 0 || p.MaxInstances < 0 || p.MaxAttempts < 0 {
+		bad("min_instances, max_instances and max_attempts must not be negative")
+	}
+	if p.MaxInstances > 0 && p.MinInstances > p.MaxInstances {
+		bad("min_instances %d exceeds max_instances %d", p.MinInstances, p.MaxInstances)
+	}
+	for fname, v := range map[string]float64{
+		"max_price_per_hour": p.MaxPricePerHour, "max_spend_per_hour": p.MaxSpendPerHour,
+		"offer.max_dph": p.Offer.MaxDPH, "offer.min_gpu_ram_gb": p.Offer.MinGPURAMGB,
+		"offer.min_cuda": p.Offer.MinCUDA,
+	} {
+		if v < 0 || math.IsNaN(v) || math.IsInf(v, 0) {
+			bad("%s %v must be a non-negative number", fname, v)
+		}
+	}
+	if p.Offer.MinReliability < 0 || p.Offer.MinReliability > 1 {
+		bad("offer.min_reliability %v must be between 0 and 1", p.Offer.MinReliability)
+	}
+	if p.MaxPricePerHour > 0 && p.MaxSpendPerHour > 0 && p.MaxPricePerHour > p.MaxSpendPerHour {
+		bad("max_price_per_hour %v exceeds max_spend_per_hour %v: no instance could ever start", p.MaxPricePerHour, p.MaxSpendPerHour)
+	}
+	for _, cc := range p.Offer.Countries {
+		if !countryRe.MatchString(cc) {
+			bad("offer.countries entry %q must be a two-letter upper-case code", cc)
+		}
+	}
+	for k, ops := range p.Offer.Extra {
+		if k == "" || len(ops) == 0 {
+			bad("offer.extra %q needs a field name and at least one operator", k)
+		}
+	}
+	if p.MaxLifetime < 0 || p.ReadyTimeout < 0 {
+		bad("max_lifetime and ready_timeout must not be negative")
+	}
+	return errors.Join(errs...)
+}

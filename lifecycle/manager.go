@@ -1,0 +1,523 @@
+package lifecycle
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddy-vastai/caddy-vastai/vastclient"
+)
+
+// API is the subset of *vastclient.Client the Manager calls.
+type API interface {
+	ListInstances(ctx context.Context, opts vastclient.ListOptions) (*vastclient.ListResult, error)
+	ShowInstance(ctx context.Context, id int64) (*vastclient.Instance, error)
+	SearchOffers(ctx context.Context, q vastclient.OfferQuery) ([]vastclient.Offer, error)
+	CreateInstance(ctx context.Context, offerID int64, req vastclient.CreateRequest) (*vastclient.CreateResult, error)
+	DestroyInstance(ctx context.Context, id int64) error
+	CurrentUser(ctx context.Context) (*vastclient.User, error)
+}
+
+// *vastclient.Client is the production API.
+var _ API = (*vastclient.Client)(nil)
+
+// Health states reported by Fleet.State.
+const (
+	FleetProvisioning = "provisioning"
+	FleetLoading      = "loading"
+	FleetStarting     = "starting"
+	FleetReady        = "ready"
+	FleetUnhealthy    = "unhealthy"
+	FleetFailed       = "failed"
+	FleetStopped      = "stopped"
+	FleetGone         = "gone"
+)
+
+// Fleet is the routing side's view of the instances, implemented by the
+// health-checking watcher.
+type Fleet interface {
+	// State returns an instance's health state (one of the Fleet*
+	// constants) and when it entered it; ok is false for an unknown id.
+	State(id int64) (state string, since time.Time, ok bool)
+	// Drain stops routing new requests to the instance and returns when its
+	// in-flight requests finished or ctx is done.
+	Drain(ctx context.Context, id int64) error
+	// Instances returns the latest successful listing of the account and
+	// when it was taken; ok is false before the first one.
+	Instances() (rows []vastclient.Instance, listedAt time.Time, ok bool)
+}
+
+// Stats are cumulative counters and gauges for metrics.
+type Stats struct {
+	// DestroyFailed counts destructions that could not be verified after
+	// DestroyVerifyAttempts (they keep being retried).
+	DestroyFailed uint64 `json:"destroy_failed"`
+	// DestroyFailedNow is the number of destructions currently in
+	// "destroy_failed": instances that may still bill. Alert on it.
+	DestroyFailedNow    int    `json:"destroy_failed_now"`
+	DestroysConfirmed   uint64 `json:"destroys_confirmed"`
+	ProvisionsStarted   uint64 `json:"provisions_started"`
+	ProvisionsSucceeded uint64 `json:"provisions_succeeded"`
+	ProvisionsFailed    uint64 `json:"provisions_failed"`
+	AttemptsFailed      uint64 `json:"attempts_failed"`
+	OrphansAdopted      uint64 `json:"orphans_adopted"`
+	OrphansDestroyed    uint64 `json:"orphans_destroyed"`
+	Ghosts              uint64 `json:"ghosts"`
+	BudgetRefusals      uint64 `json:"budget_refusals"`
+	Reconciles          uint64 `json:"reconciles"`
+	ReconcileErrors     uint64 `json:"reconcile_errors"`
+}
+
+type counters struct {
+	destroyFailed, destroysConfirmed, provisionsStarted, provisionsSucceeded,
+	provisionsFailed, attemptsFailed, orphansAdopted, orphansDestroyed, ghosts,
+	budgetRefusals, reconciles, reconcileErrors atomic.Uint64
+}
+
+// Manager provisions, destroys and reconciles a gateway's instances. Create
+// one with New; call Run to reconcile periodically. Its methods are safe for
+// concurrent use.
+type Manager struct {
+	cfg   Config
+	api   API
+	store Store
+	fleet Fleet
+	log   *zap.Logger
+	owner string // identifies this Manager in operation leases
+
+	base   context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu         sync.Mutex
+	ops        map[string]*Operation      // latest known copy of each operation
+	insts      map[int64]*InstanceRecord  // latest known copy of each record
+	instMu     map[int64]*sync.Mutex      // serialises read-modify-write per record
+	active     map[string]*opHandle       // operations worked on by this process
+	reserved   map[int64]string           // offer id -> op id, creates in flight
+	offerCache map[string]offerCacheEntry // offer searches by query
+	lastList   []vastclient.Instance      // own latest successful listing
+	lastListAt time.Time
+	running    bool
+	stopped    bool
+
+	lockMu sync.Mutex // in-process serialisation of the Store lock
+
+	stats counters
+
+	// hook, when set by tests, runs at named points of a provisioning; a
+	// non-nil error makes the worker vanish as if the process had died.
+	hook func(op *Operation, step string) error
+}
+
+// New validates cfg and returns a Manager. api, store and fleet are
+// required.
+func New(cfg Config, api API, store Store, fleet Fleet) (*Manager, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if api == nil || store == nil || fleet == nil {
+		return nil, fmt.Errorf("%w: api, store and fleet are required", ErrInvalidConfig)
+	}
+	cfg = cfg.withDefaults()
+	host, _ := os.Hostname()
+	m := &Manager{
+		cfg:        cfg,
+		api:        api,
+		store:      store,
+		fleet:      fleet,
+		log:        cfg.Logger.Named("vastai.lifecycle").With(zap.String("gateway", cfg.GatewayID)),
+		owner:      fmt.Sprintf("%s/%d/%s", host, os.Getpid(), newOpID()),
+		ops:        map[string]*Operation{},
+		insts:      map[int64]*InstanceRecord{},
+		instMu:     map[int64]*sync.Mutex{},
+		active:     map[string]*opHandle{},
+		reserved:   map[int64]string{},
+		offerCache: map[string]offerCacheEntry{},
+	}
+	m.base, m.cancel = context.WithCancel(context.Background())
+	return m, nil
+}
+
+func (m *Manager) now() time.Time { return m.cfg.Now() }
+
+// Owner returns the identifier this Manager writes into operation leases.
+func (m *Manager) Owner() string { return m.owner }
+
+// Config returns a copy of the configuration in effect, defaults applied.
+func (m *Manager) Config() Config { return m.cfg.withDefaults() }
+
+// Run reconciles at once (resuming the operations a previous process left
+// unfinished), then every ReconcileInterval, until ctx is cancelled. It
+// then stops the Manager's background work, which persists its progress,
+// and returns nil. Stopping never destroys anything: the next Manager over
+// the same Store picks the fleet up where this one left it.
+func (m *Manager) Run(ctx context.Context) error {
+	m.mu.Lock()
+	if m.running || m.stopped {
+		m.mu.Unlock()
+		return errors.New("lifecycle: Run called twice or after Close")
+	}
+	m.running = true
+	m.mu.Unlock()
+	defer m.Close()
+
+	m.reconcileAndLog(ctx)
+	rt := time.NewTicker(m.cfg.ReconcileInterval)
+	defer rt.Stop()
+	// Expired leases of operations another process abandoned are checked
+	// more often than the full reconciliation: it costs no API call.
+	lt := time.NewTicker(max(m.cfg.LeaseTTL/2, 10*time.Millisecond))
+	defer lt.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			m.log.Info("lifecycle manager stopping; instances are left as they are")
+			return nil
+		case <-rt.C:
+			m.reconcileAndLog(ctx)
+		case <-lt.C:
+			if err := m.resume(ctx); err != nil && ctx.Err() == nil {
+				m.log.Warn("resuming abandoned operations failed", logErr(err))
+			}
+		}
+	}
+}
+
+func (m *Manager) reconcileAndLog(ctx context.Context) {
+	rep, err := m.Reconcile(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			m.log.Warn("reconciliation incomplete", logErr(err))
+		}
+		return
+	}
+	if rep.acted() {
+		m.log.Info("reconciliation acted", zap.Any("report", rep))
+	}
+}
+
+// Close stops background work (provisionings and destructions persist their
+// progress and release their leases) and waits for it. It destroys nothing.
+// The Manager accepts no new work afterwards.
+func (m *Manager) Close() {
+	m.mu.Lock()
+	m.stopped = true
+	m.mu.Unlock()
+	m.cancel()
+	m.wg.Wait()
+}
+
+// Stats returns the counters.
+func (m *Manager) Stats() Stats {
+	s := Stats{
+		DestroyFailed:       m.stats.destroyFailed.Load(),
+		DestroysConfirmed:   m.stats.destroysConfirmed.Load(),
+		ProvisionsStarted:   m.stats.provisionsStarted.Load(),
+		ProvisionsSucceeded: m.stats.provisionsSucceeded.Load(),
+		ProvisionsFailed:    m.stats.provisionsFailed.Load(),
+		AttemptsFailed:      m.stats.attemptsFailed.Load(),
+		OrphansAdopted:      m.stats.orphansAdopted.Load(),
+		OrphansDestroyed:    m.stats.orphansDestroyed.Load(),
+		Ghosts:              m.stats.ghosts.Load(),
+		BudgetRefusals:      m.stats.budgetRefusals.Load(),
+		Reconciles:          m.stats.reconciles.Load(),
+		ReconcileErrors:     m.stats.reconcileErrors.Load(),
+	}
+	m.mu.Lock()
+	for _, op := range m.ops {
+		if op.Kind == KindDestroy && op.State == StateDestroyFailed {
+			s.DestroyFailedNow++
+		}
+	}
+	m.mu.Unlock()
+	return s
+}
+
+// Operations returns copies of the operations this Manager knows (its own,
+// and every process's as of the last reconciliation), newest first.
+func (m *Manager) Operations() []Operation {
+	m.mu.Lock()
+	out := make([]Operation, 0, len(m.ops))
+	for _, op := range m.ops {
+		out = append(out, *op.clone())
+	}
+	m.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool {
+		if !out[i].Created.Equal(out[j].Created) {
+			return out[i].Created.After(out[j].Created)
+		}
+		return out[i].ID > out[j].ID
+	})
+	return out
+}
+
+// Operation returns a copy of one operation, reading the Store so that
+// another process's progress is current. The error wraps
+// ErrOperationNotFound for an unknown id.
+func (m *Manager) Operation(ctx context.Context, id string) (Operation, error) {
+	if !validOpID(id) {
+		return Operation{}, fmt.Errorf("%w: %q", ErrOperationNotFound, id)
+	}
+	op, err := m.loadOp(ctx, id)
+	if err != nil {
+		return Operation{}, err
+	}
+	if op == nil {
+		return Operation{}, fmt.Errorf("%w: %q", ErrOperationNotFound, id)
+	}
+	return *op, nil
+}
+
+// Instances returns copies of the instance records this Manager knows,
+// by id.
+func (m *Manager) Instances() []InstanceRecord {
+	m.mu.Lock()
+	out := make([]InstanceRecord, 0, len(m.insts))
+	for _, r := range m.insts {
+		out = append(out, *r)
+	}
+	m.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// withLock runs fn while holding the Store lock that serialises
+// provisioning decisions and reconciliation across processes. Waiting is
+// bounded by LockTimeout; a holder that died leaves a stale lock that the
+// Store treats as free.
+func (m *Manager) withLock(ctx context.Context, fn func(ctx context.Context) error) error {
+	m.lockMu.Lock()
+	defer m.lockMu.Unlock()
+	lctx, cancel := context.WithTimeout(ctx, m.cfg.LockTimeout)
+	defer cancel()
+	if err := m.store.Lock(lctx, m.lockName()); err != nil {
+		return fmt.Errorf("acquiring store lock %s: %w", m.lockName(), err)
+	}
+	defer func() {
+		uctx, cancel := persistCtx(ctx)
+		defer cancel()
+		if err := m.store.Unlock(uctx, m.lockName()); err != nil {
+			m.log.Error("releasing store lock failed", logErr(err))
+		}
+	}()
+	return fn(ctx)
+}
+
+// opHandle is a running operation: the worker's copy of the record, kept
+// leased to this process.
+type opHandle struct {
+	m      *Manager
+	id     string
+	ctx    context.Context
+	mu     sync.Mutex
+	op     *Operation
+	cancel context.CancelFunc
+	// crashed is set when a test hook simulated the death of the process:
+	// nothing more may be written.
+	crashed atomic.Bool
+}
+
+// get returns a copy of the operation.
+func (h *opHandle) get() *Operation {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.op.clone()
+}
+
+// update changes the operation and persists it with a renewed lease. Writes
+// survive the cancellation of ctx: progress (above all an instance id) must
+// reach the Store even when the manager is stopping.
+func (h *opHandle) update(ctx context.Context, fn func(op *Operation)) error {
+	if h.crashed.Load() {
+		return errors.New("lifecycle: worker crashed (test)")
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	fn(h.op)
+	h.op.Owner = h.m.owner
+	h.op.LeaseUntil = h.m.now().Add(h.m.cfg.LeaseTTL)
+	pctx, cancel := persistCtx(ctx)
+	defer cancel()
+	var err error
+	for i := 0; i < 3; i++ {
+		if err = h.m.saveOp(pctx, h.op.clone()); err == nil {
+			return nil
+		}
+		if sleepCtx(pctx, 200*time.Millisecond) != nil {
+			break
+		}
+	}
+	h.m.log.Error("could not persist operation", logOp(h.op.ID), logErr(err))
+	return err
+}
+
+// renew keeps the lease fresh until stop is called. If another process took
+// the operation over (this one stalled past its lease), the worker is
+// cancelled so that two processes never work on one operation.
+func (h *opHandle) renew(ctx context.Context) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(max(h.m.cfg.LeaseTTL/3, 5*time.Millisecond))
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			if h.crashed.Load() {
+				return
+			}
+			id := h.get().ID
+			cur, err := h.m.loadOp(ctx, id)
+			if err == nil && cur != nil && cur.Owner != h.m.owner && h.m.now().Before(cur.LeaseUntil) {
+				h.m.log.Warn("operation taken over by another process; stopping here",
+					logOp(id), zap.String("owner", cur.Owner))
+				h.crashed.Store(true) // write nothing more
+				h.cancel()
+				return
+			}
+			_ = h.update(ctx, func(*Operation) {})
+		}
+	}()
+	return func() { close(done); wg.Wait() }
+}
+
+// startWorker runs op in the background unless this process already works
+// on it. The operation must already be leased to this Manager.
+func (m *Manager) startWorker(op *Operation) bool {
+	h, ok := m.register(op)
+	if !ok {
+		return false
+	}
+	go func() {
+		defer m.wg.Done()
+		m.runHandle(h)
+	}()
+	return true
+}
+
+// register makes op active in this process. The caller must call m.wg.Done
+// and m.runHandle (or unregister) afterwards.
+func (m *Manager) register(op *Operation) (*opHandle, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.stopped || m.active[op.ID] != nil {
+		return nil, false
+	}
+	ctx, cancel := context.WithCancel(m.base)
+	h := &opHandle{m: m, id: op.ID, ctx: ctx, op: op.clone(), cancel: cancel}
+	m.active[op.ID] = h
+	m.wg.Add(1)
+	return h, true
+}
+
+// runHandle works on a registered operation until it ends, fails over, or
+// the Manager stops, then releases the lease.
+func (m *Manager) runHandle(h *opHandle) {
+	ctx := h.ctx
+	defer h.cancel()
+	stop := h.renew(ctx)
+	switch h.get().Kind {
+	case KindProvision:
+		m.runProvision(ctx, h)
+	case KindDestroy:
+		m.runDestroy(ctx, h, 0)
+	}
+	stop()
+	m.release(h)
+}
+
+// release clears the lease so that another process (or the next Manager)
+// can resume the operation at once instead of waiting for LeaseTTL.
+func (m *Manager) release(h *opHandle) {
+	if !h.crashed.Load() {
+		h.mu.Lock()
+		h.op.LeaseUntil = time.Time{}
+		op := h.op.clone()
+		h.mu.Unlock()
+		pctx, cancel := persistCtx(context.Background())
+		if err := m.saveOp(pctx, op); err != nil {
+			m.log.Warn("could not release operation lease", logOp(op.ID), logErr(err))
+		}
+		cancel()
+	}
+	m.mu.Lock()
+	delete(m.active, h.id)
+	m.mu.Unlock()
+}
+
+func (m *Manager) isActive(id string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.active[id] != nil
+}
+
+func (m *Manager) isStopped() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.stopped
+}
+
+// runHook runs the test hook; true means "the process died here".
+func (m *Manager) runHook(h *opHandle, step string) bool {
+	if m.hook == nil {
+		return false
+	}
+	if err := m.hook(h.get(), step); err != nil {
+		h.crashed.Store(true)
+		return true
+	}
+	return false
+}
+
+// noteListing keeps the Manager's own latest successful listing.
+func (m *Manager) noteListing(res *vastclient.ListResult, at time.Time) {
+	rows := append([]vastclient.Instance(nil), res.Instances...)
+	m.mu.Lock()
+	if at.After(m.lastListAt) {
+		m.lastList, m.lastListAt = rows, at
+	}
+	m.mu.Unlock()
+}
+
+// latestListing returns the freshest listing: the routing side's or the
+// Manager's own.
+func (m *Manager) latestListing() ([]vastclient.Instance, time.Time, bool) {
+	rows, at, ok := m.fleet.Instances()
+	m.mu.Lock()
+	own, ownAt := m.lastList, m.lastListAt
+	m.mu.Unlock()
+	if own != nil && (!ok || ownAt.After(at)) {
+		return own, ownAt, true
+	}
+	return rows, at, ok
+}
+
+// sleepCtx waits for d or until ctx ends.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

@@ -1,0 +1,637 @@
+package lifecycle
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddy-vastai/caddy-vastai/vastclient"
+)
+
+// Report says what a reconciliation found and did.
+type Report struct {
+	Started  time.Time `json:"started"`
+	Finished time.Time `json:"finished"`
+	// Listed is false when the instance listing failed; then nothing was
+	// adopted, destroyed, marked gone or provisioned.
+	Listed    bool   `json:"listed"`
+	ListError string `json:"list_error,omitempty"`
+	// Owned is the number of listed instances this gateway owns.
+	Owned            int     `json:"owned"`
+	OrphansAdopted   []int64 `json:"orphans_adopted,omitempty"`
+	OrphansDestroyed []int64 `json:"orphans_destroyed,omitempty"`
+	// OrphansPending were seen once under the destroy policy; they are
+	// destroyed if the next reconciliation sees them again.
+	OrphansPending []int64 `json:"orphans_pending,omitempty"`
+	OrphansIgnored []int64 `json:"orphans_ignored,omitempty"`
+	// GhostSuspects are recorded instances missing from the listing, not
+	// yet confirmed gone.
+	GhostSuspects []int64 `json:"ghost_suspects,omitempty"`
+	// Ghosts were confirmed gone (listing and show) and marked "gone".
+	Ghosts []int64 `json:"ghosts,omitempty"`
+	// DeadDestroyed were active but dead (exited, offline, failed, ...)
+	// for longer than the pool's ready_timeout.
+	DeadDestroyed []int64 `json:"dead_destroyed,omitempty"`
+	// Unmanaged are live instances of pools that are no longer configured.
+	// They keep billing and are left alone (a configuration mistake must
+	// not destroy a fleet): destroy them explicitly.
+	Unmanaged         []int64       `json:"unmanaged,omitempty"`
+	ProvisionsStarted []string      `json:"provisions_started,omitempty"`
+	Replacements      []Replacement `json:"replacements,omitempty"`
+	// Resumed are operations taken over from a process that stopped or
+	// died (their lease was released or expired).
+	Resumed []string `json:"resumed,omitempty"`
+	// DestroyRetries are instances whose unfinished destruction was resumed.
+	DestroyRetries []int64  `json:"destroy_retries,omitempty"`
+	Errors         []string `json:"errors,omitempty"`
+}
+
+// Replacement is a max_lifetime replacement step.
+type Replacement struct {
+	Old int64  `json:"old"`
+	Op  string `json:"op"`
+	// Phase is "started" (replacement provisioning begun) or "retiring"
+	// (the replacement is ready; the old instance is drained and destroyed).
+	Phase string `json:"phase"`
+}
+
+func (r *Report) acted() bool {
+	return len(r.OrphansAdopted)+len(r.OrphansDestroyed)+len(r.OrphansPending)+len(r.Ghosts)+
+		len(r.DeadDestroyed)+len(r.ProvisionsStarted)+len(r.Replacements)+len(r.Resumed)+
+		len(r.DestroyRetries)+len(r.Errors) > 0
+}
+
+func (r *Report) errorf(format string, args ...any) {
+	r.Errors = append(r.Errors, fmt.Sprintf(format, args...))
+}
+
+// Reconcile compares the account's instances with the records and acts:
+// it resumes abandoned operations and destructions, handles orphans by
+// policy, marks confirmed ghosts gone, destroys dead instances, replaces
+// instances past max_lifetime and provisions pools up to min_instances.
+// Decisions are made under the Store lock after re-reading the records, so
+// processes sharing the Store never act twice. When the listing fails,
+// only resumption happens: nothing is destroyed, adopted, marked gone or
+// provisioned on an unknown view. The error reports a failed listing or
+// lock; the Report is returned in every case.
+func (m *Manager) Reconcile(ctx context.Context) (*Report, error) {
+	rep := &Report{Started: m.now()}
+	if m.isStopped() {
+		// A stopped Manager could decide but not act: leave it to the next.
+		return rep, ErrStopped
+	}
+	m.stats.reconciles.Add(1)
+	listStart := m.now()
+	res, lerr := m.api.ListInstances(ctx, vastclient.ListOptions{})
+	if lerr != nil {
+		rep.ListError = lerr.Error()
+	} else {
+		rep.Listed = true
+		m.noteListing(res, listStart)
+	}
+	var toStart []*Operation
+	err := m.withLock(ctx, func(ctx context.Context) error {
+		recs, err := m.loadAll(ctx)
+		if err != nil {
+			return err
+		}
+		st, err := m.loadState(ctx)
+		if err != nil {
+			return err
+		}
+		toStart = append(toStart, m.resumeLocked(ctx, recs, rep)...)
+		if rep.Listed {
+			dead := m.reconcileListing(ctx, recs, st, res, listStart, rep)
+			toStart = append(toStart, m.reconcileLifetime(ctx, recs, dead, rep)...)
+			toStart = append(toStart, m.reconcileMin(ctx, recs, dead, rep)...)
+		}
+		st.LastRun, st.LastOwner = m.now(), m.owner
+		return m.saveState(ctx, st)
+	})
+	for _, op := range toStart {
+		m.startWorker(op)
+	}
+	if err == nil {
+		m.prune(ctx)
+	}
+	rep.Finished = m.now()
+	switch {
+	case err != nil:
+		m.stats.reconcileErrors.Add(1)
+		rep.errorf("%v", err)
+		return rep, fmt.Errorf("reconcile: %w", err)
+	case lerr != nil:
+		m.stats.reconcileErrors.Add(1)
+		return rep, fmt.Errorf("reconcile: listing instances failed, nothing acted upon: %w", lerr)
+	}
+	return rep, nil
+}
+
+// resume takes over abandoned operations without a full reconciliation.
+func (m *Manager) resume(ctx context.Context) error {
+	if m.isStopped() {
+		return nil
+	}
+	var toStart []*Operation
+	rep := &Report{}
+	err := m.withLock(ctx, func(ctx context.Context) error {
+		recs, err := m.loadAll(ctx)
+		if err != nil {
+			return err
+		}
+		toStart = m.resumeLocked(ctx, recs, rep)
+		return nil
+	})
+	for _, op := range toStart {
+		m.startWorker(op)
+	}
+	if len(rep.Resumed) > 0 {
+		m.log.Info("resumed operations", zap.Strings("ops", rep.Resumed))
+	}
+	return err
+}
+
+// resumeLocked leases to this process every unfinished operation whose
+// lease was released or expired, and repairs records whose destruction
+// lost its operation. The Store lock must be held.
+func (m *Manager) resumeLocked(ctx context.Context, recs *records, rep *Report) []*Operation {
+	if m.isStopped() {
+		return nil
+	}
+	now := m.now()
+	var out []*Operation
+	ids := make([]string, 0, len(recs.ops))
+	for id := range recs.ops {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		op := recs.ops[id]
+		if op.Final() || m.isActive(op.ID) {
+			continue
+		}
+		if op.Owner != m.owner && now.Before(op.LeaseUntil) {
+			continue // another process works on it
+		}
+		prev := op.Owner
+		op.Owner, op.LeaseUntil = m.owner, now.Add(m.cfg.LeaseTTL)
+		if err := m.saveOp(ctx, op); err != nil {
+			rep.errorf("taking over operation %s: %v", op.ID, err)
+			continue
+		}
+		m.log.Info("resuming operation", logOp(op.ID), zap.String("kind", op.Kind),
+			logState(op.State), zap.String("previous_owner", prev))
+		rep.Resumed = append(rep.Resumed, op.ID)
+		if op.Kind == KindDestroy {
+			rep.DestroyRetries = append(rep.DestroyRetries, op.InstanceID)
+		}
+		out = append(out, op)
+	}
+	for id, rec := range recs.insts {
+		if rec.State == InstanceProvisioning {
+			// A provisioning record outlives its operation only if a write
+			// was lost: finish the bookkeeping the operation could not.
+			op := recs.ops[rec.OpID]
+			switch {
+			case op == nil || !op.Final():
+			case op.State == StateSucceeded && op.InstanceID == id:
+				rec.State, rec.ReadyAt = InstanceActive, op.Ended
+				if err := m.saveInst(ctx, rec); err != nil {
+					rep.errorf("recording %d active: %v", id, err)
+				}
+			default:
+				dop, err := m.startDestroyLocked(ctx, rec, "leftover of operation "+op.ID+" ("+op.State+")")
+				if err != nil {
+					rep.errorf("destroying leftover %d: %v", id, err)
+					continue
+				}
+				recs.ops[dop.ID] = dop
+				rep.DestroyRetries = append(rep.DestroyRetries, id)
+				out = append(out, dop)
+			}
+			continue
+		}
+		// Records marked for destruction must have a live destroy operation.
+		if !rec.destroying() {
+			continue
+		}
+		dop := recs.ops[rec.DestroyOp]
+		switch {
+		case dop != nil && dop.State == StateSucceeded:
+			rec.State = InstanceDestroyed
+			if err := m.saveInst(ctx, rec); err != nil {
+				rep.errorf("recording destruction of %d: %v", id, err)
+			}
+		case dop == nil || dop.State == StateFailed:
+			op, err := m.startDestroyLocked(ctx, rec, rec.DestroyReason)
+			if err != nil {
+				rep.errorf("restarting destruction of %d: %v", id, err)
+				continue
+			}
+			recs.ops[op.ID] = op
+			rep.DestroyRetries = append(rep.DestroyRetries, id)
+			out = append(out, op)
+		}
+	}
+	return out
+}
+
+// startDestroyLocked records a destroy operation for a record without
+// starting its worker (the caller does, after releasing the lock).
+func (m *Manager) startDestroyLocked(ctx context.Context, rec *InstanceRecord, reason string) (*Operation, error) {
+	if reason == "" {
+		reason = "resumed destruction"
+	}
+	op, err := m.startDestroy(ctx, rec.ID, destroyParams{reason: reason, pool: rec.Pool, label: rec.Label, inline: true})
+	if err != nil {
+		return nil, err
+	}
+	return op, nil
+}
+
+// reconcileListing handles orphans, ghosts and dead instances. It returns
+// the instances considered dead (not counted towards min_instances).
+func (m *Manager) reconcileListing(ctx context.Context, recs *records, st *reconcileState,
+	res *vastclient.ListResult, listStart time.Time, rep *Report) map[int64]bool {
+	now := m.now()
+	byID := make(map[int64]*vastclient.Instance, len(res.Instances))
+	for i := range res.Instances {
+		byID[res.Instances[i].ID] = &res.Instances[i]
+	}
+
+	// Orphans: our label, no live record, no operation still working on it.
+	orphanSeen := map[int64]bool{}
+	for i := range res.Instances {
+		row := &res.Instances[i]
+		l, ours := ownedLabel(m.cfg.GatewayID, row.Label)
+		rec := recs.insts[row.ID]
+		if ours || (rec != nil && rec.Live()) {
+			rep.Owned++
+		}
+		if !ours || (rec != nil && rec.Live()) || row.CurState == "unloaded" {
+			continue
+		}
+		if op := recs.ops[l.OpID]; op != nil && !op.Final() {
+			continue // its operation will record it
+		}
+		if rec != nil && rec.State == InstanceDestroyed {
+			// Confirmed destroyed, yet listed again: not trusted to be the
+			// same contract; handle it like any orphan.
+			m.log.Warn("an instance confirmed destroyed is listed again", logInst(row.ID))
+		}
+		orphanSeen[row.ID] = true
+		switch m.cfg.Orphans {
+		case OrphansAdopt:
+			start := time.Time{}
+			if row.StartDate > 0 {
+				start = time.Unix(0, int64(row.StartDate*1e9))
+			}
+			adopted := &InstanceRecord{
+				ID: row.ID, Pool: l.Pool, Label: row.Label, OpID: l.OpID, MachineID: row.MachineID,
+				Price: rowRate(row), State: InstanceActive, Adopted: true, Created: now, Started: start,
+			}
+			if err := m.saveInst(ctx, adopted); err != nil {
+				rep.errorf("adopting orphan %d: %v", row.ID, err)
+				continue
+			}
+			recs.insts[row.ID] = adopted
+			if _, ok := m.cfg.Pools[l.Pool]; !ok {
+				m.log.Warn("adopted an orphan of a pool that is not configured", logInst(row.ID), logPool(l.Pool))
+			}
+			m.stats.orphansAdopted.Add(1)
+			m.log.Warn("adopted orphan instance", logInst(row.ID), logPool(l.Pool), zap.String("label", row.Label))
+			rep.OrphansAdopted = append(rep.OrphansAdopted, row.ID)
+		case OrphansDestroy:
+			st.Orphans[row.ID]++
+			if st.Orphans[row.ID] < 2 {
+				rep.OrphansPending = append(rep.OrphansPending, row.ID)
+				continue
+			}
+			orphan := &InstanceRecord{ID: row.ID, Pool: l.Pool, Label: row.Label, OpID: l.OpID,
+				MachineID: row.MachineID, Price: rowRate(row)}
+			op, err := m.startDestroyLocked(ctx, orphan, "orphan: labelled "+row.Label+" without a record")
+			if err != nil {
+				rep.errorf("destroying orphan %d: %v", row.ID, err)
+				continue
+			}
+			recs.ops[op.ID] = op
+			delete(st.Orphans, row.ID)
+			m.stats.orphansDestroyed.Add(1)
+			m.startWorker(op)
+			rep.OrphansDestroyed = append(rep.OrphansDestroyed, row.ID)
+		default:
+			rep.OrphansIgnored = append(rep.OrphansIgnored, row.ID)
+		}
+	}
+	for id := range st.Orphans {
+		if !orphanSeen[id] {
+			delete(st.Orphans, id) // sightings must be consecutive
+		}
+	}
+
+	// Ghosts: live records missing from consecutive successful listings,
+	// confirmed by the show endpoint.
+	ids := make([]int64, 0, len(recs.insts))
+	for id := range recs.insts {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	for _, id := range ids {
+		rec := recs.insts[id]
+		if !rec.Live() {
+			delete(st.Misses, id)
+			continue
+		}
+		if _, listed := byID[id]; listed {
+			delete(st.Misses, id)
+			continue
+		}
+		if !rec.Created.Before(listStart) || res.Skipped > 0 {
+			// Created after the listing began, or the listing had rows
+			// without a usable id (one of them might be this instance).
+			continue
+		}
+		st.Misses[id]++
+		if st.Misses[id] < m.cfg.GhostConfirmations {
+			rep.GhostSuspects = append(rep.GhostSuspects, id)
+			continue
+		}
+		_, err := m.api.ShowInstance(ctx, id)
+		switch {
+		case errors.Is(err, vastclient.ErrNotFound):
+			delete(st.Misses, id)
+			if rec.destroying() {
+				continue // its destroy worker confirms and records it
+			}
+			rec.State = InstanceGone
+			if err := m.saveInst(ctx, rec); err != nil {
+				rep.errorf("marking %d gone: %v", id, err)
+				continue
+			}
+			m.stats.ghosts.Add(1)
+			m.log.Warn("instance gone (missing from listings and show)", logInst(id), logPool(rec.Pool),
+				zap.Int("listings", m.cfg.GhostConfirmations))
+			rep.Ghosts = append(rep.Ghosts, id)
+		case err == nil:
+			// The listing omits it but it exists: a listing glitch.
+			st.Misses[id] = 0
+			rep.GhostSuspects = append(rep.GhostSuspects, id)
+		default:
+			rep.errorf("confirming ghost %d: %v", id, err)
+		}
+	}
+
+	// Dead instances: active, listed, and dead for longer than the pool's
+	// ready_timeout. They bill without serving.
+	dead := map[int64]bool{}
+	for _, id := range ids {
+		rec := recs.insts[id]
+		row := byID[id]
+		if rec.State != InstanceActive || row == nil {
+			delete(st.DeadSince, id)
+			continue
+		}
+		tpl, ok := m.cfg.Pools[rec.Pool]
+		if !ok {
+			tpl = PoolTemplate{}.withDefaults()
+		}
+		why := m.deadReason(tpl, row)
+		if why == "" {
+			delete(st.DeadSince, id)
+			continue
+		}
+		dead[id] = true
+		since, seen := st.DeadSince[id]
+		if !seen {
+			st.DeadSince[id] = now
+			since = now
+		}
+		if now.Sub(since) < tpl.ReadyTimeout {
+			continue
+		}
+		op, err := m.startDestroyLocked(ctx, rec, "dead: "+why)
+		if err != nil {
+			rep.errorf("destroying dead instance %d: %v", id, err)
+			continue
+		}
+		recs.ops[op.ID] = op
+		rec.State = InstanceDestroying
+		delete(st.DeadSince, id)
+		m.startWorker(op)
+		rep.DeadDestroyed = append(rep.DeadDestroyed, id)
+	}
+	for _, id := range ids {
+		rec := recs.insts[id]
+		if _, ok := m.cfg.Pools[rec.Pool]; !ok && (rec.State == InstanceActive || rec.State == InstanceProvisioning) {
+			rep.Unmanaged = append(rep.Unmanaged, id)
+		}
+	}
+	if len(rep.Unmanaged) > 0 {
+		m.log.Warn("instances of pools that are not configured keep billing", zap.Int64s("instances", rep.Unmanaged))
+	}
+	for id := range st.DeadSince {
+		if r := recs.insts[id]; r == nil || r.State != InstanceActive {
+			delete(st.DeadSince, id)
+		}
+	}
+	for id := range st.Misses {
+		if r := recs.insts[id]; r == nil || !r.Live() {
+			delete(st.Misses, id)
+		}
+	}
+	return dead
+}
+
+// deadReason says why an active instance is dead, or "" if it is not.
+// Stopped bid instances were outbid and resume by themselves; they are left
+// alone.
+func (m *Manager) deadReason(tpl PoolTemplate, row *vastclient.Instance) string {
+	switch row.ActualStatus {
+	case "exited", "offline", "unknown":
+		return "actual_status " + row.ActualStatus
+	case "stopped":
+		if tpl.Type != TypeBid {
+			return "stopped"
+		}
+	}
+	if st, _, ok := m.fleet.State(row.ID); ok && st == FleetFailed {
+		return "the routing side reports it failed"
+	}
+	return ""
+}
+
+// reconcileLifetime replaces instances older than their pool's
+// max_lifetime: a replacement is provisioned first; once it is ready the
+// old instance is drained and destroyed (by the replacement's worker, or
+// here if that step was interrupted).
+func (m *Manager) reconcileLifetime(ctx context.Context, recs *records, dead map[int64]bool, rep *Report) []*Operation {
+	now := m.now()
+	var out []*Operation
+	ids := make([]int64, 0, len(recs.insts))
+	for id := range recs.insts {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	for _, id := range ids {
+		rec := recs.insts[id]
+		tpl, ok := m.cfg.Pools[rec.Pool]
+		if !ok || tpl.MaxLifetime <= 0 || rec.State != InstanceActive || dead[id] {
+			continue
+		}
+		if rec.ReplacedBy != "" {
+			rop := recs.ops[rec.ReplacedBy]
+			switch {
+			case rop != nil && rop.State == StateSucceeded:
+				op, err := m.startDestroy(ctx, id, destroyParams{
+					reason: "max_lifetime: replaced by operation " + rop.ID, pool: rec.Pool,
+					label: rec.Label, parent: rop.ID, drain: true, inline: true,
+				})
+				if err != nil {
+					rep.errorf("retiring %d: %v", id, err)
+					continue
+				}
+				recs.ops[op.ID] = op
+				out = append(out, op)
+				rep.Replacements = append(rep.Replacements, Replacement{Old: id, Op: rop.ID, Phase: "retiring"})
+				continue
+			case rop != nil && !rop.Final():
+				continue // replacement in progress
+			}
+			// The replacement failed or its record is gone: try again.
+			rec.ReplacedBy = ""
+		}
+		if rec.age(now) < tpl.MaxLifetime {
+			continue
+		}
+		var prices []float64
+		offers, err := m.candidateOffers(ctx, rec.Pool, tpl, 0)
+		if err == nil {
+			prices = pickPrices(tpl, offers, m.offersInUse(recs, ""), 1)
+			err = m.checkSpend(recs, rec.Pool, tpl, prices[0], "")
+		}
+		if err == nil {
+			err = m.checkCredit(ctx, rec.Pool)
+		}
+		if err != nil {
+			m.noteRefusal(err)
+			rep.errorf("replacing %d (max_lifetime %s): %v", id, tpl.MaxLifetime, err)
+			continue
+		}
+		op := m.newProvisionOp(rec.Pool, TriggerMaxLifetime, prices[0])
+		op.Replaces = id
+		if err := m.saveOp(ctx, op); err != nil {
+			rep.errorf("replacing %d: %v", id, err)
+			continue
+		}
+		recs.ops[op.ID] = op
+		rec.ReplacedBy = op.ID
+		if err := m.saveInst(ctx, rec); err != nil {
+			rep.errorf("recording replacement of %d: %v", id, err)
+		}
+		m.log.Info("replacing an instance past max_lifetime", logInst(id), logPool(rec.Pool), logOp(op.ID),
+			logDuration(rec.age(now)))
+		rep.Replacements = append(rep.Replacements, Replacement{Old: id, Op: op.ID, Phase: "started"})
+		rep.ProvisionsStarted = append(rep.ProvisionsStarted, op.ID)
+		out = append(out, op)
+	}
+	return out
+}
+
+// reconcileMin provisions pools up to min_instances, within max_instances
+// and the budgets. Dead instances do not count.
+func (m *Manager) reconcileMin(ctx context.Context, recs *records, dead map[int64]bool, rep *Report) []*Operation {
+	var out []*Operation
+	names := make([]string, 0, len(m.cfg.Pools))
+	for name := range m.cfg.Pools {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, pool := range names {
+		tpl := m.cfg.Pools[pool]
+		if tpl.MinInstances <= 0 {
+			continue
+		}
+		c := m.poolCount(recs, pool, dead)
+		need := tpl.MinInstances - c.total()
+		if tpl.MaxInstances > 0 {
+			all := m.poolCount(recs, pool, nil)
+			need = min(need, tpl.MaxInstances-all.total())
+		}
+		if need <= 0 {
+			continue
+		}
+		var prices []float64
+		offers, err := m.candidateOffers(ctx, pool, tpl, 0)
+		if err == nil {
+			prices = pickPrices(tpl, offers, m.offersInUse(recs, ""), need)
+			err = m.checkCredit(ctx, pool)
+		}
+		if err != nil {
+			m.noteRefusal(err)
+			rep.errorf("pool %q below min_instances (%d of %d): %v", pool, c.total(), tpl.MinInstances, err)
+			continue
+		}
+		started := 0
+		for _, price := range prices {
+			if err := m.checkSpend(recs, pool, tpl, price, ""); err != nil {
+				m.noteRefusal(err)
+				rep.errorf("pool %q below min_instances: %v", pool, err)
+				break
+			}
+			op := m.newProvisionOp(pool, TriggerMinInstances, price)
+			if err := m.saveOp(ctx, op); err != nil {
+				rep.errorf("provisioning pool %q: %v", pool, err)
+				break
+			}
+			recs.ops[op.ID] = op
+			rep.ProvisionsStarted = append(rep.ProvisionsStarted, op.ID)
+			out = append(out, op)
+			started++
+		}
+		if started > 0 {
+			m.log.Info("provisioning towards min_instances", logPool(pool),
+				zap.Int("have", c.total()), zap.Int("min", tpl.MinInstances), zap.Int("started", started))
+		}
+	}
+	return out
+}
+
+// prune deletes finished operations and records of destroyed or gone
+// instances older than Retention.
+func (m *Manager) prune(ctx context.Context) {
+	cutoff := m.now().Add(-m.cfg.Retention)
+	m.mu.Lock()
+	var ops []string
+	for id, op := range m.ops {
+		if op.Final() && !op.Ended.IsZero() && op.Ended.Before(cutoff) {
+			ops = append(ops, id)
+		}
+	}
+	var insts []int64
+	for id, r := range m.insts {
+		if !r.Live() && r.Updated.Before(cutoff) {
+			insts = append(insts, id)
+		}
+	}
+	m.mu.Unlock()
+	for _, id := range ops {
+		if err := m.store.Delete(ctx, m.opKey(id)); err == nil {
+			m.mu.Lock()
+			delete(m.ops, id)
+			m.mu.Unlock()
+		}
+	}
+	for _, id := range insts {
+		if err := m.store.Delete(ctx, m.instKey(id)); err == nil {
+			m.mu.Lock()
+			delete(m.insts, id)
+			delete(m.instMu, id)
+			m.mu.Unlock()
+		}
+	}
+	m.pruneBlocklist(ctx)
+}

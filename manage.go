@@ -1,0 +1,134 @@
+package vastai
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddy-vastai/caddy-vastai/fleet"
+	"github.com/caddy-vastai/caddy-vastai/lifecycle"
+	"github.com/caddy-vastai/caddy-vastai/vastclient"
+)
+
+// DefaultGatewayID names the gateway when gateway_id is not set.
+const DefaultGatewayID = "default"
+
+func (a *App) gatewayID() string {
+	if a.GatewayID == "" {
+		return DefaultGatewayID
+	}
+	return a.GatewayID
+}
+
+// lifecycleConfig builds the lifecycle manager's configuration.
+func (a *App) lifecycleConfig() lifecycle.Config {
+	cfg := lifecycle.Config{
+		GatewayID:         a.gatewayID(),
+		Pools:             map[string]lifecycle.PoolTemplate{},
+		Orphans:           a.Orphans,
+		ReconcileInterval: time.Duration(a.ReconcileInterval),
+		MaxSpendPerHour:   a.MaxSpendPerHour,
+		MinCredit:         a.MinCredit,
+	}
+	for name, p := range a.Pools {
+		if p != nil && p.Provision != nil {
+			cfg.Pools[name] = p.Provision.template(p.Port)
+		}
+	}
+	return cfg
+}
+
+// lifecycleRuntime is the running lifecycle manager and what identifies its
+// configuration, so a reload that changes nothing keeps it running.
+type lifecycleRuntime struct {
+	fingerprint string
+	mgr         *lifecycle.Manager
+	cancel      context.CancelFunc
+	done        chan struct{}
+}
+
+// applyLifecycleLocked (re)starts the lifecycle manager when its
+// configuration changed. Stopping a manager never destroys anything; the
+// new one resumes the stored operations. Called with s.mu held.
+func (s *state) applyLifecycleLocked(log *zap.Logger, cfg lifecycle.Config, store lifecycle.Store) error {
+	// The client is part of the identity: a new API key or URL means a
+	// new client, and the manager must use it.
+	cfg.Logger, cfg.Now = nil, nil
+	fp := fmt.Sprintf("%#v|%p", cfg, s.client)
+	if cur := s.lifecycle.Load(); cur != nil && cur.fingerprint == fp {
+		return nil
+	}
+	cfg.Logger = log.Named("lifecycle")
+	mgr, err := lifecycle.New(cfg, s.client, store, fleetAdapter{s})
+	if err != nil {
+		return fmt.Errorf("vastai: %w", err)
+	}
+	s.stopLifecycleLocked()
+	ctx, cancel := context.WithCancel(context.Background())
+	rt := &lifecycleRuntime{fingerprint: fp, mgr: mgr, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(rt.done)
+		if err := mgr.Run(ctx); err != nil {
+			log.Error("lifecycle manager stopped", zap.Error(err))
+		}
+	}()
+	s.lifecycle.Store(rt)
+	return nil
+}
+
+func (s *state) stopLifecycleLocked() {
+	rt := s.lifecycle.Swap(nil)
+	if rt == nil {
+		return
+	}
+	rt.cancel()
+	<-rt.done
+	rt.mgr.Close()
+}
+
+// fleetAdapter is the routing side as the lifecycle manager sees it.
+type fleetAdapter struct{ s *state }
+
+func (f fleetAdapter) State(id int64) (string, time.Time, bool) {
+	m, ok := f.s.watcher.Snapshot().Member(id)
+	if !ok {
+		return "", time.Time{}, false
+	}
+	return m.State, m.StateSince, true
+}
+
+// Drain stops routing to the instance and waits until its in-flight
+// requests (streams included) have finished.
+func (f fleetAdapter) Drain(ctx context.Context, id int64) error {
+	f.s.watcher.SetDraining(id, true)
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for f.s.inflight.count(id) > 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+	return nil
+}
+
+func (f fleetAdapter) Instances() ([]vastclient.Instance, time.Time, bool) {
+	snap := f.s.watcher.Snapshot()
+	if snap.Poll.LastSuccess.IsZero() {
+		return nil, time.Time{}, false
+	}
+	rows := make([]vastclient.Instance, len(snap.Members))
+	for i := range snap.Members {
+		rows[i] = snap.Members[i].Instance
+	}
+	return rows, snap.Poll.LastSuccess, true
+}
+
+// Interface guards
+var _ lifecycle.Fleet = fleetAdapter{}
+
+// states the lifecycle side reads; keep them in line with fleet's.
+var _ = []string{fleet.StateReady, fleet.StateFailed}
