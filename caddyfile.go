@@ -13,6 +13,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
 	"github.com/caddy-vastai/caddy-vastai/fleet"
+	"github.com/caddy-vastai/caddy-vastai/lifecycle"
 )
 
 func init() {
@@ -44,8 +45,14 @@ func init() {
 //				unhealthy_threshold <n>            # default 2
 //				grace               <duration>     # default 30m
 //			}
+//			provision { ... }   # see unmarshalProvision
 //		}
 //		max_concurrent_probes <n>    # default 64
+//		gateway_id         <id>                 # default "default"; labels cv:<id>:<pool>:<op>
+//		reconcile_interval <duration>           # default 5m
+//		orphans            adopt | destroy | ignore
+//		max_spend_per_hour <$/h>                # gateway budget
+//		min_credit         <$>                  # refuse new instances below this credit
 //		ssh {
 //			key              <file>               # repeatable; SSH_AUTH_SOCK is used too
 //			known_hosts      storage | insecure   # default storage (trust on first use)
@@ -100,6 +107,41 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			a.MaxConcurrentProbes = n
+		case "gateway_id", "orphans":
+			var v string
+			if err := oneArg(d, &v); err != nil {
+				return err
+			}
+			if opt == "gateway_id" {
+				a.GatewayID = v
+			} else {
+				switch v {
+				case lifecycle.OrphansAdopt, lifecycle.OrphansDestroy, lifecycle.OrphansIgnore:
+				default:
+					return d.Errf("orphans: %q is not adopt, destroy or ignore", v)
+				}
+				a.Orphans = v
+			}
+		case "reconcile_interval":
+			var raw string
+			if err := oneArg(d, &raw); err != nil {
+				return err
+			}
+			dur, err := caddy.ParseDuration(raw)
+			if err != nil || dur <= 0 {
+				return d.Errf("reconcile_interval: %q is not a positive duration", raw)
+			}
+			a.ReconcileInterval = caddy.Duration(dur)
+		case "max_spend_per_hour", "min_credit":
+			f, err := positiveFloat(d)
+			if err != nil {
+				return err
+			}
+			if opt == "max_spend_per_hour" {
+				a.MaxSpendPerHour = f
+			} else {
+				a.MinCredit = f
+			}
 		case "ssh":
 			if d.NextArg() {
 				return d.Err("ssh: expected a block")
@@ -184,6 +226,18 @@ func (p *Pool) unmarshalCaddyfile(d *caddyfile.Dispenser, name string) error {
 				return d.Errf("pool %q: token: unknown token source %q (want jupyter_token, env <NAME> or static <value>)", name, args[0])
 			}
 			p.Token = tc
+		case "provision":
+			if d.NextArg() {
+				return d.Errf("pool %q: provision: expected a block", name)
+			}
+			if p.Provision != nil {
+				return d.Errf("pool %q: provision is defined more than once", name)
+			}
+			pc, err := unmarshalProvision(d, name)
+			if err != nil {
+				return err
+			}
+			p.Provision = pc
 		case "health":
 			if d.NextArg() {
 				return d.Errf("pool %q: health: expected a block", name)

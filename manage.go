@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
 	"github.com/caddy-vastai/caddy-vastai/fleet"
@@ -23,7 +24,7 @@ func (a *App) gatewayID() string {
 }
 
 // lifecycleConfig builds the lifecycle manager's configuration.
-func (a *App) lifecycleConfig() lifecycle.Config {
+func (a *App) lifecycleConfig(repl *caddy.Replacer) lifecycle.Config {
 	cfg := lifecycle.Config{
 		GatewayID:         a.gatewayID(),
 		Pools:             map[string]lifecycle.PoolTemplate{},
@@ -34,7 +35,7 @@ func (a *App) lifecycleConfig() lifecycle.Config {
 	}
 	for name, p := range a.Pools {
 		if p != nil && p.Provision != nil {
-			cfg.Pools[name] = p.Provision.template(p.Port)
+			cfg.Pools[name] = p.Provision.template(p.Port, repl)
 		}
 	}
 	return cfg

@@ -235,7 +235,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		a.specs = append(a.specs, spec)
 	}
 	fleet.SortPools(a.specs)
-	a.lifecycle = a.lifecycleConfig()
+	a.lifecycle = a.lifecycleConfig(repl)
 
 	st, _, err := states.LoadOrNew(stateKey, func() (caddy.Destructor, error) {
 		return newState(), nil

@@ -84,7 +84,7 @@ type ProvisionConfig struct {
 }
 
 // template converts the configuration for the lifecycle manager.
-func (p *ProvisionConfig) template(port int) lifecycle.PoolTemplate {
+func (p *ProvisionConfig) template(port int, repl *caddy.Replacer) lifecycle.PoolTemplate {
 	t := lifecycle.PoolTemplate{
 		Image: p.Image, TemplateHashID: p.TemplateHashID, Disk: p.Disk, Onstart: p.Onstart,
 		Args: p.Args, Runtype: p.Runtype, Order: p.Order, Type: p.Type, BidPrice: p.BidPrice,
@@ -93,8 +93,10 @@ func (p *ProvisionConfig) template(port int) lifecycle.PoolTemplate {
 		MaxAttempts: p.MaxAttempts, MaxSpendPerHour: p.MaxSpendPerHour,
 		Env: map[string]string{},
 	}
+	// Values may hold placeholders such as {env.HF_TOKEN}: secrets stay
+	// out of the config and are resolved when it is loaded.
 	for k, v := range p.Env {
-		t.Env[k] = v
+		t.Env[k] = repl.ReplaceAll(v, "")
 	}
 	// The engine port must be mapped or the instance is unreachable.
 	if port == 0 {
