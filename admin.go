@@ -13,6 +13,8 @@ import (
 
 	"github.com/caddy-vastai/caddy-vastai/fleet"
 	"github.com/caddy-vastai/caddy-vastai/gpumetrics"
+	"github.com/caddy-vastai/caddy-vastai/lifecycle"
+	"github.com/caddy-vastai/caddy-vastai/vastclient"
 )
 
 func init() {
@@ -53,6 +55,9 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 	}
 	parts := strings.Split(strings.Trim(strings.TrimPrefix(r.URL.Path, "/vastai"), "/"), "/")
 	snap := a.app.state.watcher.Snapshot()
+	if handled, err := a.serveLifecycle(w, r, parts, snap); handled {
+		return err
+	}
 	switch {
 	case len(parts) == 1 && parts[0] == "instances":
 		if err := onlyGET(r); err != nil {
@@ -89,7 +94,7 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		sort.Strings(names)
 		out := make([]poolView, 0, len(names))
 		for _, n := range names {
-			out = append(out, newPoolView(snap, n))
+			out = append(out, a.poolView(snap, n))
 		}
 		return writeJSON(w, http.StatusOK, out)
 
@@ -100,7 +105,7 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		if _, ok := snap.Pools[parts[1]]; !ok {
 			return apiError(http.StatusNotFound, fmt.Errorf("pool %q is not configured", parts[1]))
 		}
-		return writeJSON(w, http.StatusOK, newPoolView(snap, parts[1]))
+		return writeJSON(w, http.StatusOK, a.poolView(snap, parts[1]))
 
 	case len(parts) == 1 && parts[0] == "status":
 		if err := onlyGET(r); err != nil {
@@ -118,7 +123,7 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 			WatchersRunning:     a.app.state.watcher.Running(),
 		})
 	}
-	return apiError(http.StatusNotFound, fmt.Errorf("no such endpoint: %s (see /vastai/instances, /vastai/pools, /vastai/status)", r.URL.Path))
+	return apiError(http.StatusNotFound, fmt.Errorf("no such endpoint: %s %s (see /vastai/instances, /vastai/pools, /vastai/operations, /vastai/offers, /vastai/status)", r.Method, r.URL.Path))
 }
 
 // instanceView is the admin representation of an instance.
@@ -145,6 +150,7 @@ type instanceView struct {
 	PublicIPAddr   string     `json:"public_ipaddr,omitempty"`
 	MachineID      int64      `json:"machine_id,omitempty"`
 	StartDate      *time.Time `json:"start_date,omitempty"`
+	Accrued        float64    `json:"accrued_dollars"`
 	FirstSeen      time.Time  `json:"first_seen"`
 	LastSeen       time.Time  `json:"last_seen"`
 	MissedListings int        `json:"missed_listings"`
@@ -175,6 +181,7 @@ func newInstanceView(m fleet.Member) instanceView {
 		t := time.Unix(0, int64(in.StartDate*1e9)).UTC()
 		v.StartDate = &t
 	}
+	_, v.Accrued = instanceCost(&in, time.Now())
 	return v
 }
 
@@ -228,10 +235,31 @@ type poolView struct {
 	Routable  []int64        `json:"routable"`
 	States    map[string]int `json:"states"`
 	SpendRate float64        `json:"spend_rate_dollars_per_hour"`
+	// Accrued is what the pool's instances have cost so far (from
+	// start_date at their current rates), in dollars.
+	Accrued float64 `json:"accrued_dollars"`
+	// Provisioning is the lifecycle manager's view (records, operations in
+	// progress, budgets) for pools with a provision block.
+	Provisioning *lifecycle.PoolStatus `json:"provisioning,omitempty"`
+}
+
+// poolView adds cost and provisioning figures to the snapshot's view.
+func (a *adminAPI) poolView(snap *fleet.Snapshot, name string) poolView {
+	v := newPoolView(snap, name)
+	if rt := a.app.state.lifecycle.Load(); rt != nil {
+		for _, ps := range rt.mgr.Pools().Pools {
+			if ps.Name == name && ps.Configured {
+				ps := ps
+				v.Provisioning = &ps
+			}
+		}
+	}
+	return v
 }
 
 func newPoolView(snap *fleet.Snapshot, name string) poolView {
 	pv := snap.Pools[name]
+	now := time.Now()
 	v := poolView{Name: name, Label: pv.Spec.Label, Prefix: pv.Spec.LabelPrefix, Port: pv.Spec.Port, Members: []int64{}, Routable: []int64{}, States: map[string]int{}}
 	if v.Port == 0 {
 		v.Port = fleet.DefaultPort
@@ -242,14 +270,32 @@ func newPoolView(snap *fleet.Snapshot, name string) poolView {
 		}
 		v.Members = append(v.Members, m.Instance.ID)
 		v.States[m.State]++
-		if m.Instance.ActualStatus == "running" {
-			v.SpendRate += m.Instance.DPHTotal
-		}
+		rate, accrued := instanceCost(&m.Instance, now)
+		v.SpendRate += rate
+		v.Accrued += accrued
 	}
 	for _, t := range pv.Targets {
 		v.Routable = append(v.Routable, t.ID)
 	}
 	return v
+}
+
+// instanceCost returns an instance's current rate ($/h: dph_total while it
+// holds a GPU, its storage rate while stopped) and what it has cost since
+// vast.ai's start_date at that rate.
+func instanceCost(in *vastclient.Instance, now time.Time) (rate, accrued float64) {
+	switch in.ActualStatus {
+	case "stopped", "exited":
+		rate = in.StorageTotalCost
+	default:
+		rate = in.DPHTotal
+	}
+	if in.StartDate > 0 {
+		if secs := float64(now.UnixNano())/1e9 - in.StartDate; secs > 0 {
+			accrued = rate * secs / 3600
+		}
+	}
+	return rate, accrued
 }
 
 type statusView struct {

@@ -50,6 +50,8 @@ func init() {
 //		max_concurrent_probes <n>    # default 64
 //		gateway_id         <id>                 # default "default"; labels cv:<id>:<pool>:<op>
 //		reconcile_interval <duration>           # default 5m
+//		lease_ttl          <duration>           # default 2m: takeover delay after a crash
+//		provision_poll_interval <duration>      # default 5s
 //		orphans            adopt | destroy | ignore
 //		max_spend_per_hour <$/h>                # gateway budget
 //		min_credit         <$>                  # refuse new instances below this credit
@@ -122,16 +124,23 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				}
 				a.Orphans = v
 			}
-		case "reconcile_interval":
+		case "reconcile_interval", "lease_ttl", "provision_poll_interval":
 			var raw string
 			if err := oneArg(d, &raw); err != nil {
 				return err
 			}
 			dur, err := caddy.ParseDuration(raw)
 			if err != nil || dur <= 0 {
-				return d.Errf("reconcile_interval: %q is not a positive duration", raw)
+				return d.Errf("%s: %q is not a positive duration", opt, raw)
 			}
-			a.ReconcileInterval = caddy.Duration(dur)
+			switch opt {
+			case "reconcile_interval":
+				a.ReconcileInterval = caddy.Duration(dur)
+			case "lease_ttl":
+				a.LeaseTTL = caddy.Duration(dur)
+			case "provision_poll_interval":
+				a.ProvisionPollInterval = caddy.Duration(dur)
+			}
 		case "max_spend_per_hour", "min_credit":
 			f, err := positiveFloat(d)
 			if err != nil {

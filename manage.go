@@ -32,6 +32,12 @@ func (a *App) lifecycleConfig(repl *caddy.Replacer) lifecycle.Config {
 		ReconcileInterval: time.Duration(a.ReconcileInterval),
 		MaxSpendPerHour:   a.MaxSpendPerHour,
 		MinCredit:         a.MinCredit,
+		LeaseTTL:          time.Duration(a.LeaseTTL),
+		PollInterval:      time.Duration(a.ProvisionPollInterval),
+	}
+	if cfg.PollInterval > 0 {
+		// The instance row is read directly at least every few polls.
+		cfg.StatusPollInterval = 3 * cfg.PollInterval
 	}
 	for name, p := range a.Pools {
 		if p != nil && p.Provision != nil {

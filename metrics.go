@@ -17,6 +17,7 @@ import (
 type collector struct {
 	w   *fleet.Watcher
 	ssh func() *sshRuntime
+	lc  func() *lifecycleRuntime
 
 	instances      *prometheus.Desc
 	routable       *prometheus.Desc
@@ -32,9 +33,13 @@ type collector struct {
 	gpuTemp        *prometheus.Desc
 	gpuPower       *prometheus.Desc
 	sshPath        *prometheus.Desc
+	accrued        *prometheus.Desc
+	poolSpend      *prometheus.Desc
+	destroyFailed  *prometheus.Desc
+	lcCounters     *prometheus.Desc
 }
 
-func newCollector(w *fleet.Watcher, ssh func() *sshRuntime) *collector {
+func newCollector(w *fleet.Watcher, ssh func() *sshRuntime, lc func() *lifecycleRuntime) *collector {
 	const ns, sub = "caddy", "vastai"
 	d := func(name, help string, labels ...string) *prometheus.Desc {
 		return prometheus.NewDesc(prometheus.BuildFQName(ns, sub, name), help, labels, nil)
@@ -42,6 +47,11 @@ func newCollector(w *fleet.Watcher, ssh func() *sshRuntime) *collector {
 	return &collector{
 		w:              w,
 		ssh:            ssh,
+		lc:             lc,
+		accrued:        d("instance_accrued_dollars", "What the instance has cost since its start_date at its current rate.", "pool", "instance"),
+		poolSpend:      d("pool_spend_dollars_per_hour", "Current spend rate of the pool's instances.", "pool"),
+		destroyFailed:  d("destroy_failed_instances", "Instances whose destruction could not be confirmed after the verification attempts; they may still bill. Alert on > 0."),
+		lcCounters:     d("lifecycle_events_total", "Lifecycle events since start: provisions, destroys, orphans, ghosts, budget refusals, reconciles.", "event"),
 		gpuUtil:        d("gpu_utilization_ratio", "GPU utilization from nvidia-smi, 0 to 1.", "pool", "instance", "gpu"),
 		gpuMemUsed:     d("gpu_memory_used_bytes", "GPU memory in use from nvidia-smi.", "pool", "instance", "gpu"),
 		gpuMemTotal:    d("gpu_memory_total_bytes", "GPU memory size from nvidia-smi.", "pool", "instance", "gpu"),
@@ -62,7 +72,7 @@ func newCollector(w *fleet.Watcher, ssh func() *sshRuntime) *collector {
 // Describe implements prometheus.Collector.
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.instances, c.routable, c.price, c.poolRoutable, c.lastSuccess, c.failures, c.stale, c.watcherRunning,
-		c.gpuUtil, c.gpuMemUsed, c.gpuMemTotal, c.gpuTemp, c.gpuPower, c.sshPath} {
+		c.gpuUtil, c.gpuMemUsed, c.gpuMemTotal, c.gpuTemp, c.gpuPower, c.sshPath, c.accrued, c.poolSpend, c.destroyFailed, c.lcCounters} {
 		ch <- d
 	}
 }
@@ -72,9 +82,14 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	snap := c.w.Snapshot()
 	type key struct{ pool, state string }
 	counts := map[key]int{}
+	spend := map[string]float64{}
+	now := time.Now()
 	for _, m := range snap.Members {
 		counts[key{m.Pool, m.State}]++
 		id := strconv.FormatInt(m.Instance.ID, 10)
+		rate, accrued := instanceCost(&m.Instance, now)
+		spend[m.Pool] += rate
+		ch <- prometheus.MustNewConstMetric(c.accrued, prometheus.GaugeValue, accrued, m.Pool, id)
 		ch <- prometheus.MustNewConstMetric(c.routable, prometheus.GaugeValue, boolFloat(m.Routable), m.Pool, id)
 		ch <- prometheus.MustNewConstMetric(c.price, prometheus.GaugeValue, m.Instance.DPHTotal, m.Pool, id)
 	}
@@ -90,6 +105,19 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for name, pv := range snap.Pools {
 		ch <- prometheus.MustNewConstMetric(c.poolRoutable, prometheus.GaugeValue, float64(len(pv.Targets)), name)
+		ch <- prometheus.MustNewConstMetric(c.poolSpend, prometheus.GaugeValue, spend[name], name)
+	}
+	if rt := c.lc(); rt != nil {
+		st := rt.mgr.Stats()
+		ch <- prometheus.MustNewConstMetric(c.destroyFailed, prometheus.GaugeValue, float64(st.DestroyFailedNow))
+		for event, n := range map[string]uint64{
+			"provision_started": st.ProvisionsStarted, "provision_succeeded": st.ProvisionsSucceeded, "provision_failed": st.ProvisionsFailed,
+			"attempt_failed": st.AttemptsFailed, "destroy_confirmed": st.DestroysConfirmed, "destroy_failed": st.DestroyFailed,
+			"orphan_adopted": st.OrphansAdopted, "orphan_destroyed": st.OrphansDestroyed, "ghost": st.Ghosts,
+			"budget_refusal": st.BudgetRefusals, "reconcile": st.Reconciles, "reconcile_error": st.ReconcileErrors,
+		} {
+			ch <- prometheus.MustNewConstMetric(c.lcCounters, prometheus.CounterValue, float64(n), event)
+		}
 	}
 	var last float64
 	if !snap.Poll.LastSuccess.IsZero() {

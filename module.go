@@ -92,6 +92,15 @@ type App struct {
 	// many dollars (0: no check).
 	MinCredit float64 `json:"min_credit,omitempty"`
 
+	// How long an in-progress provisioning stays leased to the process
+	// working on it. After a crash, another process (or the restarted one)
+	// takes it over once the lease expires. Default: 2m.
+	LeaseTTL caddy.Duration `json:"lease_ttl,omitempty"`
+
+	// How often a provisioning in progress checks its instance's state.
+	// Default: 5s.
+	ProvisionPollInterval caddy.Duration `json:"provision_poll_interval,omitempty"`
+
 	storage   caddyStorage
 	apiKey    string
 	specs     []fleet.PoolSpec

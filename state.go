@@ -46,7 +46,7 @@ type state struct {
 
 func newState() *state {
 	s := &state{watcher: fleet.NewWatcher(nil)}
-	s.metrics = newCollector(s.watcher, s.ssh.Load)
+	s.metrics = newCollector(s.watcher, s.ssh.Load, s.lifecycle.Load)
 	return s
 }
 

@@ -1,0 +1,311 @@
+package vastai
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddy-vastai/caddy-vastai/vastsim"
+)
+
+// provisionPool is a pool that provisions RTX 4090s, with fast probes.
+const provisionPool = `		lease_ttl 3s
+		provision_poll_interval 300ms
+		pool llm {
+			health {
+				interval 200ms
+				timeout 1s
+			}
+			provision {
+				image vllm/vllm-openai:latest
+				disk 20
+				env HF_HOME /data
+				offer {
+					gpu_name "RTX 4090"
+					num_gpus 1
+				}
+				max_instances 3
+				max_price_per_hour 2
+				ready_timeout 20s
+			}
+		}`
+
+type operation struct {
+	ID         string `json:"id"`
+	Kind       string `json:"kind"`
+	Pool       string `json:"pool"`
+	State      string `json:"state"`
+	Error      string `json:"error"`
+	InstanceID int64  `json:"instance_id"`
+	Attempts   []struct {
+		OfferID    int64  `json:"offer_id"`
+		MachineID  int64  `json:"machine_id"`
+		InstanceID int64  `json:"instance_id"`
+		State      string `json:"state"`
+		Error      string `json:"error"`
+	} `json:"attempts"`
+}
+
+func adminDo(t testing.TB, method, path, body string) (int, []byte) {
+	t.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, _ := http.NewRequest(method, testAdminURL+path, rd)
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b
+}
+
+// provisionOne asks the admin API for one instance and returns the operation.
+func provisionOne(t testing.TB, pool string) operation {
+	t.Helper()
+	code, body := adminDo(t, http.MethodPost, "/vastai/pools/"+pool+"/instances", "")
+	if code != http.StatusAccepted {
+		t.Fatalf("POST /vastai/pools/%s/instances: %d %s", pool, code, body)
+	}
+	var out struct {
+		Operations []operation `json:"operations"`
+	}
+	if err := json.Unmarshal(body, &out); err != nil || len(out.Operations) != 1 {
+		t.Fatalf("provision answer %s: %v", body, err)
+	}
+	return out.Operations[0]
+}
+
+func waitOperation(t testing.TB, id, state string, within time.Duration) operation {
+	t.Helper()
+	var op operation
+	waitFor(t, within, "operation "+id+" "+state, func() bool {
+		code, body := adminDo(t, http.MethodGet, "/vastai/operations/"+id, "")
+		if code != http.StatusOK {
+			return false
+		}
+		_ = json.Unmarshal(body, &op)
+		if op.State == "failed" && state != "failed" {
+			t.Fatalf("operation failed: %s", body)
+		}
+		return op.State == state
+	})
+	return op
+}
+
+// ours lists the simulator's live instances carrying this gateway's label.
+func ours(sim *vastsim.Sim) []vastsim.InstanceInfo {
+	var out []vastsim.InstanceInfo
+	for _, in := range sim.Instances() {
+		if strings.HasPrefix(in.Label, "cv:default:") && !in.Destroyed {
+			out = append(out, in)
+		}
+	}
+	return out
+}
+
+func TestProvisioningThroughTheAdminAPIBringsAnInstanceIntoRouting(t *testing.T) {
+	sim := newSim(t, vastsim.Options{LoadingDelay: time.Second})
+	startCaddy(t, testConfig(sim.URL(), provisionPool, `	vastai_proxy llm`))
+
+	op := provisionOne(t, "llm")
+	done := waitOperation(t, op.ID, "succeeded", 30*time.Second)
+	if done.InstanceID == 0 || len(done.Attempts) != 1 {
+		t.Fatalf("operation %+v", done)
+	}
+	live := ours(sim)
+	if len(live) != 1 || live[0].ID != done.InstanceID || !strings.HasPrefix(live[0].Label, "cv:default:llm:") {
+		t.Fatalf("simulator instances with our label: %+v", live)
+	}
+	waitRoutable(t, []int64{done.InstanceID}, 10*time.Second)
+	resp, body := completion(t, http.DefaultClient)
+	if resp.StatusCode != http.StatusOK || resp.Header.Get(InstanceHeader) != fmt.Sprint(done.InstanceID) {
+		t.Fatalf("request: %d from %q: %s", resp.StatusCode, resp.Header.Get(InstanceHeader), body)
+	}
+	if u := sim.Engine(done.InstanceID).Unauthorized; u != 0 {
+		t.Errorf("the engine refused %d requests: the generated WEB_PASSWORD was not used", u)
+	}
+	// The generated token is secret: not in the operation, nor in the
+	// instance view.
+	_, opBody := adminDo(t, http.MethodGet, "/vastai/operations/"+op.ID, "")
+	_, instBody := adminDo(t, http.MethodGet, fmt.Sprintf("/vastai/instances/%d", done.InstanceID), "")
+	for _, b := range [][]byte{opBody, instBody} {
+		if bytes.Contains(b, []byte("WEB_PASSWORD")) || bytes.Contains(b, []byte(live[0].JupyterToken)) {
+			t.Fatalf("a token leaked into the admin API: %s", b)
+		}
+	}
+
+	// Verified destroy through the admin API.
+	code, body := adminDo(t, http.MethodDelete, fmt.Sprintf("/vastai/instances/%d", done.InstanceID), "")
+	if code != http.StatusAccepted {
+		t.Fatalf("DELETE: %d %s", code, body)
+	}
+	waitFor(t, 30*time.Second, "the instance to be destroyed", func() bool { return len(ours(sim)) == 0 })
+}
+
+func TestAnExitedHostIsDestroyedAndReplacedFromAnotherMachine(t *testing.T) {
+	sim := newSim(t, vastsim.Options{LoadingDelay: 2 * time.Second})
+	startCaddy(t, testConfig(sim.URL(), provisionPool, `	vastai_proxy llm`))
+
+	op := provisionOne(t, "llm")
+	var first int64
+	waitFor(t, 20*time.Second, "the first instance", func() bool {
+		if l := ours(sim); len(l) == 1 {
+			first = l[0].ID
+			return true
+		}
+		return false
+	})
+	sim.SetStatus(first, "exited") // the host gives up while loading
+	done := waitOperation(t, op.ID, "succeeded", 60*time.Second)
+	if len(done.Attempts) < 2 {
+		t.Fatalf("attempts %+v, want the failed one and its replacement", done.Attempts)
+	}
+	a0, last := done.Attempts[0], done.Attempts[len(done.Attempts)-1]
+	if a0.InstanceID != first || a0.Error == "" || last.MachineID == a0.MachineID || last.InstanceID != done.InstanceID {
+		t.Errorf("attempts %+v", done.Attempts)
+	}
+	waitFor(t, 30*time.Second, "the exited instance destroyed", func() bool {
+		for _, in := range sim.Instances() {
+			if in.ID == first {
+				return in.Destroyed
+			}
+		}
+		return true
+	})
+	if l := ours(sim); len(l) != 1 || l[0].ID != done.InstanceID {
+		t.Fatalf("live instances %+v, want only the replacement", l)
+	}
+}
+
+func TestAdminAPIRefusesBadInput(t *testing.T) {
+	sim := newSim(t, vastsim.Options{Credit: 100})
+	startCaddy(t, testConfig(sim.URL(), provisionPool, `	vastai_proxy llm`))
+
+	huge := `{"count": 1, "pad": "` + strings.Repeat("x", 70<<10) + `"}`
+	cases := []struct {
+		method, path, body string
+		code               int
+		mention            string
+	}{
+		{"POST", "/vastai/pools/llm/instances", `{"count": "two"}`, 400, "count"},
+		{"POST", "/vastai/pools/llm/instances", `{"offer_id": 1.5}`, 400, "offer_id"},
+		{"POST", "/vastai/pools/llm/instances", `{"count": 1, "gpu": "a100"}`, 400, "unknown field"},
+		{"POST", "/vastai/pools/llm/instances", `{"count": 1}{"count": 2}`, 400, "after the JSON"},
+		{"POST", "/vastai/pools/llm/instances", `[1, 2]`, 400, "expected"},
+		{"POST", "/vastai/pools/llm/instances", `{not json`, 400, "not valid JSON"},
+		{"POST", "/vastai/pools/llm/instances", `{"count": -1}`, 400, "count"},
+		{"POST", "/vastai/pools/llm/instances", `{"count": 99}`, 400, "count"},
+		{"POST", "/vastai/pools/llm/instances", huge, 413, "larger than"},
+		{"POST", "/vastai/pools/llm/instances", `{"count": 4}`, 409, "max_instances"},
+		{"POST", "/vastai/pools/nope/instances", ``, 404, "unknown pool"},
+		{"GET", "/vastai/operations/does-not-exist", ``, 404, "not found"},
+		{"DELETE", "/vastai/instances/999999999", ``, 404, ""},
+		{"DELETE", "/vastai/instances/-3", ``, 400, "positive integer"},
+		{"POST", "/vastai/instances/abc/drain", ``, 400, "positive integer"},
+		{"GET", "/vastai/offers", ``, 400, "pool"},
+		{"GET", "/vastai/offers?pool=nope", ``, 404, "unknown pool"},
+		{"GET", "/vastai/offers?pool=llm&max_dph=cheap", ``, 400, "max_dph"},
+		{"GET", "/vastai/offers?pool=llm&colour=red", ``, 400, "colour"},
+		{"PUT", "/vastai/reconcile", ``, 405, "not allowed"},
+		{"DELETE", "/vastai/operations", ``, 405, "not allowed"},
+	}
+	for _, c := range cases {
+		code, body := adminDo(t, c.method, c.path, c.body)
+		var e struct {
+			Error string `json:"error"`
+		}
+		if code != c.code || json.Unmarshal(body, &e) != nil || e.Error == "" || !strings.Contains(e.Error, c.mention) {
+			t.Errorf("%s %s %.40q: %d %s; want %d with a JSON error mentioning %q", c.method, c.path, c.body, code, body, c.code, c.mention)
+		}
+	}
+	if n := len(ours(sim)); n != 0 {
+		t.Errorf("bad requests created %d instances", n)
+	}
+
+	// Offers come live from vast.ai, filtered by the pool and overrides.
+	code, body := adminDo(t, http.MethodGet, "/vastai/offers?pool=llm&max_dph=5", "")
+	var offers []struct {
+		ID      int64   `json:"id"`
+		GPUName string  `json:"gpu_name"`
+		DPH     float64 `json:"dph_total"`
+	}
+	if code != 200 || json.Unmarshal(body, &offers) != nil || len(offers) == 0 {
+		t.Fatalf("offers: %d %s", code, body)
+	}
+	for _, o := range offers {
+		if o.GPUName != "RTX 4090" || o.DPH > 5 {
+			t.Errorf("offer outside the pool's filter: %+v", o)
+		}
+	}
+	// The reconciliation report.
+	code, body = adminDo(t, http.MethodPost, "/vastai/reconcile", "")
+	if code != 200 || !bytes.Contains(body, []byte(`"listed":true`)) {
+		t.Errorf("reconcile: %d %s", code, body)
+	}
+}
+
+func TestBudgetRefusalIsAConflictWithTheFigures(t *testing.T) {
+	sim := newSim(t, vastsim.Options{})
+	// A gateway budget below any offer's price.
+	pool := strings.Replace(strings.Replace(provisionPool, "\t\t\t\tmax_price_per_hour 2\n", "", 1), "lease_ttl 3s", "lease_ttl 3s\n\t\tmax_spend_per_hour 0.01", 1)
+	startCaddy(t, testConfig(sim.URL(), pool, `	vastai_proxy llm`))
+	code, body := adminDo(t, http.MethodPost, "/vastai/pools/llm/instances", "")
+	var out struct {
+		Error  string `json:"error"`
+		Budget struct {
+			Scope     string  `json:"scope"`
+			Limit     float64 `json:"limit"`
+			Requested float64 `json:"requested"`
+		} `json:"budget"`
+	}
+	if code != http.StatusConflict || json.Unmarshal(body, &out) != nil || out.Budget.Limit != 0.01 || out.Budget.Requested <= 0.01 || out.Error == "" {
+		t.Fatalf("budget refusal: %d %s", code, body)
+	}
+	if n := len(ours(sim)); n != 0 {
+		t.Errorf("a refused provisioning created %d instances", n)
+	}
+}
+
+func TestReloadAndUnloadDestroyNothing(t *testing.T) {
+	sim := newSim(t, vastsim.Options{LoadingDelay: 500 * time.Millisecond})
+	tc := startCaddy(t, testConfig(sim.URL(), provisionPool, `	vastai_proxy llm`))
+	op := provisionOne(t, "llm")
+	done := waitOperation(t, op.ID, "succeeded", 30*time.Second)
+
+	for i := 0; i < 3; i++ {
+		tc.InitServer(testConfig(sim.URL(), strings.Replace(provisionPool, "disk 20", fmt.Sprintf("disk %d", 21+i), 1), `	vastai_proxy llm`), "caddyfile")
+	}
+	// Unloading the app entirely (what a clean stop does) destroys nothing.
+	tc.InitServer(`{
+	admin localhost:2999
+	http_port 9080
+	https_port 9443
+	grace_period 1ns
+	skip_install_trust
+}
+:9080 {
+	respond "idle"
+}`, "caddyfile")
+	// The unload is synchronous: when /load returned, the old app's state
+	// was released and its lifecycle manager had stopped.
+	live := ours(sim)
+	if len(live) != 1 || live[0].ID != done.InstanceID {
+		t.Fatalf("after reloads and an unload, live instances %+v; want instance %d untouched", live, done.InstanceID)
+	}
+	for _, c := range sim.APICalls() {
+		if c.Method == http.MethodDelete {
+			t.Fatalf("a DELETE was sent: %+v", c)
+		}
+	}
+}
