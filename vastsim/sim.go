@@ -92,11 +92,31 @@ type Faults struct {
 	// CreateSuccessFalse makes a successful create answer success:false
 	// while still carrying the real new_contract.
 	CreateSuccessFalse bool
+	// SlowResponse holds the answer back this long AFTER the call was
+	// executed: the request has had its effect, but the client has not
+	// heard about it yet (a client killed meanwhile never will).
+	SlowResponse time.Duration
+	// Routes limits the faults to calls of these endpoints, named like
+	// APICall.Route ("PUT /api/v0/asks/{id}/"); empty means every call.
+	// Count counts only matching calls.
+	Routes []string
 }
 
 func (f Faults) active() bool {
 	return f.Status != 0 || f.RateLimit || f.Latency > 0 || f.MalformedJSON ||
-		f.EmptyBody || len(f.OmitFromList) > 0 || f.CreateSuccessFalse
+		f.EmptyBody || len(f.OmitFromList) > 0 || f.CreateSuccessFalse || f.SlowResponse > 0
+}
+
+func (f Faults) applies(route string) bool {
+	if len(f.Routes) == 0 {
+		return true
+	}
+	for _, r := range f.Routes {
+		if r == route {
+			return true
+		}
+	}
+	return false
 }
 
 // APICall records one API request, for assertions about what a client did
@@ -333,7 +353,12 @@ func (s *Sim) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	name, h, ids, allowed := route(r.Method, r.URL.Path)
 	defer func() { s.logCall(r, name, rec.status, start) }()
 
-	fault, faulty := s.takeFault()
+	fault, faulty := s.takeFault(name)
+	if faulty && fault.SlowResponse > 0 {
+		// Runs after the handler: the answer is still buffered in the
+		// server, so the client waits while the effect has happened.
+		defer time.Sleep(fault.SlowResponse)
+	}
 	if faulty && fault.Latency > 0 {
 		t := time.NewTimer(fault.Latency)
 		select {
@@ -417,10 +442,10 @@ func (s *Sim) logCall(r *http.Request, route string, status int, start time.Time
 
 // takeFault returns the faults to apply to this call and consumes one unit
 // of Count.
-func (s *Sim) takeFault() (Faults, bool) {
+func (s *Sim) takeFault(route string) (Faults, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if !s.faults.active() {
+	if !s.faults.active() || !s.faults.applies(route) {
 		return Faults{}, false
 	}
 	f := s.faults
