@@ -316,8 +316,14 @@ func TestTwoProcessesSharingStorageKeepExactlyMinInstances(t *testing.T) {
 	var wg sync.WaitGroup
 	var p1, p2 *caddyProc
 	wg.Add(2)
-	go func() { defer wg.Done(); p1 = startProc(t, bin, dir, "one", procConfig(a1, h1, storage, sim.URL(), 2, "1s"), a1) }()
-	go func() { defer wg.Done(); p2 = startProc(t, bin, dir, "two", procConfig(a2, h2, storage, sim.URL(), 2, "1s"), a2) }()
+	go func() {
+		defer wg.Done()
+		p1 = startProc(t, bin, dir, "one", procConfig(a1, h1, storage, sim.URL(), 2, "1s"), a1)
+	}()
+	go func() {
+		defer wg.Done()
+		p2 = startProc(t, bin, dir, "two", procConfig(a2, h2, storage, sim.URL(), 2, "1s"), a2)
+	}()
 	wg.Wait()
 	if p1 == nil || p2 == nil {
 		t.FailNow()
