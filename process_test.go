@@ -353,4 +353,18 @@ func TestTwoProcessesSharingStorageKeepExactlyMinInstances(t *testing.T) {
 	if p := peak(); p != 2 {
 		t.Fatalf("peak of %d live instances, want 2 (never more)", p)
 	}
+
+	// A clean stop of both processes leaves the fleet as it is.
+	for _, p := range []*caddyProc{p1, p2} {
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		_ = p.cmd.Wait()
+	}
+	if n := len(ours(sim)); n != 2 {
+		t.Fatalf("after a clean stop %d instances are left, want the 2", n)
+	}
+	for _, c := range sim.APICalls() {
+		if c.Method == http.MethodDelete {
+			t.Fatalf("a clean stop sent a DELETE: %+v", c)
+		}
+	}
 }

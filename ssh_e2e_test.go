@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -166,6 +167,25 @@ func TestTunnelTransportCarriesAStreamOverTheSimulatorsSSH(t *testing.T) {
 	if spread := arrivals[len(arrivals)-1] - arrivals[0]; spread < 5*30*time.Millisecond {
 		t.Errorf("tunnelled stream was buffered: events within %s", spread)
 	}
+	// Traffic, probes and metrics over the same SSH connections at once
+	// (run under -race in CI).
+	var wg sync.WaitGroup
+	errs := make(chan string, 20)
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, body := completion(t, &http.Client{Timeout: 20 * time.Second})
+			if resp.StatusCode != http.StatusOK {
+				errs <- fmt.Sprintf("%d %s", resp.StatusCode, body)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Errorf("concurrent request through the tunnel: %s", e)
+	}
 	var tunnels int64
 	for _, id := range ids {
 		st := sim.SSHStats(id)
@@ -254,5 +274,38 @@ func TestTunnelAndGPUMetricsThroughARealOpenSSHServer(t *testing.T) {
 	}
 	if g2.UtilizationGPU != nil || g2.Name != "NVIDIA A100-SXM4-80GB" || g2.MemoryTotalMiB == nil || *g2.MemoryTotalMiB != 81920 {
 		t.Errorf("GPU 2 ([N/A] utilization) = %+v", g2)
+	}
+}
+
+func TestChangedHostKeyIsRefusedAndReported(t *testing.T) {
+	dir := t.TempDir()
+	keyFile, pub := writeSSHKey(t, dir)
+	sim := newSim(t, vastsim.Options{SSHAuthorizedKeys: []ssh.PublicKey{pub}})
+	ids := launch(t, sim, 1, "llm-")
+	id := ids[0]
+	// Only the direct path: host keys are trusted per path, and this test
+	// is about a key that was already trusted.
+	sim.SetSSHPath(id, true, false)
+	startCaddy(t, sshConfig(sim.URL(), keyFile, filepath.Join(dir, "storage"), llmPool, `	vastai_proxy llm`))
+	var in gpuInstance
+	waitFor(t, 15*time.Second, "the first SSH connection", func() bool {
+		adminGET(t, fmt.Sprintf("/vastai/instances/%d", id), &in)
+		return in.SSH != nil && in.SSH.Path == "direct" && len(in.GPUs) == 1
+	})
+
+	// The instance now presents another host key (a man in the middle, or
+	// a recreated container): the connection drops, and reconnecting must
+	// fail.
+	sim.RotateHostKey(id)
+	sim.SetSSHPath(id, false, false)
+	sim.SetSSHPath(id, true, false)
+	waitFor(t, 30*time.Second, "the changed host key to be refused", func() bool {
+		adminGET(t, fmt.Sprintf("/vastai/instances/%d", id), &in)
+		return in.SSH != nil && in.SSH.Path == "down" && strings.Contains(strings.ToLower(in.SSH.LastError), "host key")
+	})
+	// Routing (direct, not tunnelled) is unaffected.
+	resp, body := completion(t, http.DefaultClient)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("traffic after the SSH refusal: %d %s", resp.StatusCode, body)
 	}
 }
