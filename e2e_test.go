@@ -214,6 +214,29 @@ func waitRoutable(t testing.TB, ids []int64, within time.Duration) {
 	})
 }
 
+// streamEvents posts a streaming request through the proxy and returns the
+// status and the arrival time of each "data:" event after the request was
+// sent.
+func streamEvents(t testing.TB, path, body string) (int, []time.Duration) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, testProxyURL+path, strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	start := time.Now()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var arrivals []time.Duration
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if strings.HasPrefix(sc.Text(), "data: ") {
+			arrivals = append(arrivals, time.Since(start))
+		}
+	}
+	return resp.StatusCode, arrivals
+}
+
 // completion sends a non-streaming completion through the proxy with a
 // client Authorization header that must never reach an engine.
 func completion(t testing.TB, client *http.Client) (*http.Response, []byte) {

@@ -13,6 +13,12 @@ import (
 	"github.com/caddy-vastai/caddy-vastai/vastsim"
 )
 
+// lifecycleConfig is testConfig with a storage folder of the test's own:
+// records and the machine blocklist must not carry over between tests.
+func lifecycleConfig(t testing.TB, simURL, pools, site string) string {
+	return strings.Replace(testConfig(simURL, pools, site), "\tskip_install_trust\n", "\tskip_install_trust\n\tstorage file_system "+t.TempDir()+"\n", 1)
+}
+
 // provisionPool is a pool that provisions RTX 4090s, with fast probes.
 const provisionPool = `		lease_ttl 3s
 		provision_poll_interval 300ms
@@ -116,7 +122,7 @@ func ours(sim *vastsim.Sim) []vastsim.InstanceInfo {
 
 func TestProvisioningThroughTheAdminAPIBringsAnInstanceIntoRouting(t *testing.T) {
 	sim := newSim(t, vastsim.Options{LoadingDelay: time.Second})
-	startCaddy(t, testConfig(sim.URL(), provisionPool, `	vastai_proxy llm`))
+	startCaddy(t, lifecycleConfig(t, sim.URL(), provisionPool, `	vastai_proxy llm`))
 
 	op := provisionOne(t, "llm")
 	done := waitOperation(t, op.ID, "succeeded", 30*time.Second)
@@ -155,7 +161,7 @@ func TestProvisioningThroughTheAdminAPIBringsAnInstanceIntoRouting(t *testing.T)
 
 func TestAnExitedHostIsDestroyedAndReplacedFromAnotherMachine(t *testing.T) {
 	sim := newSim(t, vastsim.Options{LoadingDelay: 2 * time.Second})
-	startCaddy(t, testConfig(sim.URL(), provisionPool, `	vastai_proxy llm`))
+	startCaddy(t, lifecycleConfig(t, sim.URL(), provisionPool, `	vastai_proxy llm`))
 
 	op := provisionOne(t, "llm")
 	var first int64
@@ -190,7 +196,7 @@ func TestAnExitedHostIsDestroyedAndReplacedFromAnotherMachine(t *testing.T) {
 
 func TestAdminAPIRefusesBadInput(t *testing.T) {
 	sim := newSim(t, vastsim.Options{Credit: 100})
-	startCaddy(t, testConfig(sim.URL(), provisionPool, `	vastai_proxy llm`))
+	startCaddy(t, lifecycleConfig(t, sim.URL(), provisionPool, `	vastai_proxy llm`))
 
 	huge := `{"count": 1, "pad": "` + strings.Repeat("x", 70<<10) + `"}`
 	cases := []struct {
@@ -259,7 +265,7 @@ func TestBudgetRefusalIsAConflictWithTheFigures(t *testing.T) {
 	sim := newSim(t, vastsim.Options{})
 	// A gateway budget below any offer's price.
 	pool := strings.Replace(strings.Replace(provisionPool, "\t\t\t\tmax_price_per_hour 2\n", "", 1), "lease_ttl 3s", "lease_ttl 3s\n\t\tmax_spend_per_hour 0.01", 1)
-	startCaddy(t, testConfig(sim.URL(), pool, `	vastai_proxy llm`))
+	startCaddy(t, lifecycleConfig(t, sim.URL(), pool, `	vastai_proxy llm`))
 	code, body := adminDo(t, http.MethodPost, "/vastai/pools/llm/instances", "")
 	var out struct {
 		Error  string `json:"error"`
@@ -279,12 +285,13 @@ func TestBudgetRefusalIsAConflictWithTheFigures(t *testing.T) {
 
 func TestReloadAndUnloadDestroyNothing(t *testing.T) {
 	sim := newSim(t, vastsim.Options{LoadingDelay: 500 * time.Millisecond})
-	tc := startCaddy(t, testConfig(sim.URL(), provisionPool, `	vastai_proxy llm`))
+	storageCfg := lifecycleConfig(t, sim.URL(), provisionPool, `	vastai_proxy llm`)
+	tc := startCaddy(t, storageCfg)
 	op := provisionOne(t, "llm")
 	done := waitOperation(t, op.ID, "succeeded", 30*time.Second)
 
 	for i := 0; i < 3; i++ {
-		tc.InitServer(testConfig(sim.URL(), strings.Replace(provisionPool, "disk 20", fmt.Sprintf("disk %d", 21+i), 1), `	vastai_proxy llm`), "caddyfile")
+		tc.InitServer(strings.Replace(storageCfg, "disk 20", fmt.Sprintf("disk %d", 21+i), 1), "caddyfile")
 	}
 	// Unloading the app entirely (what a clean stop does) destroys nothing.
 	tc.InitServer(`{

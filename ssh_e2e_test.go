@@ -1,7 +1,6 @@
 package vastai
 
 import (
-	"bufio"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/pem"
@@ -146,23 +145,9 @@ func TestTunnelTransportCarriesAStreamOverTheSimulatorsSSH(t *testing.T) {
 			t.Errorf("instance %d upstream %q is not a tunnel address", in.ID, in.Upstream)
 		}
 	}
-	req, _ := http.NewRequest(http.MethodPost, testProxyURL+"/v1/chat/completions",
-		strings.NewReader(`{"model":"vastsim/tiny-llm","stream":true,"max_tokens":12,"messages":[{"role":"user","content":"hi"}]}`))
-	start := time.Now()
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var arrivals []time.Duration
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		if strings.HasPrefix(sc.Text(), "data: ") {
-			arrivals = append(arrivals, time.Since(start))
-		}
-	}
-	if resp.StatusCode != http.StatusOK || len(arrivals) < 12 {
-		t.Fatalf("stream through the tunnel: status %d, %d events", resp.StatusCode, len(arrivals))
+	status, arrivals := streamEvents(t, "/v1/chat/completions", `{"model":"vastsim/tiny-llm","stream":true,"max_tokens":12,"messages":[{"role":"user","content":"hi"}]}`)
+	if status != http.StatusOK || len(arrivals) < 12 {
+		t.Fatalf("stream through the tunnel: status %d, %d events", status, len(arrivals))
 	}
 	if spread := arrivals[len(arrivals)-1] - arrivals[0]; spread < 5*30*time.Millisecond {
 		t.Errorf("tunnelled stream was buffered: events within %s", spread)
@@ -235,23 +220,9 @@ func TestTunnelAndGPUMetricsThroughARealOpenSSHServer(t *testing.T) {
 	}`))
 	waitRoutable(t, ids, 20*time.Second)
 
-	req, _ := http.NewRequest(http.MethodPost, testProxyURL+"/v1/completions",
-		strings.NewReader(`{"model":"vastsim/tiny-llm","prompt":"hi","stream":true,"max_tokens":15}`))
-	start := time.Now()
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var arrivals []time.Duration
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		if strings.HasPrefix(sc.Text(), "data: ") {
-			arrivals = append(arrivals, time.Since(start))
-		}
-	}
-	if resp.StatusCode != http.StatusOK || len(arrivals) < 15 {
-		t.Fatalf("stream through sshd: status %d, %d events", resp.StatusCode, len(arrivals))
+	status, arrivals := streamEvents(t, "/v1/completions", `{"model":"vastsim/tiny-llm","prompt":"hi","stream":true,"max_tokens":15}`)
+	if status != http.StatusOK || len(arrivals) < 15 {
+		t.Fatalf("stream through sshd: status %d, %d events", status, len(arrivals))
 	}
 	if spread := arrivals[len(arrivals)-1] - arrivals[0]; spread < 7*30*time.Millisecond {
 		t.Errorf("stream through sshd was buffered: events within %s", spread)

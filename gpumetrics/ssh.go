@@ -493,9 +493,14 @@ func (inst *instance) startDialLocked() *dialCall {
 			inst.retryAt = time.Now().Add(backoff)
 			inst.lastErr = err
 			d.err = err
+			failures := inst.failures
 			inst.mu.Unlock()
-			inst.p.log.Warn("SSH connect failed",
-				zap.Int64("instance", inst.id), zap.Int("consecutive_failures", inst.failures),
+			level := zap.WarnLevel
+			if inst.ctx.Err() != nil {
+				level = zap.DebugLevel // abandoned by Forget or Close
+			}
+			inst.p.log.Log(level, "SSH connect failed",
+				zap.Int64("instance", inst.id), zap.Int("consecutive_failures", failures),
 				zap.Duration("backoff", backoff), zap.Error(err))
 			close(d.done)
 			return
@@ -572,7 +577,9 @@ func (inst *instance) closeLocked(c *sshConn) {
 // shutdown marks the instance gone and closes its connections: at once when
 // now is set (Pool.Close), otherwise after draining (Pool.Forget).
 func (inst *instance) shutdown(now bool) {
-	inst.cancel()
+	// gone is set before the context is cancelled, so that loops woken by
+	// the cancellation see it.
+	defer inst.cancel()
 	inst.mu.Lock()
 	defer inst.mu.Unlock()
 	inst.gone = true

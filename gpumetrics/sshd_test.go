@@ -21,29 +21,16 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 	"golang.org/x/crypto/ssh"
+
+	"github.com/caddy-vastai/caddy-vastai/internal/sshdtest"
 )
 
 // sshdPath is the OpenSSH server the integration tests run.
-const sshdPath = "/usr/sbin/sshd"
+const sshdPath = sshdtest.Path
 
 // requireSSHD skips the test when a real sshd cannot be run, unless
 // VASTAI_REQUIRE_SSHD=1 (set in CI), where that is a failure.
-func requireSSHD(t *testing.T) {
-	t.Helper()
-	reason := ""
-	if _, err := os.Stat(sshdPath); err != nil {
-		reason = sshdPath + " not found (apt-get install -y openssh-server)"
-	} else if os.Geteuid() != 0 {
-		reason = "the sshd tests log in as root and must run as root"
-	}
-	if reason == "" {
-		return
-	}
-	if os.Getenv("VASTAI_REQUIRE_SSHD") == "1" {
-		t.Fatalf("VASTAI_REQUIRE_SSHD=1 but %s", reason)
-	}
-	t.Skipf("skipping real-sshd test: %s; set VASTAI_REQUIRE_SSHD=1 to make this a failure", reason)
-}
+func requireSSHD(t *testing.T) { sshdtest.Require(t) }
 
 // sshEnv is a temp directory with client keys, host keys and a fake
 // nvidia-smi, shared by the sshd servers of one test.

@@ -610,6 +610,12 @@ func TestSSHHostKey(t *testing.T) {
 		t.Fatalf("new key: %v", err)
 	}
 	cl.Close()
+	// The server counts the refused handshake in its own goroutine, which
+	// may finish after the client has given up: wait for it.
+	deadline := time.Now().Add(5 * time.Second)
+	for s.SSHStats(id).Proxy.FailedHandshakes != before+1 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
 	if got := s.SSHStats(id).Proxy.FailedHandshakes; got != before+1 {
 		t.Fatalf("failed handshakes %d -> %d", before, got)
 	}
