@@ -41,8 +41,19 @@ var (
 	e2eRuns int
 )
 
+// e2eStorage is the Caddy storage folder of this test binary: tests never
+// read or write the developer's own Caddy data (host keys, records).
+var e2eStorage string
+
 func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "caddy-vastai-e2e-storage-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	e2eStorage = dir
 	code := m.Run()
+	os.RemoveAll(dir)
 	if code == 0 && !testing.Short() && runFlagEmpty() {
 		e2eMu.Lock()
 		n := e2eRuns
@@ -99,6 +110,7 @@ func testConfig(simURL, pools, site string) string {
 	https_port 9443
 	grace_period 1ns
 	skip_install_trust
+	storage file_system %s
 	vastai {
 		api_key {env.VASTAI_E2E_KEY}
 		api_url %s
@@ -110,7 +122,7 @@ func testConfig(simURL, pools, site string) string {
 :9080 {
 %s
 }
-`, simURL, testPoll, pools, site)
+`, e2eStorage, simURL, testPoll, pools, site)
 }
 
 const llmPool = `		pool llm {

@@ -16,7 +16,7 @@ import (
 // lifecycleConfig is testConfig with a storage folder of the test's own:
 // records and the machine blocklist must not carry over between tests.
 func lifecycleConfig(t testing.TB, simURL, pools, site string) string {
-	return strings.Replace(testConfig(simURL, pools, site), "\tskip_install_trust\n", "\tskip_install_trust\n\tstorage file_system "+t.TempDir()+"\n", 1)
+	return strings.Replace(testConfig(simURL, pools, site), "storage file_system "+e2eStorage, "storage file_system "+t.TempDir(), 1)
 }
 
 // provisionPool is a pool that provisions RTX 4090s, with fast probes.

@@ -52,7 +52,7 @@ func sshConfig(simURL, keyFile, storage, pools, site string) string {
 			connect_timeout 5s
 			metrics_interval 300ms
 		}`, keyFile), site)
-	return strings.Replace(cfg, "\tskip_install_trust\n", "\tskip_install_trust\n\tstorage file_system "+storage+"\n", 1)
+	return strings.Replace(cfg, "storage file_system "+e2eStorage, "storage file_system "+storage, 1)
 }
 
 type gpuInstance struct {
