@@ -8,7 +8,6 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
-	"github.com/caddy-vastai/caddy-vastai/fleet"
 	"github.com/caddy-vastai/caddy-vastai/lifecycle"
 	"github.com/caddy-vastai/caddy-vastai/vastclient"
 )
@@ -136,6 +135,3 @@ func (f fleetAdapter) Instances() ([]vastclient.Instance, time.Time, bool) {
 
 // Interface guards
 var _ lifecycle.Fleet = fleetAdapter{}
-
-// states the lifecycle side reads; keep them in line with fleet's.
-var _ = []string{fleet.StateReady, fleet.StateFailed}

@@ -1,0 +1,37 @@
+package vastai
+
+import (
+	"testing"
+
+	"github.com/caddy-vastai/caddy-vastai/fleet"
+	"github.com/caddy-vastai/caddy-vastai/lifecycle"
+)
+
+// The lifecycle manager reads the routing side's states through
+// fleetAdapter; the two packages must spell them the same way.
+func TestFleetAndLifecycleAgreeOnStates(t *testing.T) {
+	pairs := [][2]string{
+		{fleet.StateProvisioning, lifecycle.FleetProvisioning},
+		{fleet.StateLoading, lifecycle.FleetLoading},
+		{fleet.StateStarting, lifecycle.FleetStarting},
+		{fleet.StateReady, lifecycle.FleetReady},
+		{fleet.StateUnhealthy, lifecycle.FleetUnhealthy},
+		{fleet.StateFailed, lifecycle.FleetFailed},
+		{fleet.StateStopped, lifecycle.FleetStopped},
+		{fleet.StateGone, lifecycle.FleetGone},
+	}
+	for _, p := range pairs {
+		if p[0] != p[1] {
+			t.Errorf("fleet state %q vs lifecycle %q", p[0], p[1])
+		}
+	}
+	if fleet.ManagedTokenVar != lifecycle.EnvToken {
+		t.Errorf("managed token variable: fleet %q, lifecycle %q", fleet.ManagedTokenVar, lifecycle.EnvToken)
+	}
+	for _, pool := range []string{"llm", "a.b-c_d"} {
+		app := &App{GatewayID: "gw-1", Pools: map[string]*Pool{pool: {Provision: &ProvisionConfig{Image: "x"}}}}
+		if got, want := lifecycle.PoolLabelPrefix(app.gatewayID(), pool), "cv:gw-1:"+pool+":"; got != want {
+			t.Errorf("label prefix %q, want %q", got, want)
+		}
+	}
+}
