@@ -47,7 +47,15 @@ type HealthSpec struct {
 	HealthyThreshold   int           // default 1
 	UnhealthyThreshold int           // default 2
 	Grace              time.Duration // default 30m
+
+	// fallbackPath is probed when the default path answers 404: not every
+	// engine has /health (Ollama, some OpenAI-compatible servers), but all
+	// of them list /v1/models.
+	fallbackPath string
 }
+
+// DefaultProbeFallbackPath is probed when the default probe path is 404.
+const DefaultProbeFallbackPath = "/v1/models"
 
 // Health defaults.
 const (
@@ -63,6 +71,9 @@ const (
 func (h HealthSpec) WithDefaults() HealthSpec {
 	if h.Path == "" {
 		h.Path = DefaultProbePath
+		if h.Method == "" && h.Body == "" {
+			h.fallbackPath = DefaultProbeFallbackPath
+		}
 	}
 	if h.Method == "" {
 		h.Method = http.MethodGet

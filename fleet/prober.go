@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -154,15 +155,25 @@ func (p *prober) wants(m *Member) bool {
 // probe sends one request the way traffic would: same address, same token.
 func (p *prober) probe(ctx context.Context, id int64, addr, token string, spec HealthSpec, dial Dialer) ProbeResult {
 	start := time.Now()
-	res := ProbeResult{Time: start}
 	ctx, cancel := context.WithTimeout(ctx, spec.Timeout)
 	defer cancel()
 	ctx = context.WithValue(ctx, probeDialKey{}, probeDialInfo{id: id, dial: dial})
+	res := p.probePath(ctx, addr, token, spec, spec.Path)
+	if res.Status == http.StatusNotFound && spec.fallbackPath != "" {
+		// The engine has no /health: judge it by its model list.
+		res = p.probePath(ctx, addr, token, spec, spec.fallbackPath)
+	}
+	res.Time, res.Latency = start, time.Since(start)
+	return res
+}
+
+func (p *prober) probePath(ctx context.Context, addr, token string, spec HealthSpec, path string) ProbeResult {
+	var res ProbeResult
 	var body io.Reader
 	if spec.Body != "" {
 		body = strings.NewReader(spec.Body)
 	}
-	req, err := http.NewRequestWithContext(ctx, spec.Method, "http://"+addr+spec.Path, body)
+	req, err := http.NewRequestWithContext(ctx, spec.Method, "http://"+addr+path, body)
 	if err != nil {
 		res.Error = err.Error()
 		return res
@@ -173,7 +184,6 @@ func (p *prober) probe(ctx context.Context, id int64, addr, token string, spec H
 		req.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := p.client.Do(req)
-	res.Latency = time.Since(start)
 	if err != nil {
 		res.Error = scrubToken(err.Error(), token)
 		return res
@@ -182,13 +192,12 @@ func (p *prober) probe(ctx context.Context, id int64, addr, token string, spec H
 	// probe that is a generation really completes.
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	resp.Body.Close()
-	res.Latency = time.Since(start)
 	res.Status = resp.StatusCode
 	switch {
 	case resp.Header.Get(PlaceholderHeader) != "":
 		res.Error = "engine not ready (" + PlaceholderHeader + ")"
 	case !spec.expects(resp.StatusCode):
-		res.Error = "unexpected status " + http.StatusText(resp.StatusCode)
+		res.Error = "unexpected status " + strconv.Itoa(resp.StatusCode) + " " + http.StatusText(resp.StatusCode)
 	default:
 		res.OK = true
 	}

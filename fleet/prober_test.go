@@ -330,3 +330,28 @@ func TestProbeConcurrencyIsBounded(t *testing.T) {
 		t.Errorf("peak concurrent probes %d, want 3", p)
 	}
 }
+
+func TestEngineWithoutHealthIsJudgedByItsModelList(t *testing.T) {
+	var paths sync.Map
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		paths.Store(r.URL.Path, true)
+		if r.URL.Path == "/v1/models" && r.Header.Get("Authorization") == "Bearer tok-1" {
+			_, _ = w.Write([]byte(`{"data":[{"id":"m"}]}`))
+			return
+		}
+		http.NotFound(w, r)
+	}))
+	defer srv.Close()
+	_, p, _ := net.SplitHostPort(srv.Listener.Addr().String())
+	port, _ := strconv.Atoi(p)
+	in := running(1, "llm-1", port)
+	w := runWatcher(t, HealthSpec{Interval: 50 * time.Millisecond, Timeout: time.Second}, in)
+	waitState(t, w, 1, StateReady, 5*time.Second)
+	if _, ok := paths.Load("/health"); !ok {
+		t.Error("/health was not tried first")
+	}
+
+	// An explicitly configured path has no fallback: a 404 is a failure.
+	w2 := runWatcher(t, HealthSpec{Path: "/health", Interval: 50 * time.Millisecond, Timeout: time.Second, Grace: 200 * time.Millisecond}, in)
+	waitState(t, w2, 1, StateFailed, 5*time.Second)
+}
