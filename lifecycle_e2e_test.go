@@ -316,3 +316,39 @@ func TestReloadAndUnloadDestroyNothing(t *testing.T) {
 		}
 	}
 }
+
+func TestDrainWaitsForInFlightStreamsThenDestroys(t *testing.T) {
+	sim := newSim(t, vastsim.Options{LoadingDelay: 500 * time.Millisecond, TokenInterval: 100 * time.Millisecond})
+	startCaddy(t, lifecycleConfig(t, sim.URL(), provisionPool, `	vastai_proxy llm`))
+	op := provisionOne(t, "llm")
+	id := waitOperation(t, op.ID, "succeeded", 30*time.Second).InstanceID
+	waitRoutable(t, []int64{id}, 10*time.Second)
+
+	// A 3-second stream is in flight when the drain starts.
+	type result struct {
+		status int
+		events []time.Duration
+	}
+	streamDone := make(chan result, 1)
+	go func() {
+		st, ev := streamEvents(t, "/v1/completions", `{"model":"vastsim/tiny-llm","prompt":"long","stream":true,"max_tokens":30}`)
+		streamDone <- result{st, ev}
+	}()
+	waitFor(t, 5*time.Second, "the stream to start", func() bool { return sim.Engine(id).InFlight == 1 })
+
+	code, body := adminDo(t, http.MethodPost, fmt.Sprintf("/vastai/instances/%d/drain", id), "")
+	if code != http.StatusAccepted {
+		t.Fatalf("drain: %d %s", code, body)
+	}
+	waitFor(t, 5*time.Second, "the drained instance out of routing", func() bool { return !routableIDs(t)[id] })
+	for _, in := range sim.Instances() {
+		if in.ID == id && in.Destroyed {
+			t.Fatal("destroyed while a stream was still in flight")
+		}
+	}
+	r := <-streamDone
+	if r.status != http.StatusOK || len(r.events) < 30 {
+		t.Fatalf("the in-flight stream was cut: status %d, %d events", r.status, len(r.events))
+	}
+	waitFor(t, 30*time.Second, "the destroy after the drain", func() bool { return len(ours(sim)) == 0 })
+}
