@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -18,11 +19,6 @@ type Dialer func(ctx context.Context, id int64, addr string) (net.Conn, error)
 
 // DefaultMaxConcurrentProbes bounds probes in flight when the config does not.
 const DefaultMaxConcurrentProbes = 64
-
-type trafficEvent struct {
-	id int64
-	ok bool
-}
 
 type probeOutcome struct {
 	id     int64
@@ -80,11 +76,10 @@ func (p *prober) run(ctx context.Context) {
 		case r := <-results:
 			delete(inflight, r.id)
 			res := r.result
-			p.w.observe(r.id, res.OK, &res, false)
-		case ev := <-p.w.passive:
-			p.w.observe(ev.id, ev.ok, nil, true)
+			p.w.observe(r.id, res.OK, &res)
 		case now := <-tick.C:
 			p.schedule(ctx, now, next, inflight, results, &wg)
+			p.passive()
 		}
 	}
 }
@@ -137,6 +132,35 @@ func (p *prober) schedule(ctx context.Context, now time.Time, next map[int64]tim
 			delete(next, id)
 		}
 	}
+}
+
+// passive turns runs of failed live requests into state changes, and
+// forgets the counters of instances that left the fleet.
+func (p *prober) passive() {
+	snap := p.w.Snapshot()
+	p.w.traffic.Range(func(k, v any) bool {
+		id, n := k.(int64), v.(*atomic.Int64)
+		m, ok := snap.Member(id)
+		if !ok {
+			p.w.traffic.Delete(id)
+			return true
+		}
+		if m.State != StateReady {
+			n.Store(0) // failures before the drain do not count later
+			return true
+		}
+		if f := n.Load(); f > 0 {
+			spec := HealthSpec{}.WithDefaults()
+			if pv := snap.Pools[m.Pool]; pv != nil {
+				spec = pv.Spec.Health.WithDefaults()
+			}
+			if f >= int64(spec.UnhealthyThreshold) {
+				n.Store(0)
+				p.w.observeTraffic(id, int(f))
+			}
+		}
+		return true
+	})
 }
 
 // wants reports whether a member's engine should be probed now.

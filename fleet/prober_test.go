@@ -247,7 +247,7 @@ func TestPassiveFailuresMarkUnhealthyButSuccessesDoNotRecover(t *testing.T) {
 	w.ReportTraffic(1, false)
 	w.ReportTraffic(1, true) // resets the streak
 	w.ReportTraffic(1, false)
-	time.Sleep(50 * time.Millisecond) // let the loop drain the channel; the state must not have moved
+	time.Sleep(250 * time.Millisecond) // two passive-signal ticks: the state must not move
 	if s := stateOf(w, 1); s != StateReady {
 		t.Fatalf("state %q after non-consecutive failures, want ready", s)
 	}
@@ -256,7 +256,7 @@ func TestPassiveFailuresMarkUnhealthyButSuccessesDoNotRecover(t *testing.T) {
 	for i := 0; i < 5; i++ {
 		w.ReportTraffic(1, true)
 	}
-	time.Sleep(50 * time.Millisecond)
+	time.Sleep(250 * time.Millisecond) // two ticks
 	if s := stateOf(w, 1); s != StateUnhealthy {
 		t.Fatalf("traffic successes revived an unhealthy instance: %q", s)
 	}

@@ -57,13 +57,15 @@ type Watcher struct {
 	snap    atomic.Pointer[Snapshot]
 	kick    chan struct{}
 	running atomic.Int32
-	passive chan trafficEvent
+	// traffic holds, per instance id, the consecutive failures of live
+	// requests (*atomic.Int64): the request path only touches an atomic.
+	traffic sync.Map
 	prober  *prober
 }
 
 // NewWatcher returns a watcher with an empty snapshot and no configuration.
 func NewWatcher(log *zap.Logger) *Watcher {
-	w := &Watcher{now: time.Now, known: map[int64]*tracked{}, drain: map[int64]bool{}, kick: make(chan struct{}, 1), passive: make(chan trafficEvent, 4096)}
+	w := &Watcher{now: time.Now, known: map[int64]*tracked{}, drain: map[int64]bool{}, kick: make(chan struct{}, 1)}
 	w.prober = newProber(w)
 	w.SetLogger(log)
 	w.snap.Store(emptySnapshot(nil))
@@ -242,9 +244,9 @@ func (w *Watcher) healthSpecLocked(in *vastclient.Instance) HealthSpec {
 	return HealthSpec{}.WithDefaults()
 }
 
-// observe applies one probe result or traffic outcome to an instance and
-// republishes the snapshot if its state changed.
-func (w *Watcher) observe(id int64, ok bool, probe *ProbeResult, passive bool) {
+// observe applies one probe result to an instance and republishes the
+// snapshot if its state changed.
+func (w *Watcher) observe(id int64, ok bool, probe *ProbeResult) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	t := w.known[id]
@@ -254,33 +256,47 @@ func (w *Watcher) observe(id int64, ok bool, probe *ProbeResult, passive bool) {
 	if probe != nil && t.health.cell != nil {
 		t.health.cell.p.Store(probe)
 	}
-	if passive {
-		// Live traffic only reaches ready instances; a success that
-		// completes after the instance was marked unhealthy must not
-		// count toward its recovery, which is the probes' job.
-		if t.health.state != StateReady {
-			return
-		}
-		if ok {
-			t.health.failStreak = 0
-			return
-		}
-	}
 	t.health.observe(ok)
 	if w.stepLocked(id, t, w.now()) {
 		w.publishLocked()
 	}
 }
 
-// ReportTraffic records the outcome of a proxied request: a connection
-// failure or a 5xx is a failure, anything else a success. Callers must not
-// report requests the client cancelled. It never blocks: under extreme load
-// signals are dropped, as they are advisory.
-func (w *Watcher) ReportTraffic(id int64, ok bool) {
-	select {
-	case w.passive <- trafficEvent{id: id, ok: ok}:
-	default:
+// observeTraffic marks a ready instance unhealthy after failures consecutive
+// failed requests (its pool's unhealthy_threshold or more).
+func (w *Watcher) observeTraffic(id int64, failures int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	t := w.known[id]
+	if t == nil || t.health.state != StateReady {
+		return
 	}
+	if failures > t.health.failStreak {
+		t.health.failStreak, t.health.okStreak = failures, 0
+	}
+	if w.stepLocked(id, t, w.now()) {
+		w.publishLocked()
+	}
+}
+
+// ReportTraffic records the outcome of a proxied request: a connection
+// failure or a 5xx is a failure, anything else a success, which resets the
+// count. unhealthy_threshold consecutive failures make a ready instance
+// unhealthy; only probes bring it back. Callers must not report requests
+// the client cancelled. It is lock-free: one atomic operation.
+func (w *Watcher) ReportTraffic(id int64, ok bool) {
+	c, found := w.traffic.Load(id)
+	if !found {
+		c, _ = w.traffic.LoadOrStore(id, new(atomic.Int64))
+	}
+	n := c.(*atomic.Int64)
+	if ok {
+		if n.Load() != 0 {
+			n.Store(0)
+		}
+		return
+	}
+	n.Add(1)
 }
 
 // CloseIdleConnections closes the prober's idle connections, so the next

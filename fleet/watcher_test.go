@@ -72,7 +72,7 @@ func pollReady(t *testing.T, w *Watcher) error {
 	err := w.Poll(context.Background())
 	for _, m := range w.Snapshot().Members {
 		if m.Instance.ActualStatus == "running" && m.State != StateReady {
-			w.observe(m.Instance.ID, true, nil, false)
+			w.observe(m.Instance.ID, true, nil)
 		}
 	}
 	return err
