@@ -147,7 +147,14 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	} else {
 		// The request is in flight until its body (maybe a long stream)
 		// is finished: that is what a drain waits for.
-		resp.Body = &trackedBody{ReadCloser: resp.Body, done: done}
+		tb := &trackedBody{ReadCloser: resp.Body, done: done}
+		if rwc, ok := resp.Body.(io.ReadWriteCloser); ok {
+			// A 101 Switching Protocols body must stay writable, or
+			// reverse_proxy cannot carry the upgraded connection.
+			resp.Body = &trackedRWBody{trackedBody: tb, w: rwc}
+		} else {
+			resp.Body = tb
+		}
 	}
 	switch {
 	case err != nil:
@@ -181,6 +188,14 @@ func (b *trackedBody) Close() error {
 	b.once.Do(b.done)
 	return err
 }
+
+// trackedRWBody is a trackedBody for upgraded connections (WebSockets).
+type trackedRWBody struct {
+	*trackedBody
+	w io.Writer
+}
+
+func (b *trackedRWBody) Write(p []byte) (int, error) { return b.w.Write(p) }
 
 // UnmarshalCaddyfile sets up the transport from Caddyfile tokens. Syntax:
 //
