@@ -94,6 +94,12 @@ func (s *state) stopLifecycleLocked() {
 	rt.mgr.Close()
 }
 
+// forgotten reports whether the watcher no longer knows an instance.
+func (s *state) forgotten(id int64) bool {
+	_, ok := s.watcher.Snapshot().Member(id)
+	return !ok
+}
+
 // fleetAdapter is the routing side as the lifecycle manager sees it.
 type fleetAdapter struct{ s *state }
 

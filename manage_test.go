@@ -35,3 +35,28 @@ func TestFleetAndLifecycleAgreeOnStates(t *testing.T) {
 		}
 	}
 }
+
+func TestInflightCounterDropsForgottenInstances(t *testing.T) {
+	var c inflightCounter
+	gone := map[int64]bool{}
+	isGone := func(id int64) bool { return gone[id] }
+	a1 := c.begin(1, isGone)
+	a2 := c.begin(1, isGone)
+	b := c.begin(2, isGone)
+	if c.count(1) != 2 || c.count(2) != 1 {
+		t.Fatalf("counts %d %d", c.count(1), c.count(2))
+	}
+	gone[1] = true
+	a1()
+	if _, ok := c.m.Load(int64(1)); !ok || c.count(1) != 1 {
+		t.Fatal("counter dropped while a request was still in flight")
+	}
+	a2()
+	if _, ok := c.m.Load(int64(1)); ok {
+		t.Error("the counter of a forgotten instance was kept")
+	}
+	b()
+	if _, ok := c.m.Load(int64(2)); !ok {
+		t.Error("the counter of a known instance was dropped")
+	}
+}

@@ -127,10 +127,17 @@ func (c *inflightCounter) counter(id int64) *atomic.Int64 {
 }
 
 // begin counts a request in and returns the function that counts it out.
-func (c *inflightCounter) begin(id int64) func() {
+// When the last request to an instance that has left the fleet ends, its
+// counter is dropped, so the map does not grow with every instance ever
+// seen; gone reports whether the instance has left.
+func (c *inflightCounter) begin(id int64, gone func(int64) bool) func() {
 	n := c.counter(id)
 	n.Add(1)
-	return func() { n.Add(-1) }
+	return func() {
+		if n.Add(-1) == 0 && gone(id) {
+			c.m.Delete(id)
+		}
+	}
 }
 
 // count returns the requests in flight to an instance.

@@ -140,7 +140,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	out.Header = req.Header.Clone()
 	out.Header.Set("Authorization", "Bearer "+route.Token)
 
-	done := t.st.inflight.begin(route.ID)
+	done := t.st.inflight.begin(route.ID, t.st.forgotten)
 	resp, err := t.HTTPTransport.RoundTrip(out)
 	if err != nil || resp == nil {
 		done()
