@@ -92,11 +92,7 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 			names = append(names, n)
 		}
 		sort.Strings(names)
-		out := make([]poolView, 0, len(names))
-		for _, n := range names {
-			out = append(out, a.poolView(snap, n))
-		}
-		return writeJSON(w, http.StatusOK, out)
+		return writeJSON(w, http.StatusOK, a.poolViews(snap, names...))
 
 	case len(parts) == 2 && parts[0] == "pools":
 		if err := onlyGET(r); err != nil {
@@ -105,7 +101,7 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		if _, ok := snap.Pools[parts[1]]; !ok {
 			return apiError(http.StatusNotFound, fmt.Errorf("pool %q is not configured", parts[1]))
 		}
-		return writeJSON(w, http.StatusOK, a.poolView(snap, parts[1]))
+		return writeJSON(w, http.StatusOK, a.poolViews(snap, parts[1])[0])
 
 	case len(parts) == 1 && parts[0] == "status":
 		if err := onlyGET(r); err != nil {
@@ -243,18 +239,26 @@ type poolView struct {
 	Provisioning *lifecycle.PoolStatus `json:"provisioning,omitempty"`
 }
 
-// poolView adds cost and provisioning figures to the snapshot's view.
-func (a *adminAPI) poolView(snap *fleet.Snapshot, name string) poolView {
-	v := newPoolView(snap, name)
+// poolViews adds the provisioning figures to the snapshot's view of each
+// named pool; the lifecycle report is computed once for all of them.
+func (a *adminAPI) poolViews(snap *fleet.Snapshot, names ...string) []poolView {
+	provisioning := map[string]lifecycle.PoolStatus{}
 	if rt := a.app.state.lifecycle.Load(); rt != nil {
 		for _, ps := range rt.mgr.Pools().Pools {
-			if ps.Name == name && ps.Configured {
-				ps := ps
-				v.Provisioning = &ps
+			if ps.Configured {
+				provisioning[ps.Name] = ps
 			}
 		}
 	}
-	return v
+	out := make([]poolView, 0, len(names))
+	for _, name := range names {
+		v := newPoolView(snap, name)
+		if ps, ok := provisioning[name]; ok {
+			v.Provisioning = &ps
+		}
+		out = append(out, v)
+	}
+	return out
 }
 
 func newPoolView(snap *fleet.Snapshot, name string) poolView {

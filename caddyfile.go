@@ -2,6 +2,7 @@ package vastai
 
 import (
 	"encoding/json"
+	"fmt"
 	"strconv"
 	"strings"
 
@@ -91,18 +92,11 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 		case "poll_interval":
-			var raw string
-			if err := oneArg(d, &raw); err != nil {
+			dur, err := durationArg(d, "")
+			if err != nil {
 				return err
 			}
-			dur, err := caddy.ParseDuration(raw)
-			if err != nil {
-				return d.Errf("poll_interval: %v", err)
-			}
-			if dur <= 0 {
-				return d.Errf("poll_interval: must be positive, got %s", raw)
-			}
-			a.PollInterval = caddy.Duration(dur)
+			a.PollInterval = dur
 		case "max_concurrent_probes":
 			n, err := positiveInt(d)
 			if err != nil {
@@ -125,21 +119,17 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				a.Orphans = v
 			}
 		case "reconcile_interval", "lease_ttl", "provision_poll_interval":
-			var raw string
-			if err := oneArg(d, &raw); err != nil {
+			dur, err := durationArg(d, "")
+			if err != nil {
 				return err
-			}
-			dur, err := caddy.ParseDuration(raw)
-			if err != nil || dur <= 0 {
-				return d.Errf("%s: %q is not a positive duration", opt, raw)
 			}
 			switch opt {
 			case "reconcile_interval":
-				a.ReconcileInterval = caddy.Duration(dur)
+				a.ReconcileInterval = dur
 			case "lease_ttl":
-				a.LeaseTTL = caddy.Duration(dur)
+				a.LeaseTTL = dur
 			case "provision_poll_interval":
-				a.ProvisionPollInterval = caddy.Duration(dur)
+				a.ProvisionPollInterval = dur
 			}
 		case "max_spend_per_hour", "min_credit":
 			f, err := positiveFloat(d)
@@ -309,21 +299,17 @@ func unmarshalHealth(d *caddyfile.Dispenser, pool string) (*HealthConfig, error)
 				h.Expect = append(h.Expect, code)
 			}
 		case "interval", "timeout", "grace":
-			var raw string
-			if err := oneArg(d, &raw); err != nil {
+			dur, err := durationArg(d, fmt.Sprintf("pool %q: health: ", pool))
+			if err != nil {
 				return nil, err
-			}
-			dur, err := caddy.ParseDuration(raw)
-			if err != nil || dur <= 0 {
-				return nil, errf("%q is not a positive duration", raw)
 			}
 			switch opt {
 			case "interval":
-				h.Interval = caddy.Duration(dur)
+				h.Interval = dur
 			case "timeout":
-				h.Timeout = caddy.Duration(dur)
+				h.Timeout = dur
 			case "grace":
-				h.Grace = caddy.Duration(dur)
+				h.Grace = dur
 			}
 		case "healthy_threshold", "unhealthy_threshold":
 			n, err := positiveInt(d)
@@ -362,18 +348,14 @@ func unmarshalSSH(d *caddyfile.Dispenser) (*SSHConfig, error) {
 			}
 			c.KnownHosts = v
 		case "connect_timeout", "metrics_interval":
-			var raw string
-			if err := oneArg(d, &raw); err != nil {
+			dur, err := durationArg(d, "ssh: ")
+			if err != nil {
 				return nil, err
 			}
-			dur, err := caddy.ParseDuration(raw)
-			if err != nil || dur <= 0 {
-				return nil, d.Errf("ssh: %s: %q is not a positive duration", opt, raw)
-			}
 			if opt == "connect_timeout" {
-				c.ConnectTimeout = caddy.Duration(dur)
+				c.ConnectTimeout = dur
 			} else {
-				c.MetricsInterval = caddy.Duration(dur)
+				c.MetricsInterval = dur
 			}
 		default:
 			return nil, d.Errf("ssh: unrecognized option %q", opt)
@@ -383,6 +365,21 @@ func unmarshalSSH(d *caddyfile.Dispenser) (*SSHConfig, error) {
 		return nil, d.Err("ssh: key: at least one private key file is required")
 	}
 	return c, nil
+}
+
+// durationArg reads exactly one positive duration argument; errors name the
+// option after prefix (for example `pool "llm": health: `).
+func durationArg(d *caddyfile.Dispenser, prefix string) (caddy.Duration, error) {
+	opt := d.Val()
+	var raw string
+	if err := oneArg(d, &raw); err != nil {
+		return 0, err
+	}
+	dur, err := caddy.ParseDuration(raw)
+	if err != nil || dur <= 0 {
+		return 0, d.Errf("%s%s: must be positive, got %q (a duration such as 30s or 5m)", prefix, opt, raw)
+	}
+	return caddy.Duration(dur), nil
 }
 
 // positiveInt reads exactly one positive integer argument.

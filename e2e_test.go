@@ -131,6 +131,19 @@ const llmPool = `		pool llm {
 			token jupyter_token
 		}`
 
+// idleConfig is loaded between tests: no vastai app, so the shared state is
+// released (what a clean stop does, too).
+const idleConfig = `{
+	admin localhost:2999
+	http_port 9080
+	https_port 9443
+	grace_period 1ns
+	skip_install_trust
+}
+:9080 {
+	respond "idle"
+}`
+
 // startCaddy loads cfg into the in-process Caddy and arranges for the
 // vastai app to be unloaded at the end of the test.
 func startCaddy(t testing.TB, cfg string) *caddytest.Tester {
@@ -147,16 +160,7 @@ func startCaddy(t testing.TB, cfg string) *caddytest.Tester {
 	t.Cleanup(func() {
 		// Unloading the vastai app releases the shared state, so the next
 		// test starts with an empty fleet.
-		tc.InitServer(`{
-	admin localhost:2999
-	http_port 9080
-	https_port 9443
-	grace_period 1ns
-	skip_install_trust
-}
-:9080 {
-	respond "idle"
-}`, "caddyfile")
+		tc.InitServer(idleConfig, "caddyfile")
 	})
 	return tc
 }

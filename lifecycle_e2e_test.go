@@ -294,16 +294,7 @@ func TestReloadAndUnloadDestroyNothing(t *testing.T) {
 		tc.InitServer(strings.Replace(storageCfg, "disk 20", fmt.Sprintf("disk %d", 21+i), 1), "caddyfile")
 	}
 	// Unloading the app entirely (what a clean stop does) destroys nothing.
-	tc.InitServer(`{
-	admin localhost:2999
-	http_port 9080
-	https_port 9443
-	grace_period 1ns
-	skip_install_trust
-}
-:9080 {
-	respond "idle"
-}`, "caddyfile")
+	tc.InitServer(idleConfig, "caddyfile")
 	// The unload is synchronous: when /load returned, the old app's state
 	// was released and its lifecycle manager had stopped.
 	live := ours(sim)

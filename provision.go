@@ -238,18 +238,14 @@ func unmarshalProvision(d *caddyfile.Dispenser, pool string) (*ProvisionConfig, 
 				p.MaxAttempts = n
 			}
 		case "max_lifetime", "ready_timeout":
-			var raw string
-			if err := oneArg(d, &raw); err != nil {
+			dur, err := durationArg(d, fmt.Sprintf("pool %q: provision: ", pool))
+			if err != nil {
 				return nil, err
 			}
-			dur, err := caddy.ParseDuration(raw)
-			if err != nil || dur <= 0 {
-				return nil, errf(opt, "%q is not a positive duration", raw)
-			}
 			if opt == "max_lifetime" {
-				p.MaxLifetime = caddy.Duration(dur)
+				p.MaxLifetime = dur
 			} else {
-				p.ReadyTimeout = caddy.Duration(dur)
+				p.ReadyTimeout = dur
 			}
 		default:
 			return nil, d.Errf("pool %q: provision: unrecognized option %q", pool, opt)

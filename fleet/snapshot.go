@@ -198,15 +198,18 @@ func deriveMember(pools []PoolSpec, t *tracked, tunnel bool) Member {
 		return m
 	}
 	spec := pools[idx]
-	addr, why := upstreamAddr(&t.inst, spec.port())
+	upstream := upstreamAddr
 	if tunnel {
-		addr, why = tunnelUpstream(&t.inst, spec.port())
+		upstream = tunnelUpstream
 	}
+	addr, why := upstream(&t.inst, spec.port())
 	m.Upstream = addr
 	m.token = spec.Token.Resolve(&t.inst)
 	if spec.ManagedPrefix != "" && strings.HasPrefix(t.inst.Label, spec.ManagedPrefix) {
 		m.token = t.inst.ExtraEnv[ManagedTokenVar]
 	}
+	// A ready instance is running, so only the first case can see a
+	// missing address; it comes first because it is the most useful reason.
 	switch {
 	case addr == "" && t.health.state != StateGone && t.inst.ActualStatus == "running":
 		m.Reason = why
@@ -217,8 +220,6 @@ func deriveMember(pools []PoolSpec, t *tracked, tunnel bool) Member {
 		if m.Reason == "" {
 			m.Reason = "state is " + t.health.state
 		}
-	case addr == "":
-		m.Reason = why
 	default:
 		m.Routable = true
 	}
