@@ -56,29 +56,51 @@ func builtCaddy(t *testing.T) string {
 	return caddyBin
 }
 
+var (
+	portsMu   sync.Mutex
+	portsUsed = map[int]bool{}
+)
+
+// freeTCPPort returns a loopback port that is free now and that this test
+// binary has not handed out before (the kernel may offer a port again as
+// soon as it is closed).
 func freeTCPPort(t *testing.T) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	for i := 0; i < 100; i++ {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := ln.Addr().(*net.TCPAddr).Port
+		ln.Close()
+		if !portsUsed[port] {
+			portsUsed[port] = true
+			return port
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	t.Fatal("no fresh loopback port")
+	return 0
 }
 
 // caddyProc is one running Caddy process.
 type caddyProc struct {
-	t     *testing.T
-	cmd   *exec.Cmd
-	admin string
-	log   string
+	t      *testing.T
+	cmd    *exec.Cmd
+	exited chan struct{}
+	admin  string
+	log    string
 }
 
+// procConfig is the config of one process. It has no skip_install_trust:
+// that option loads Caddy's pki app, and two processes creating the local
+// CA in one storage folder at the same moment race (a Caddy limitation
+// unrelated to the plugin); plain http sites need no CA.
 func procConfig(adminPort, httpPort int, storage, simURL string, minInstances int, reconcile string) string {
 	return fmt.Sprintf(`{
 	admin 127.0.0.1:%d
 	storage file_system %s
-	skip_install_trust
 	vastai {
 		api_key {env.VAST_API_KEY}
 		api_url %s
@@ -129,24 +151,54 @@ func startProc(t *testing.T, bin, dir, name, cfg string, adminPort int) *caddyPr
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	exited := make(chan struct{})
+	go func() { _ = p.cmd.Wait(); close(exited) }()
+	p.exited = exited
 	t.Cleanup(func() { p.kill(); logFile.Close() })
-	waitFor(t, 20*time.Second, name+"'s admin endpoint", func() bool {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
 		resp, err := http.Get(p.admin + "/vastai/status")
-		if err != nil {
-			return false
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return p
+			}
 		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
-	return p
+		select {
+		case <-exited:
+			t.Fatalf("%s exited (%v) before its admin endpoint came up:\n%s", name, p.cmd.ProcessState, p.logTail())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s's admin endpoint did not come up within 30s:\n%s", name, p.logTail())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// logTail returns the end of the process's log, for failure messages.
+func (p *caddyProc) logTail() string {
+	b, _ := os.ReadFile(p.log)
+	if len(b) > 4000 {
+		b = b[len(b)-4000:]
+	}
+	return string(b)
 }
 
 // kill ends the process with SIGKILL: no cleanup code of ours runs.
 func (p *caddyProc) kill() {
-	if p.cmd != nil && p.cmd.Process != nil && p.cmd.ProcessState == nil {
-		_ = p.cmd.Process.Signal(syscall.SIGKILL)
-		_ = p.cmd.Wait()
+	p.stop(syscall.SIGKILL)
+}
+
+// stop sends sig and waits for the process to exit.
+func (p *caddyProc) stop(sig os.Signal) {
+	select {
+	case <-p.exited:
+		return
+	default:
 	}
+	_ = p.cmd.Process.Signal(sig)
+	<-p.exited
 }
 
 func (p *caddyProc) do(method, path string) (int, []byte) {
@@ -356,8 +408,7 @@ func TestTwoProcessesSharingStorageKeepExactlyMinInstances(t *testing.T) {
 
 	// A clean stop of both processes leaves the fleet as it is.
 	for _, p := range []*caddyProc{p1, p2} {
-		_ = p.cmd.Process.Signal(syscall.SIGTERM)
-		_ = p.cmd.Wait()
+		p.stop(syscall.SIGTERM)
 	}
 	if n := len(ours(sim)); n != 2 {
 		t.Fatalf("after a clean stop %d instances are left, want the 2", n)
