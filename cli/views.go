@@ -1,0 +1,254 @@
+package cli
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddy-vastai/caddy-vastai/internal/display"
+)
+
+// The admin API's JSON, as far as the tables show it. The CLI keeps its
+// own copies so that it does not import the plugin's Caddy modules.
+
+type statusView struct {
+	Generation          uint64     `json:"generation"`
+	LastSuccess         *time.Time `json:"last_success"`
+	LastAttempt         *time.Time `json:"last_attempt"`
+	LastError           string     `json:"last_error"`
+	ConsecutiveFailures int        `json:"consecutive_failures"`
+	StaleSeconds        float64    `json:"stale_seconds"`
+	SkippedRows         int        `json:"skipped_rows"`
+	Instances           int        `json:"instances"`
+	WatchersRunning     int        `json:"watchers_running"`
+	// SpendPerHour comes with the cost ledger; absent before it.
+	SpendPerHour *float64 `json:"spend_per_hour"`
+}
+
+type gpuView struct {
+	Index          int      `json:"index"`
+	Name           string   `json:"name"`
+	UtilizationGPU *float64 `json:"utilization_gpu"`
+	MemoryUsedMiB  *float64 `json:"memory_used_mib"`
+	MemoryTotalMiB *float64 `json:"memory_total_mib"`
+	TemperatureC   *float64 `json:"temperature_c"`
+	PowerDrawW     *float64 `json:"power_draw_w"`
+}
+
+type instanceView struct {
+	ID           int64      `json:"id"`
+	Pool         *string    `json:"pool"`
+	Label        string     `json:"label"`
+	ActualStatus *string    `json:"actual_status"`
+	StatusMsg    string     `json:"status_msg"`
+	Upstream     *string    `json:"upstream"`
+	Routable     bool       `json:"routable"`
+	Reason       string     `json:"reason"`
+	State        string     `json:"state"`
+	StateSince   *time.Time `json:"state_since"`
+	LastProbe    *struct {
+		Time      time.Time `json:"time"`
+		Status    int       `json:"status"`
+		LatencyMS float64   `json:"latency_ms"`
+		Error     string    `json:"error"`
+		OK        bool      `json:"ok"`
+	} `json:"last_probe"`
+	GPUs     []gpuView `json:"gpus"`
+	GPUError string    `json:"gpu_error"`
+	SSH      *struct {
+		Path      string `json:"path"`
+		LastError string `json:"last_error"`
+	} `json:"ssh"`
+	GPUName      string     `json:"gpu_name"`
+	NumGPUs      int        `json:"num_gpus"`
+	DPHTotal     float64    `json:"dph_total"`
+	PublicIPAddr string     `json:"public_ipaddr"`
+	MachineID    int64      `json:"machine_id"`
+	StartDate    *time.Time `json:"start_date"`
+	Accrued      float64    `json:"accrued_dollars"`
+	FirstSeen    time.Time  `json:"first_seen"`
+}
+
+type poolView struct {
+	Name         string         `json:"name"`
+	Port         int            `json:"port"`
+	Members      []int64        `json:"members"`
+	Routable     []int64        `json:"routable"`
+	States       map[string]int `json:"states"`
+	SpendRate    float64        `json:"spend_rate_dollars_per_hour"`
+	SpendPerHour *float64       `json:"spend_per_hour"`
+	Accrued      float64        `json:"accrued_dollars"`
+	Provisioning *struct {
+		MinInstances int `json:"min_instances"`
+		MaxInstances int `json:"max_instances"`
+		InProgress   int `json:"in_progress"`
+		Destroying   int `json:"destroying"`
+	} `json:"provisioning"`
+}
+
+type attemptView struct {
+	OfferID    int64     `json:"offer_id"`
+	MachineID  int64     `json:"machine_id"`
+	GPUName    string    `json:"gpu_name"`
+	Price      float64   `json:"price"`
+	InstanceID int64     `json:"instance_id"`
+	Started    time.Time `json:"started"`
+	Ended      time.Time `json:"ended"`
+	State      string    `json:"state"`
+	Error      string    `json:"error"`
+}
+
+type operationView struct {
+	ID              string        `json:"id"`
+	Kind            string        `json:"kind"`
+	Pool            string        `json:"pool"`
+	State           string        `json:"state"`
+	Reason          string        `json:"reason"`
+	Error           string        `json:"error"`
+	Created         time.Time     `json:"created"`
+	Updated         time.Time     `json:"updated"`
+	Ended           time.Time     `json:"ended"`
+	Label           string        `json:"label"`
+	InstanceID      int64         `json:"instance_id"`
+	OfferID         int64         `json:"offer_id"`
+	Attempts        []attemptView `json:"attempts"`
+	Drain           bool          `json:"drain"`
+	Force           bool          `json:"force"`
+	DestroyAttempts int           `json:"destroy_attempts"`
+}
+
+type offerView struct {
+	ID              int64   `json:"id"`
+	MachineID       int64   `json:"machine_id"`
+	NumGPUs         int     `json:"num_gpus"`
+	GPUName         string  `json:"gpu_name"`
+	GPURAM          float64 `json:"gpu_ram"`
+	DPHTotal        float64 `json:"dph_total"`
+	Reliability2    float64 `json:"reliability2"`
+	Verification    string  `json:"verification"`
+	Geolocation     string  `json:"geolocation"`
+	CUDAMaxGood     float64 `json:"cuda_max_good"`
+	DirectPortCount int     `json:"direct_port_count"`
+}
+
+type costsView struct {
+	By           string  `json:"by"`
+	Period       string  `json:"period"`
+	Since        string  `json:"since"`
+	SpendPerHour float64 `json:"spend_per_hour"`
+	TotalDollars float64 `json:"total_dollars"`
+	Rows         []struct {
+		Period     string  `json:"period"`
+		Pool       string  `json:"pool"`
+		InstanceID int64   `json:"instance_id"`
+		Dollars    float64 `json:"dollars"`
+		Hours      float64 `json:"hours"`
+	} `json:"rows"`
+}
+
+// Cell helpers: "-" for what is unknown, so columns never go blank.
+
+func strOr(p *string) string {
+	if p == nil || *p == "" {
+		return "-"
+	}
+	return *p
+}
+
+func textOr(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func sinceOr(t *time.Time, now time.Time) string {
+	if t == nil {
+		return "-"
+	}
+	return display.Since(*t, now)
+}
+
+func agoOr(t *time.Time, now time.Time) string {
+	if t == nil || t.IsZero() {
+		return "never"
+	}
+	return display.Since(*t, now) + " ago"
+}
+
+func gpus(n int, name string) string {
+	if name == "" {
+		return "-"
+	}
+	return fmt.Sprintf("%dx %s", n, name)
+}
+
+func ids(list []int64) string {
+	if len(list) == 0 {
+		return "-"
+	}
+	s := make([]string, len(list))
+	for i, id := range list {
+		s[i] = strconv.FormatInt(id, 10)
+	}
+	return strings.Join(s, ",")
+}
+
+func opInstance(id int64) string {
+	if id == 0 {
+		return "-"
+	}
+	return strconv.FormatInt(id, 10)
+}
+
+func numOr(p *float64, format string) string {
+	if p == nil {
+		return "-"
+	}
+	return fmt.Sprintf(format, *p)
+}
+
+// stateColors are ANSI colours of states (instances, operations, attempts).
+var stateColors = map[string]string{
+	"ready": "32", "succeeded": "32", "running": "32", "confirmed": "32",
+	"provisioning": "36", "loading": "36", "starting": "36", "creating": "36", "waiting": "36", "pending": "36",
+	"draining": "33", "destroying": "33", "cleaning_up": "33", "unhealthy": "33", "stopped": "33",
+	"failed": "31", "destroy_failed": "31", "gone": "90", "not confirmed": "31",
+}
+
+// colour paints a state cell when stdout is a terminal.
+func (e *env) colour(state string) string {
+	c, ok := stateColors[state]
+	if !e.io.Color || !ok {
+		return state
+	}
+	return "\x1b[" + c + "m" + state + "\x1b[0m"
+}
+
+// table prints a table whose stateCol column (-1: none) is coloured.
+func (e *env) table(header []string, rows [][]string, stateCol int) {
+	out := display.TableStyled(header, rows, func(row, col int, cell string) string {
+		if row >= 0 && col == stateCol {
+			return e.colour(cell)
+		}
+		return cell
+	})
+	fmt.Fprint(e.io.Out, out)
+}
+
+// fields prints "Key  value" lines, aligned.
+func (e *env) fields(kv [][2]string, stateKey string) {
+	rows := make([][]string, len(kv))
+	for i, p := range kv {
+		rows[i] = []string{p[0] + ":", p[1]}
+	}
+	out := display.TableStyled([]string{"", ""}, rows, func(row, col int, cell string) string {
+		if row >= 0 && col == 1 && kv[row][0] == stateKey {
+			return e.colour(cell)
+		}
+		return cell
+	})
+	// The empty header line is dropped.
+	fmt.Fprint(e.io.Out, strings.SplitN(out, "\n", 2)[1])
+}
