@@ -74,7 +74,7 @@ until it serves. Budgets and max_instances are enforced by the gateway.`,
 					return err
 				}
 				e.operationsTable(out.Operations)
-				fmt.Fprintln(e.io.Out, "Follow them with 'caddy vastai ops <id>'.")
+				fmt.Fprintln(e.io.Out, "\nFollow them with 'caddy vastai ops <id>'.")
 				return nil
 			})
 		},

@@ -139,7 +139,7 @@ func (a *Admin) classify(err error) error {
 		status, _ := strconv.Atoi(m[1])
 		return newAPIError(status, []byte(m[2]))
 	}
-	if strings.HasPrefix(msg, "invalid admin address") {
+	if strings.HasPrefix(msg, "invalid admin address") || strings.HasPrefix(msg, "making request:") {
 		return fmt.Errorf("%w %q: use host:port, unix//path/to/socket or fd/N", ErrBadAddress, a.Addr)
 	}
 	return fmt.Errorf("%w at %s: is Caddy running? (--address or --config to choose another): %v", ErrUnreachable, a.Addr, err)

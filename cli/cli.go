@@ -191,6 +191,15 @@ otherwise. Exit codes: 0 ok, 1 the API said no, 2 usage error.`,
 		PersistentPreRun: func(cmd *cobra.Command, _ []string) {
 			e.cmdPath = cmd.CommandPath()
 		},
+		// Runnable, so that an unknown subcommand is an error (exit 2)
+		// instead of cobra printing help for a non-root command.
+		Args: cobra.ArbitraryArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return usagef("unknown command %q for %q", args[0], cmd.CommandPath())
+			}
+			return cmd.Help()
+		},
 	}
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		e.cmdPath = cmd.CommandPath()
