@@ -251,3 +251,9 @@ func fieldsOf(out string) map[string]string {
 }
 
 var rateRe = regexp.MustCompile(`^\$\d+\.\d{2,3}/h$`)
+
+// termIO pretends stdin and stdout are a terminal (prompts allowed).
+func termIO() cli.IO { return cli.IO{Terminal: true} }
+
+// colorIO pretends stdout is a colour terminal.
+func colorIO() cli.IO { return cli.IO{Terminal: true, Color: true} }

@@ -309,5 +309,5 @@ func (e *env) sweepTable(rep *sweepReport) {
 		total += r.DollarsPerH
 	}
 	e.table([]string{"ID", "GATEWAY", "POOL", "OPERATION", "STATE", "AGE", "PRICE"}, rows, 4)
-	fmt.Fprintf(e.io.Out, "%d instance(s), %s in all; %d other instance(s) left alone.\n", len(rep.Instances), display.Rate(total), rep.Foreign)
+	fmt.Fprintf(e.io.Out, "\n%d instance(s), %s in all; %d other instance(s) left alone.\n", len(rep.Instances), display.Rate(total), rep.Foreign)
 }
