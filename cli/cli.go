@@ -219,14 +219,15 @@ otherwise. Exit codes: 0 ok, 1 the API said no, 2 usage error.`,
 		e.costsCmd(), e.sweepCmd(),
 	)
 	for _, mk := range extraCommands {
-		root.AddCommand(mk(e.api))
+		root.AddCommand(mk(e))
 	}
 	return root
 }
 
-// extraCommands are subcommands added by other files of the package (the
-// terminal view); each gets a function returning the admin client.
-var extraCommands []func(api func() (*Admin, error)) *cobra.Command
+// extraCommands are subcommands that other files of the package add in an
+// init (the terminal view, `top`). Their RunE should return errors through
+// failed or usagef so the exit code is right: a plain error exits with 2.
+var extraCommands []func(e *env) *cobra.Command
 
 // api resolves the admin address the way `caddy trust` does.
 func (e *env) api() (*Admin, error) {

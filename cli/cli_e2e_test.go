@@ -50,7 +50,7 @@ func checkRefusals(t *testing.T, sim *vastsim.Sim, a []string) {
 	for _, args := range [][]string{
 		{"ls", "--bogus"}, {"instance"}, {"instance", "abc"}, {"provision", "llm", "--count", "0"},
 		{"provision"}, {"offers", "--pool", "llm", "--max-price", "-1"}, {"costs", "--by", "week"},
-		{"costs", "--since", "yesterday"}, {"destroy", "1", "2"}, {"nosuch"}, {"ops", "a", "b"},
+		{"costs", "--since", "yesterday"}, {"ls", "--state", "redy"}, {"destroy", "1", "2"}, {"nosuch"}, {"ops", "a", "b"},
 	} {
 		if r := runCLI(t, append(args, a...)...); r.code != 2 || !strings.Contains(r.stderr, "Error:") {
 			t.Errorf("%v: want exit 2 with an error, got %s", args, r)

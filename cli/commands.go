@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/url"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/caddy-vastai/caddy-vastai/fleet"
 	"github.com/caddy-vastai/caddy-vastai/internal/display"
 )
 
@@ -76,6 +78,9 @@ func (e *env) instancesCmd() *cobra.Command {
 		Example: "  caddy vastai ls\n  caddy vastai instances --pool llm --state ready\n  caddy vastai ls --json | jq '.[].id'",
 		Args:    e.exactArgs(0, "no arguments (filter with --pool and --state)"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if state != "" && !slices.Contains(instanceStates, state) {
+				return usagef("--state: %q is not a state; use one of %s", state, strings.Join(instanceStates, ", "))
+			}
 			return e.call(cmd, func(ctx context.Context, a *Admin) error {
 				var raws []json.RawMessage
 				if _, err := getRaw(ctx, a, "/vastai/instances", &raws); err != nil {
@@ -105,8 +110,14 @@ func (e *env) instancesCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&pool, "pool", "", "only instances of this pool")
-	cmd.Flags().StringVar(&state, "state", "", "only instances in this state (provisioning, loading, starting, ready, unhealthy, failed, stopped, gone)")
+	cmd.Flags().StringVar(&state, "state", "", "only instances in this state ("+strings.Join(instanceStates, ", ")+")")
 	return cmd
+}
+
+// instanceStates are the routing side's states, for --state.
+var instanceStates = []string{
+	fleet.StateProvisioning, fleet.StateLoading, fleet.StateStarting, fleet.StateReady,
+	fleet.StateUnhealthy, fleet.StateFailed, fleet.StateStopped, fleet.StateGone,
 }
 
 func (e *env) instancesTable(list []instanceView) {
