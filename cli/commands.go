@@ -427,7 +427,7 @@ func (e *env) offersTable(offers []offerView) {
 	rows := make([][]string, 0, len(offers))
 	for _, o := range offers {
 		rows = append(rows, []string{
-			strconv.FormatInt(o.ID, 10), gpus(o.NumGPUs, o.GPUName), fmt.Sprintf("%.0f GB", o.GPURAM/1000),
+			strconv.FormatInt(o.ID, 10), gpus(o.NumGPUs, o.GPUName), display.GiB(o.GPURAM),
 			display.Rate(o.DPHTotal), fmt.Sprintf("%.3f", o.Reliability2), textOr(o.Verification),
 			textOr(o.Geolocation), fmt.Sprintf("%.1f", o.CUDAMaxGood), strconv.FormatInt(o.MachineID, 10),
 		})
