@@ -178,8 +178,8 @@ func TestViewShowsTheFleet(t *testing.T) {
 		"3 instances (1 loading, 2 ready)", "routable 2", "spend $1.45/h", "accrued $2.01",
 		"budget gen $1.20/h of $2.00/h (60%)", "listing 0s old, generation 7",
 		"1001", "1002", "2001", "gen", "embed", "127.0.0.1:40101", "direct",
-		"3m12s",                  // 1001 ready since 09:56:48
-		"████░░░░ 50%",           // GPU 0 utilisation
+		"3m12s",                   // 1001 ready since 09:56:48
+		"████░░░░ 50%",            // GPU 0 utilisation
 		"███░░░ 12.0/24G", "61°C", // GPU 0 memory and temperature
 		"████████ 100%", "77°C", // GPU 1 on its own line
 		"$0.80/h", "$0.25/h",
