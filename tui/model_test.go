@@ -241,16 +241,16 @@ func TestOperationsErrorIsNotAnEmptyList(t *testing.T) {
 func TestSlowAPIDoesNotBlockAndIsNotPiledUp(t *testing.T) {
 	api := newFake()
 	api.block = make(chan struct{})
-	defer close(api.block)
 	m := newModel(context.Background(), api, Options{})
 	now := t0
 	m.now = func() time.Time { return now }
-	cmd := m.Init()
-	if cmd == nil {
-		t.Fatal("Init started nothing")
-	}
-	// Update returns at once even though the fetch is stuck, and ticks
-	// while it is stuck start no second fetch.
+	fetched := make(chan tea.Msg, 1)
+	cmd := m.startFetch()
+	go func() { fetched <- cmd() }() // the way bubbletea runs a Cmd
+	waitCalls(t, api, "GET /vastai/status", 1)
+
+	// While the admin API hangs, Update answers at once and ticks start no
+	// second fetch.
 	done := make(chan tea.Cmd)
 	go func() {
 		_, c := m.Update(tickMsg(now))
@@ -266,6 +266,29 @@ func TestSlowAPIDoesNotBlockAndIsNotPiledUp(t *testing.T) {
 	}
 	now = t0.Add(3 * time.Second)
 	mustContain(t, m.View(), "stale since start: waiting for the admin API (3s)")
+
+	close(api.block)
+	m.Update(<-fetched)
+	v := m.View()
+	mustContain(t, v, "1001", "2001")
+	mustNotContain(t, v, "stale since")
+	if n, _ := api.called("GET /vastai/status"); n != 1 {
+		t.Fatalf("%d status requests, want 1", n)
+	}
+}
+
+func waitCalls(t *testing.T, api *fakeAPI, key string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if got, _ := api.called(key); got >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s was not called %d time(s)", key, n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 func TestFilterByPoolStateOrID(t *testing.T) {

@@ -101,7 +101,7 @@ func (m *model) View() string {
 }
 
 func (m *model) viewHeader(b *strings.Builder, now time.Time) {
-	title := styleTitle.Render("caddy vastai top") + styleDim.Render(fmt.Sprintf("  %s  refresh %s", now.Format("15:04:05"), display.Duration(m.opts.Refresh)))
+	title := styleTitle.Render("caddy vastai top") + styleDim.Render(fmt.Sprintf("  %s  refresh %s", now.Format("15:04:05"), refreshText(m.opts.Refresh)))
 	if m.opts.Pool != "" {
 		title += styleDim.Render("  pool " + m.opts.Pool)
 	}
@@ -280,4 +280,13 @@ func (m *model) instanceLines(vis []Instance, cols []column, now time.Time) (lin
 		}
 	}
 	return lines, starts
+}
+
+// refreshText shows the refresh interval; display.Duration would round a
+// sub-second one to "0s".
+func refreshText(d time.Duration) string {
+	if d < time.Second {
+		return d.String()
+	}
+	return display.Duration(d)
 }
