@@ -130,7 +130,7 @@ func TestTopInTmux(t *testing.T) {
 		}
 	}
 	t.Logf("screen:\n%s", screen)
-	saveScreen(t, screen)
+	saveScreen(t, x, screen)
 
 	// Filter down to one instance, then drain it with confirmation.
 	target := ids[1]
@@ -226,18 +226,4 @@ func drainOps(t *testing.T, f *fleet, id int64) int {
 		}
 	}
 	return n
-}
-
-// saveScreen writes the capture to testdata/top-screen.txt when
-// VASTAI_UPDATE_SCREENSHOTS is set, for the README.
-func saveScreen(t *testing.T, screen string) {
-	if os.Getenv("VASTAI_UPDATE_SCREENSHOTS") == "" {
-		return
-	}
-	if err := os.MkdirAll("testdata", 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join("testdata", "top-screen.txt"), []byte(strings.TrimRight(screen, "\n")+"\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
 }
