@@ -11,10 +11,17 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/chromedp/cdproto/page"
+	"github.com/chromedp/chromedp"
+	"golang.org/x/crypto/ssh"
 
 	"github.com/caddy-vastai/caddy-vastai/vastsim"
 )
@@ -343,7 +350,9 @@ func TestHistoryHasAPointPerInstanceAndPoolAndOneSamplerAcrossReloads(t *testing
 		dph[in.ID] = in.DPHTotal
 		total += in.DPHTotal
 	}
-	near := func(v *float64, want float64) bool { return v != nil && want > 0 && (*v-want)/want < 1e-6 && (want-*v)/want < 1e-6 }
+	near := func(v *float64, want float64) bool {
+		return v != nil && want > 0 && (*v-want)/want < 1e-6 && (want-*v)/want < 1e-6
+	}
 	for _, id := range ids {
 		s, ok := h.Instances[fmt.Sprint(id)]
 		if !ok || len(s.Spend) != 360 || !near(last(s.Spend), dph[id]) {
@@ -385,7 +394,7 @@ func TestDashboardRoutesTakePrecedenceOverTheAPISubtree(t *testing.T) {
 		code         int
 		want         string
 	}{
-		{http.MethodGet, "/vastai/ui/", http.StatusOK, `<script src="app.js"`},
+		{http.MethodGet, "/vastai/ui/", http.StatusOK, `<script src="app.js" defer crossorigin="anonymous">`},
 		{http.MethodGet, "/vastai/ui/app.js", http.StatusOK, "EventSource"},
 		{http.MethodGet, "/vastai/ui/style.css", http.StatusOK, "--accent"},
 		{http.MethodGet, "/vastai/ui/nope.js", http.StatusNotFound, ""},
@@ -433,4 +442,278 @@ func fmtLast(c []*float64) string {
 		}
 	}
 	return fmt.Sprintf("%d points: ...%s", len(c), b.String())
+}
+
+// dashPools is a routing pool of launched instances and a provisioning pool
+// for the page's Provision button.
+const dashPools = `		lease_ttl 3s
+		provision_poll_interval 300ms
+		pool llm {
+			label_prefix llm-
+			port 8000
+			token jupyter_token
+		}
+		pool gen {
+			health {
+				interval 200ms
+				timeout 1s
+			}
+			provision {
+				image vllm/vllm-openai:latest
+				disk 20
+				offer {
+					gpu_name "RTX 4090"
+					num_gpus 1
+				}
+				max_instances 2
+				max_price_per_hour 2
+				ready_timeout 20s
+			}
+		}`
+
+const chromiumPath = "/usr/bin/chromium"
+
+// browser starts headless Chromium and returns a tab context; console
+// errors, uncaught exceptions and error entries of the browser log are
+// collected by problems. JavaScript dialogs (confirm) are accepted.
+func browser(t *testing.T) (ctx context.Context, problems func() []string) {
+	t.Helper()
+	if _, err := os.Stat(chromiumPath); err != nil {
+		if os.Getenv("VASTAI_REQUIRE_CHROMIUM") != "" {
+			t.Fatalf("VASTAI_REQUIRE_CHROMIUM is set but %s is missing: %v", chromiumPath, err)
+		}
+		t.Skipf("%s not installed (set VASTAI_REQUIRE_CHROMIUM=1 to fail instead)", chromiumPath)
+	}
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(chromiumPath), chromedp.NoSandbox, chromedp.Headless,
+		chromedp.DisableGPU, chromedp.WindowSize(1500, 1000), chromedp.UserDataDir(t.TempDir()))
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancelTab := chromedp.NewContext(actx)
+	t.Cleanup(func() { cancelTab(); cancelAlloc() })
+	// The first Run starts the browser; it must not carry a timeout.
+	if err := chromedp.Do(ctx); err != nil {
+		t.Fatalf("starting %s: %v", chromiumPath, err)
+	}
+
+	var mu sync.Mutex
+	var found []string
+	messages := chromedp.Console(ctx)
+	go func() {
+		for m, err := range messages {
+			if err != nil {
+				return
+			}
+			if m.Type != chromedp.ConsoleError && m.Type != chromedp.ConsoleException {
+				continue
+			}
+			// The cost ledger is optional: its 404 hides the panel.
+			if m.Source == "network" && strings.Contains(m.URL, "/vastai/costs") {
+				continue
+			}
+			mu.Lock()
+			found = append(found, fmt.Sprintf("%s (%s:%d)", m, m.URL, m.Line))
+			mu.Unlock()
+		}
+	}()
+	dialogs := chromedp.Events(ctx, page.JavascriptDialogOpening)
+	go func() {
+		for ev, err := range dialogs {
+			if err != nil {
+				return
+			}
+			if _, err := chromedp.Call(ctx, page.HandleJavaScriptDialog, page.HandleJavaScriptDialogParams{Accept: true}); err != nil {
+				t.Logf("accepting the %s dialog: %v", ev.Type, err)
+			}
+		}
+	}()
+	return ctx, func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]string(nil), found...)
+	}
+}
+
+// pageHas evaluates a boolean expression in the page.
+func pageHas(t *testing.T, ctx context.Context, expr string) bool {
+	t.Helper()
+	ok, err := chromedp.Run(ctx, chromedp.Evaluate[bool](expr))
+	if err != nil {
+		t.Fatalf("evaluating %s: %v", expr, err)
+	}
+	return ok
+}
+
+func TestDashboardInHeadlessChromium(t *testing.T) {
+	ctx, problems := browser(t)
+	dir := t.TempDir()
+	keyFile, pub := writeSSHKey(t, dir)
+	sim := newSim(t, vastsim.Options{SSHAuthorizedKeys: []ssh.PublicKey{pub}})
+	ids := launch(t, sim, 3, "llm-")
+	startCaddy(t, allowNavigation(t, sshConfig(sim.URL(), keyFile, dir, dashPools, `	vastai_proxy llm`)))
+	waitRoutable(t, ids, 30*time.Second)
+
+	tctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	// A typed-in URL, as an operator opens it (allowed by the admin
+	// block of allowNavigation; see TestBrowserNavigationNeedsAnAllowedOrigin).
+	if err := chromedp.Do(tctx, chromedp.Navigate(testAdminURL+"/vastai/ui/")); err != nil {
+		t.Fatalf("opening the dashboard: %v", err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			text, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`document.location.href + "\n" + document.body.innerText`))
+			t.Logf("page at failure:\n%s\nproblems: %v", text, problems())
+		}
+	})
+	for _, id := range ids {
+		waitFor(t, 30*time.Second, fmt.Sprintf("instance %d listed", id), func() bool {
+			return pageHas(t, tctx, fmt.Sprintf(`document.querySelector('tr[data-id="%d"]') !== null`, id))
+		})
+	}
+	waitFor(t, 10*time.Second, "the live badge", func() bool {
+		return pageHas(t, tctx, `document.querySelector("#live").textContent === "live"`)
+	})
+
+	// Destroy through the page's button (confirm accepted); once the API no
+	// longer lists the instance, the page must follow within 3 s.
+	gone := ids[0]
+	if err := chromedp.Do(tctx, chromedp.Click(chromedp.CSS(fmt.Sprintf(`button[data-destroy="%d"]`, gone)))); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 60*time.Second, fmt.Sprintf("instance %d gone from the API", gone), func() bool {
+		var list []adminInstance
+		adminGET(t, "/vastai/instances", &list)
+		for _, in := range list {
+			if in.ID == gone {
+				return false
+			}
+		}
+		return true
+	})
+	apiGone := time.Now()
+	waitFor(t, 3*time.Second, fmt.Sprintf("instance %d gone from the page within 3s", gone), func() bool {
+		return pageHas(t, tctx, fmt.Sprintf(`document.querySelector('tr[data-id="%d"]') === null`, gone))
+	})
+	t.Logf("page dropped instance %d %s after the API did", gone, time.Since(apiGone).Round(time.Millisecond))
+
+	// Provision through the page: an operation appears in the API.
+	if err := chromedp.Do(tctx, chromedp.Click(chromedp.CSS(`button[data-provision="gen"]`))); err != nil {
+		t.Fatal(err)
+	}
+	var ops []operation
+	waitFor(t, 30*time.Second, "a provisioning operation for pool gen", func() bool {
+		adminGET(t, "/vastai/operations", &ops)
+		for _, op := range ops {
+			if op.Pool == "gen" && op.Kind == "provision" {
+				return true
+			}
+		}
+		return false
+	})
+	waitFor(t, 10*time.Second, "the operation listed on the page", func() bool {
+		return pageHas(t, tctx, fmt.Sprintf(`document.querySelector('tr[data-op="%s"]') !== null`, ops[0].ID))
+	})
+	// Wait for a chart point and the new instance, for a screenshot that
+	// shows a working fleet.
+	waitFor(t, 60*time.Second, "the provisioned instance ready on the page", func() bool {
+		return pageHas(t, tctx, `[...document.querySelectorAll('#instances tr[data-state="ready"]')].length >= 3`)
+	})
+	waitFor(t, 30*time.Second, "GPU figures on the page", func() bool {
+		return pageHas(t, tctx, `[...document.querySelectorAll('#instances td')].some(td => /^\d+%/.test(td.textContent))`)
+	})
+	// The charts fill in as the sampler records a point every 10s and the
+	// page reloads /vastai/history.
+	waitFor(t, 60*time.Second, "a latency chart with data", func() bool {
+		return pageHas(t, tctx, `[...document.querySelectorAll('#instances svg.spark path:not(.area)')].some(p => /L/.test(p.getAttribute('d')))`)
+	})
+	saveScreenshot(t, tctx)
+
+	if p := problems(); len(p) > 0 {
+		t.Errorf("the page logged %d problems:\n%s", len(p), strings.Join(p, "\n"))
+	}
+}
+
+// saveScreenshot writes the page to the test's folder, or to
+// docs/dashboard.png (used by the README) with VASTAI_UPDATE_SCREENSHOT=1.
+func saveScreenshot(t *testing.T, ctx context.Context) {
+	t.Helper()
+	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+	if err != nil {
+		t.Fatalf("screenshot: %v", err)
+	}
+	path := filepath.Join(t.TempDir(), "dashboard.png")
+	if os.Getenv("VASTAI_UPDATE_SCREENSHOT") != "" {
+		path = filepath.Join("docs", "dashboard.png")
+	}
+	if err := os.WriteFile(path, png, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("screenshot: %s (%d bytes)", path, len(png))
+}
+
+// browserRequests are the header sets a browser sends to the dashboard.
+var browserRequests = []struct {
+	name    string
+	headers map[string]string
+}{
+	{"curl (no browser headers)", nil},
+	{"typed-in navigation", map[string]string{"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Site": "none"}},
+	{"page fetch with Referer", map[string]string{"Sec-Fetch-Mode": "cors", "Referer": testAdminURL + "/vastai/ui/"}},
+	{"page POST with Origin", map[string]string{"Sec-Fetch-Mode": "cors", "Origin": testAdminURL}},
+	{"127.0.0.1 origin", map[string]string{"Origin": "http://127.0.0.1:2999"}},
+	{"foreign origin", map[string]string{"Origin": "http://evil.example"}},
+	{"foreign navigation", map[string]string{"Sec-Fetch-Mode": "navigate", "Referer": "http://evil.example/"}},
+	{"no-cors subresource", map[string]string{"Sec-Fetch-Mode": "no-cors"}},
+	{"DNS rebinding", map[string]string{"Host": "evil.example:2999"}},
+}
+
+// TestBrowserNavigationNeedsAnAllowedOrigin records what Caddy's admin
+// endpoint does with a browser. By default a typed-in URL (no Origin, no
+// Referer, but Sec-Fetch-Mode: navigate, which browsers send to localhost)
+// is refused by the origin check, while the page's own requests (Referer or
+// Origin of the admin address) pass. With the empty origin allowed (the
+// README's admin block), the navigation passes too, and foreign origins,
+// no-cors requests and foreign Host headers are still refused.
+func TestBrowserNavigationNeedsAnAllowedOrigin(t *testing.T) {
+	sim := newSim(t, vastsim.Options{})
+	cfg := testConfig(sim.URL(), llmPool, `	vastai_proxy llm`)
+	tc := startCaddy(t, cfg)
+	check := func(phase string, want []int) {
+		for i, c := range browserRequests {
+			req, _ := http.NewRequest(http.MethodGet, testAdminURL+"/vastai/ui/", nil)
+			for k, v := range c.headers {
+				if k == "Host" {
+					req.Host = v
+				} else {
+					req.Header.Set(k, v)
+				}
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != want[i] {
+				t.Errorf("%s: %s: %d %.100s, want %d", phase, c.name, resp.StatusCode, body, want[i])
+			}
+		}
+	}
+	const ok, forbidden, bad = http.StatusOK, http.StatusForbidden, http.StatusBadRequest
+	check("default origins", []int{ok, forbidden, ok, ok, ok, forbidden, forbidden, bad, forbidden})
+
+	tc.InitServer(allowNavigation(t, cfg), "caddyfile")
+	check("empty origin allowed", []int{ok, ok, ok, ok, ok, forbidden, forbidden, bad, forbidden})
+}
+
+// allowNavigation gives a test config the README's admin block: Caddy's
+// default loopback origins plus the empty origin of a typed-in URL.
+func allowNavigation(t testing.TB, cfg string) string {
+	t.Helper()
+	out := strings.Replace(cfg, "\tadmin localhost:2999\n",
+		"\tadmin localhost:2999 {\n\t\torigins localhost:2999 127.0.0.1:2999 [::1]:2999 \"\"\n\t}\n", 1)
+	if out == cfg {
+		t.Fatal("admin line not found in the test config")
+	}
+	return out
 }

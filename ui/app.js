@@ -230,7 +230,7 @@ function renderInstances(now) {
       el("td", { class: "num" }, rate(i.dph_total)),
       el("td", {}, spark(h && h.gpu_utilization, { max: 100, format: percent, title: "GPU utilisation" })),
       el("td", {}, spark(h && h.requests_per_second, { format: (v) => v.toFixed(1), title: "requests/s" })),
-      el("td", {}, spark(h && h.latency_ms, { format: (v) => v.toFixed(0) + "ms", title: "probe latency" })),
+      el("td", {}, spark(h && h.latency_ms, { format: (v) => (v < 10 ? v.toFixed(1) : v.toFixed(0)) + "ms", title: "probe latency" })),
       el("td", {},
         el("button", { "data-drain": i.id, onclick: () => drain(i.id) }, "Drain"), " ",
         el("button", { class: "danger", "data-destroy": i.id, onclick: () => destroy(i.id) }, "Destroy")));
