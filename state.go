@@ -36,6 +36,7 @@ type state struct {
 	// transports are the provisioned vastai transports (*Transport keys).
 	transports sync.Map
 	lifecycle  atomic.Pointer[lifecycleRuntime]
+	dash       dashboard // the web dashboard's sampler and streams (dashboard.go)
 
 	mu       sync.Mutex // guards the fields below
 	settings clientSettings
@@ -88,6 +89,7 @@ func (s *state) apply(log *zap.Logger, settings clientSettings, cfg fleet.Config
 			s.watcher.Run(ctx)
 		}()
 	}
+	s.startDashboardLocked()
 	return nil
 }
 
@@ -103,6 +105,7 @@ func (s *state) Destruct() error {
 		<-done
 	}
 	s.mu.Lock()
+	s.stopDashboardLocked()
 	s.stopLifecycleLocked()
 	s.stopSSHLocked()
 	s.mu.Unlock()
@@ -116,7 +119,10 @@ func (s *state) registerMetrics(ctx caddy.Context) error {
 
 // inflightCounter counts proxied requests in flight per instance, for
 // drains. The request path touches one atomic counter per request.
-type inflightCounter struct{ m sync.Map } // int64 → *atomic.Int64
+type inflightCounter struct {
+	m      sync.Map        // int64 → *atomic.Int64
+	starts startedCounters // requests begun, for the dashboard (dashboard.go)
+}
 
 func (c *inflightCounter) counter(id int64) *atomic.Int64 {
 	if v, ok := c.m.Load(id); ok {
@@ -133,6 +139,7 @@ func (c *inflightCounter) counter(id int64) *atomic.Int64 {
 func (c *inflightCounter) begin(id int64, gone func(int64) bool) func() {
 	n := c.counter(id)
 	n.Add(1)
+	c.countStarted(id)
 	return func() {
 		if n.Add(-1) == 0 && gone(id) {
 			c.m.Delete(id)
