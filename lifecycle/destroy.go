@@ -190,6 +190,12 @@ func (m *Manager) runDestroy(ctx context.Context, h *opHandle, limit int) bool {
 	}
 	backoff := m.cfg.DestroyBackoff
 	for rounds := 1; ; rounds++ {
+		if !h.mayCall(ctx) {
+			if h.crashed.Load() || sleepCtx(ctx, backoff) != nil {
+				return false
+			}
+			continue
+		}
 		err := m.api.DestroyInstance(ctx, id)
 		if ctx.Err() != nil {
 			return false
@@ -262,6 +268,11 @@ func (m *Manager) verifyGone(ctx context.Context, id int64) (bool, error) {
 		return false, fmt.Errorf("list: %w", err)
 	}
 	m.noteListing(res, start)
+	if res.Skipped > 0 {
+		// An undecodable row could be this very instance: such a listing
+		// never proves absence (the watcher and reconcile agree).
+		return false, fmt.Errorf("list: %d rows could not be decoded; absence not proven", res.Skipped)
+	}
 	for _, in := range res.Instances {
 		if in.ID == id {
 			return false, nil

@@ -407,6 +407,22 @@ func (m *Manager) create(ctx context.Context, h *opHandle, tpl PoolTemplate, off
 	if m.runHook(h, "before-create") {
 		return
 	}
+	// Fencing: a worker whose lease lapsed (its storage stalled, say) or
+	// that lost the operation to another process must not create.
+	if !h.mayCall(ctx) {
+		if !h.crashed.Load() {
+			// The owner could not be re-checked: the create was not sent,
+			// so the attempt never happened.
+			_ = h.update(ctx, func(op *Operation) {
+				if cur := op.current(); cur != nil && cur.State == AttemptCreating && cur.InstanceID == 0 {
+					op.Attempts = op.Attempts[:len(op.Attempts)-1]
+				}
+				op.State = StatePending
+			})
+			_ = sleepCtx(ctx, m.cfg.PollInterval)
+		}
+		return
+	}
 	res, err := m.api.CreateInstance(ctx, offer.ID, m.createRequest(tpl, op.Label))
 	m.evictOffer(offer.ID)
 	if m.runHook(h, "after-create") {

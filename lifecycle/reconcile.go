@@ -36,6 +36,9 @@ type Report struct {
 	// DeadDestroyed were active but dead (exited, offline, failed, ...)
 	// for longer than the pool's ready_timeout.
 	DeadDestroyed []int64 `json:"dead_destroyed,omitempty"`
+	// DuplicatesDestroyed carried the label of an operation bound to
+	// another instance.
+	DuplicatesDestroyed []int64 `json:"duplicates_destroyed,omitempty"`
 	// Unmanaged are live instances of pools that are no longer configured.
 	// They keep billing and are left alone (a configuration mistake must
 	// not destroy a fleet): destroy them explicitly.
@@ -178,9 +181,10 @@ func (m *Manager) resumeLocked(ctx context.Context, recs *records, rep *Report) 
 			continue // another process works on it
 		}
 		prev := op.Owner
-		op.Owner, op.LeaseUntil = m.owner, now.Add(m.cfg.LeaseTTL)
-		if err := m.saveOp(ctx, op); err != nil {
-			rep.errorf("taking over operation %s: %v", op.ID, err)
+		if err := m.takeOver(ctx, op); err != nil {
+			if !errors.Is(err, ErrLeaseLost) {
+				rep.errorf("taking over operation %s: %v", op.ID, err)
+			}
 			continue
 		}
 		m.log.Info("resuming operation", logOp(op.ID), zap.String("kind", op.Kind),
@@ -238,6 +242,33 @@ func (m *Manager) resumeLocked(ctx context.Context, recs *records, rep *Report) 
 		}
 	}
 	return out
+}
+
+// takeOver leases op to this process as a compare-and-set: only if the
+// stored copy is still the one read (same owner and version) and its lease
+// is released or expired. Waiting for the operation's lock is bounded by
+// the lease TTL: a holder stalled that long is not waited for.
+func (m *Manager) takeOver(ctx context.Context, op *Operation) error {
+	prevOwner, prevVersion := op.Owner, op.Version
+	now := m.now()
+	next := op.clone()
+	next.Owner, next.LeaseUntil = m.owner, now.Add(m.cfg.LeaseTTL)
+	err := m.casOp(ctx, next, min(m.cfg.LockTimeout, m.cfg.LeaseTTL), func(cur *Operation) error {
+		switch {
+		case cur == nil:
+			return fmt.Errorf("%w: operation %s no longer stored", ErrLeaseLost, op.ID)
+		case cur.Owner != prevOwner || cur.Version != prevVersion:
+			return fmt.Errorf("%w: operation %s changed meanwhile", ErrLeaseLost, op.ID)
+		case cur.Owner != m.owner && now.Before(cur.LeaseUntil):
+			return fmt.Errorf("%w: operation %s is leased", ErrLeaseLost, op.ID)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	*op = *next
+	return nil
 }
 
 // startDestroyLocked records a destroy operation for a record without

@@ -112,6 +112,11 @@ type Operation struct {
 	// expired lease lets another process resume it.
 	Owner      string    `json:"owner,omitempty"`
 	LeaseUntil time.Time `json:"lease_until,omitzero"`
+	// Version increases with every write of the record. Writes of an
+	// existing operation are compare-and-set on Owner and Version (see
+	// casOp), so a worker that lost its lease cannot overwrite the record
+	// of the process that took the operation over.
+	Version int64 `json:"version,omitempty"`
 }
 
 // Final reports whether the operation reached a final state.
@@ -240,6 +245,39 @@ func (m *Manager) saveOp(ctx context.Context, op *Operation) error {
 	m.ops[op.ID] = op.clone()
 	m.mu.Unlock()
 	return nil
+}
+
+// casOp writes op under the operation's storage lock after check accepted
+// the stored copy (nil when there is none), with the stored version plus
+// one. Storage has no compare-and-set; the lock makes read-check-write
+// atomic between processes sharing it. wait bounds waiting for the lock.
+func (m *Manager) casOp(ctx context.Context, op *Operation, wait time.Duration, check func(cur *Operation) error) error {
+	name := m.keyBase() + "/operation_locks/" + op.ID
+	lctx, cancel := context.WithTimeout(ctx, wait)
+	err := m.store.Lock(lctx, name)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("locking operation %s: %w", op.ID, err)
+	}
+	defer func() {
+		uctx, cancel := persistCtx(ctx)
+		defer cancel()
+		if err := m.store.Unlock(uctx, name); err != nil {
+			m.log.Error("releasing operation lock failed", logOp(op.ID), logErr(err))
+		}
+	}()
+	cur, err := m.loadOp(ctx, op.ID)
+	if err != nil {
+		return err
+	}
+	if err := check(cur); err != nil {
+		return err
+	}
+	op.Version = 1
+	if cur != nil {
+		op.Version = cur.Version + 1
+	}
+	return m.saveOp(ctx, op)
 }
 
 // loadOp reads an operation; (nil, nil) when it does not exist.
