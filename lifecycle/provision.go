@@ -66,9 +66,9 @@ func (m *Manager) Provision(ctx context.Context, pool string, req ProvisionReque
 			return err
 		}
 		c := m.poolCount(recs, pool, nil)
-		if tpl.MaxInstances > 0 && c.total()+n > tpl.MaxInstances {
+		if tpl.MaxInstances > 0 && c.capTotal()+n > tpl.MaxInstances {
 			return fmt.Errorf("%w: pool %q has %d instances and %d provisionings in progress; %d more would exceed max_instances %d",
-				ErrMaxInstances, pool, c.live, c.inProgress, n, tpl.MaxInstances)
+				ErrMaxInstances, pool, c.billing, c.inProgress, n, tpl.MaxInstances)
 		}
 		prices := pickPrices(tpl, offers, m.offersInUse(recs, ""), n)
 		total := 0.0
@@ -118,25 +118,33 @@ func (m *Manager) newProvisionOp(pool, trigger string, price float64) *Operation
 
 // poolCounts is a pool's size for min/max_instances.
 type poolCounts struct {
-	live       int // instance records provisioning or active
+	live       int // instance records provisioning or active (not dead)
+	billing    int // every record that may still bill, dead and destroying ones included
 	inProgress int // provisionings without a counted instance
 }
 
+// total is what counts towards min_instances: instances that serve or
+// will.
 func (c poolCounts) total() int { return c.live + c.inProgress }
 
+// capTotal is what counts against max_instances: everything that may bill.
+func (c poolCounts) capTotal() int { return c.billing + c.inProgress }
+
 // poolCount counts a pool's instances: records being provisioned or active
-// (not those being destroyed, nor dead ones when dead is given) and
-// provisionings in progress whose instance is not among them.
+// (not dead ones, when dead is given) as live, every record that may still
+// bill (destroying and destroy_failed too) as billing, and provisionings in
+// progress whose instance has no record yet.
 func (m *Manager) poolCount(recs *records, pool string, dead map[int64]bool) poolCounts {
 	var c poolCounts
 	counted := map[int64]bool{}
 	for id, rec := range recs.insts {
-		if rec.Pool != pool || dead[id] {
+		if rec.Pool != pool || !rec.Live() {
 			continue
 		}
-		if rec.State == InstanceProvisioning || rec.State == InstanceActive {
+		c.billing++
+		counted[id] = true
+		if !dead[id] && (rec.State == InstanceProvisioning || rec.State == InstanceActive) {
 			c.live++
-			counted[id] = true
 		}
 	}
 	for _, op := range recs.ops {

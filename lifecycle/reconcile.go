@@ -589,8 +589,7 @@ func (m *Manager) reconcileMin(ctx context.Context, recs *records, dead map[int6
 		c := m.poolCount(recs, pool, dead)
 		need := tpl.MinInstances - c.total()
 		if tpl.MaxInstances > 0 {
-			all := m.poolCount(recs, pool, nil)
-			need = min(need, tpl.MaxInstances-all.total())
+			need = min(need, tpl.MaxInstances-c.capTotal())
 		}
 		if need <= 0 {
 			continue
