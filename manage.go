@@ -127,6 +127,12 @@ func (f fleetAdapter) Drain(ctx context.Context, id int64) error {
 	return nil
 }
 
+// Exclude takes the instance out of routing at once, for good (it is
+// being destroyed); requests in flight finish on their own.
+func (f fleetAdapter) Exclude(id int64, reason string) {
+	f.s.watcher.Exclude(id, reason)
+}
+
 func (f fleetAdapter) Instances() ([]vastclient.Instance, time.Time, bool) {
 	snap := f.s.watcher.Snapshot()
 	if snap.Poll.LastSuccess.IsZero() {

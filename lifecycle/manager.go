@@ -52,6 +52,10 @@ type Fleet interface {
 	// Instances returns the latest successful listing of the account and
 	// when it was taken; ok is false before the first one.
 	Instances() (rows []vastclient.Instance, listedAt time.Time, ok bool)
+	// Exclude takes the instance out of routing at once (routable false,
+	// with reason), for good: it is being destroyed. Requests in flight
+	// are not affected.
+	Exclude(id int64, reason string)
 }
 
 // Stats are cumulative counters and gauges for metrics.
