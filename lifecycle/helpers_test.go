@@ -60,6 +60,7 @@ type simFleet struct {
 	// forced overrides the classified state of an instance.
 	forced   map[int64]string
 	excluded map[int64]string
+	skipped  int
 
 	paused atomic.Bool
 	polls  atomic.Int64
@@ -135,7 +136,7 @@ func (f *simFleet) poll() {
 			f.states[id] = fleetState{state: FleetGone, since: now}
 		}
 	}
-	f.rows, f.at, f.ok = res.Instances, start, true
+	f.rows, f.at, f.ok, f.skipped = res.Instances, start, true, res.Skipped
 	f.polls.Add(1)
 }
 
@@ -195,6 +196,12 @@ func (f *simFleet) Instances() ([]vastclient.Instance, time.Time, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return append([]vastclient.Instance(nil), f.rows...), f.at, f.ok
+}
+
+func (f *simFleet) Listing() (Listing, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return Listing{Rows: append([]vastclient.Instance(nil), f.rows...), Started: f.at, Skipped: f.skipped}, f.ok
 }
 
 func (f *simFleet) drainedIDs() []int64 {

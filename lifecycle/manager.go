@@ -52,10 +52,26 @@ type Fleet interface {
 	// Instances returns the latest successful listing of the account and
 	// when it was taken; ok is false before the first one.
 	Instances() (rows []vastclient.Instance, listedAt time.Time, ok bool)
+	// Listing returns the routing side's latest successful listing of the
+	// whole account, exactly as listed (not instances kept from earlier
+	// listings); ok is false before the first one. Reconciliation acts on
+	// it instead of listing itself when it is fresh (FleetListingMaxAge).
+	Listing() (l Listing, ok bool)
 	// Exclude takes the instance out of routing at once (routable false,
 	// with reason), for good: it is being destroyed. Requests in flight
 	// are not affected.
 	Exclude(id int64, reason string)
+}
+
+// Listing is one successful listing of the account.
+type Listing struct {
+	Rows []vastclient.Instance
+	// Started is when the listing began (an upper bound is acceptable:
+	// instances recorded after it are not counted missing from it).
+	Started time.Time
+	// Skipped counts rows that could not be decoded: such a listing never
+	// proves that an instance is absent.
+	Skipped int
 }
 
 // Stats are cumulative counters and gauges for metrics.
@@ -85,7 +101,7 @@ type Stats struct {
 type counters struct {
 	destroyFailed, destroysConfirmed, provisionsStarted, provisionsSucceeded,
 	provisionsFailed, attemptsFailed, orphansAdopted, orphansDestroyed, ghosts,
-	budgetRefusals, reconciles, reconcileErrors atomic.Uint64
+	budgetRefusals, reconciles, reconcileErrors, duplicatesDestroyed atomic.Uint64
 }
 
 // Manager provisions, destroys and reconciles a gateway's instances. Create
@@ -176,6 +192,7 @@ func (m *Manager) Run(ctx context.Context) error {
 	m.mu.Unlock()
 	defer m.Close()
 
+	m.awaitFleetListing(ctx)
 	m.reconcileAndLog(ctx)
 	rt := time.NewTicker(m.cfg.ReconcileInterval)
 	defer rt.Stop()
@@ -193,6 +210,38 @@ func (m *Manager) Run(ctx context.Context) error {
 		case <-lt.C:
 			if err := m.resume(ctx); err != nil && ctx.Err() == nil {
 				m.log.Warn("resuming abandoned operations failed", logErr(err))
+			}
+		}
+	}
+}
+
+// awaitFleetListing, when reconciliation may use the routing side's
+// listing, resumes abandoned operations at once and then waits (at most
+// one ReconcileInterval) for the routing side's first listing, instead of
+// making a second, equally paced listing of the account concurrently.
+func (m *Manager) awaitFleetListing(ctx context.Context) {
+	if m.cfg.FleetListingMaxAge <= 0 {
+		return
+	}
+	if _, ok := m.fleet.Listing(); ok {
+		return
+	}
+	if err := m.resume(ctx); err != nil && ctx.Err() == nil {
+		m.log.Warn("resuming abandoned operations failed", logErr(err))
+	}
+	deadline := time.NewTimer(m.cfg.ReconcileInterval)
+	defer deadline.Stop()
+	t := time.NewTicker(max(min(m.cfg.FleetListingMaxAge/10, 100*time.Millisecond), time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-deadline.C:
+			return
+		case <-t.C:
+			if _, ok := m.fleet.Listing(); ok {
+				return
 			}
 		}
 	}
@@ -238,6 +287,7 @@ func (m *Manager) Stats() Stats {
 		OrphansAdopted:      m.stats.orphansAdopted.Load(),
 		OrphansDestroyed:    m.stats.orphansDestroyed.Load(),
 		Ghosts:              m.stats.ghosts.Load(),
+		DuplicatesDestroyed: m.stats.duplicatesDestroyed.Load(),
 		BudgetRefusals:      m.stats.budgetRefusals.Load(),
 		Reconciles:          m.stats.reconciles.Load(),
 		ReconcileErrors:     m.stats.reconcileErrors.Load(),

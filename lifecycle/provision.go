@@ -490,17 +490,25 @@ func (m *Manager) endAttempt(ctx context.Context, h *opHandle, state, msg string
 	})
 }
 
+// A create whose outcome is unknown is concluded to have created nothing
+// only after lostCreateListings successful label listings at least
+// lostCreateSpacing apart without it: new instances can be missing from
+// listings for a while. A late row that still shows up afterwards is
+// retired by reconciliation as a duplicate.
+const (
+	lostCreateListings = 3
+	lostCreateSpacing  = time.Second
+)
+
 // resolveCreate finds the instance of a create whose outcome is unknown
 // (an ambiguous answer, or a process that died around the call) by its
-// label. Two consecutive successful listings without it are required before
-// concluding that nothing was created: instances can be missing from a
-// listing shortly after creation.
+// label (see lostCreateListings).
 func (m *Manager) resolveCreate(ctx context.Context, h *opHandle) {
 	op := h.get()
 	known := op.knownInstances()
 	misses := 0
 	backoff := m.cfg.PollInterval
-	for misses < 2 {
+	for misses < lostCreateListings {
 		res, err := m.api.ListInstances(ctx, vastclient.ListOptions{Label: op.Label})
 		if ctx.Err() != nil {
 			return
@@ -515,8 +523,13 @@ func (m *Manager) resolveCreate(ctx context.Context, h *opHandle) {
 			continue
 		}
 		var found []int64
-		for _, in := range res.Instances {
-			if in.Label == op.Label && !known[in.ID] {
+		seen := map[int64]bool{}
+		// The routing side's listings are consulted too: another view of
+		// the account widens the window in which a late row can show up.
+		rows, _, _ := m.fleet.Instances()
+		for _, in := range append(res.Instances, rows...) {
+			if in.Label == op.Label && !known[in.ID] && !seen[in.ID] && in.CurState != "unloaded" {
+				seen[in.ID] = true
 				found = append(found, in.ID)
 			}
 		}
@@ -537,7 +550,7 @@ func (m *Manager) resolveCreate(ctx context.Context, h *opHandle) {
 			return
 		}
 		misses++
-		if misses < 2 && sleepCtx(ctx, max(m.cfg.PollInterval, 200*time.Millisecond)) != nil {
+		if misses < lostCreateListings && sleepCtx(ctx, max(m.cfg.PollInterval, lostCreateSpacing)) != nil {
 			return
 		}
 	}

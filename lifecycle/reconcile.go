@@ -28,6 +28,10 @@ type Report struct {
 	// destroyed if the next reconciliation sees them again.
 	OrphansPending []int64 `json:"orphans_pending,omitempty"`
 	OrphansIgnored []int64 `json:"orphans_ignored,omitempty"`
+	// OrphansOverCap were not adopted because their pool is at
+	// max_instances or over a budget. They keep billing: destroy them or
+	// raise the limit.
+	OrphansOverCap []int64 `json:"orphans_over_cap,omitempty"`
 	// GhostSuspects are recorded instances missing from the listing, not
 	// yet confirmed gone.
 	GhostSuspects []int64 `json:"ghost_suspects,omitempty"`
@@ -39,6 +43,9 @@ type Report struct {
 	// DuplicatesDestroyed carried the label of an operation bound to
 	// another instance.
 	DuplicatesDestroyed []int64 `json:"duplicates_destroyed,omitempty"`
+	// DuplicatesPending were seen once; they are destroyed if the next
+	// reconciliation sees them again.
+	DuplicatesPending []int64 `json:"duplicates_pending,omitempty"`
 	// Unmanaged are live instances of pools that are no longer configured.
 	// They keep billing and are left alone (a configuration mistake must
 	// not destroy a fleet): destroy them explicitly.
@@ -64,6 +71,7 @@ type Replacement struct {
 
 func (r *Report) acted() bool {
 	return len(r.OrphansAdopted)+len(r.OrphansDestroyed)+len(r.OrphansPending)+len(r.Ghosts)+
+		len(r.DuplicatesDestroyed)+len(r.DuplicatesPending)+len(r.OrphansOverCap)+
 		len(r.DeadDestroyed)+len(r.ProvisionsStarted)+len(r.Replacements)+len(r.Resumed)+
 		len(r.DestroyRetries)+len(r.Errors) > 0
 }
@@ -88,13 +96,11 @@ func (m *Manager) Reconcile(ctx context.Context) (*Report, error) {
 		return rep, ErrStopped
 	}
 	m.stats.reconciles.Add(1)
-	listStart := m.now()
-	res, lerr := m.api.ListInstances(ctx, vastclient.ListOptions{})
+	res, listStart, lerr := m.listForReconcile(ctx)
 	if lerr != nil {
 		rep.ListError = lerr.Error()
 	} else {
 		rep.Listed = true
-		m.noteListing(res, listStart)
 	}
 	var toStart []*Operation
 	err := m.withLock(ctx, func(ctx context.Context) error {
@@ -109,6 +115,7 @@ func (m *Manager) Reconcile(ctx context.Context) (*Report, error) {
 		toStart = append(toStart, m.resumeLocked(ctx, recs, rep)...)
 		if rep.Listed {
 			dead := m.reconcileListing(ctx, recs, st, res, listStart, rep)
+			st.ListedAt = listStart
 			toStart = append(toStart, m.reconcileLifetime(ctx, recs, dead, rep)...)
 			toStart = append(toStart, m.reconcileMin(ctx, recs, dead, rep)...)
 		}
@@ -132,6 +139,25 @@ func (m *Manager) Reconcile(ctx context.Context) (*Report, error) {
 		return rep, fmt.Errorf("reconcile: listing instances failed, nothing acted upon: %w", lerr)
 	}
 	return rep, nil
+}
+
+// listForReconcile returns the listing reconciliation acts on and when it
+// began: the routing side's latest successful listing when it is at most
+// FleetListingMaxAge old (one listing then feeds both), otherwise a
+// listing of its own. A failed listing is an error, never "no instances".
+func (m *Manager) listForReconcile(ctx context.Context) (*vastclient.ListResult, time.Time, error) {
+	if maxAge := m.cfg.FleetListingMaxAge; maxAge > 0 {
+		if l, ok := m.fleet.Listing(); ok && !l.Started.IsZero() && m.now().Sub(l.Started) <= maxAge {
+			return &vastclient.ListResult{Instances: l.Rows, Skipped: l.Skipped}, l.Started, nil
+		}
+	}
+	start := m.now()
+	res, err := m.api.ListInstances(ctx, vastclient.ListOptions{})
+	if err != nil {
+		return nil, start, err
+	}
+	m.noteListing(res, start)
+	return res, start, nil
 }
 
 // resume takes over abandoned operations without a full reconciliation.
@@ -294,14 +320,22 @@ func (m *Manager) reconcileListing(ctx context.Context, recs *records, st *recon
 		byID[res.Instances[i].ID] = &res.Instances[i]
 	}
 
+	fresh := listStart.After(st.ListedAt)
 	// Orphans: our label, no live record, no operation still working on it.
-	orphanSeen := map[int64]bool{}
+	orphanSeen, dupSeen := map[int64]bool{}, map[int64]bool{}
 	for i := range res.Instances {
 		row := &res.Instances[i]
 		l, ours := ownedLabel(m.cfg.GatewayID, row.Label)
 		rec := recs.insts[row.ID]
 		if ours || (rec != nil && rec.Live()) {
 			rep.Owned++
+		}
+		if ours && row.CurState != "unloaded" {
+			if bound := boundElsewhere(recs, byID, l.OpID, row.ID); bound > 0 {
+				dupSeen[row.ID] = true
+				m.retireDuplicate(ctx, recs, st, row, l, bound, fresh, rep)
+				continue
+			}
 		}
 		if !ours || (rec != nil && rec.Live()) || row.CurState == "unloaded" {
 			continue
@@ -317,6 +351,12 @@ func (m *Manager) reconcileListing(ctx context.Context, recs *records, st *recon
 		orphanSeen[row.ID] = true
 		switch m.cfg.Orphans {
 		case OrphansAdopt:
+			if why := m.adoptionRefused(recs, l.Pool); why != "" {
+				m.log.Error("orphan instance not adopted; it keeps billing: destroy it or raise the limit",
+					logInst(row.ID), logPool(l.Pool), logReason(why))
+				rep.OrphansOverCap = append(rep.OrphansOverCap, row.ID)
+				continue
+			}
 			start := time.Time{}
 			if row.StartDate > 0 {
 				start = time.Unix(0, int64(row.StartDate*1e9))
@@ -337,7 +377,9 @@ func (m *Manager) reconcileListing(ctx context.Context, recs *records, st *recon
 			m.log.Warn("adopted orphan instance", logInst(row.ID), logPool(l.Pool), zap.String("label", row.Label))
 			rep.OrphansAdopted = append(rep.OrphansAdopted, row.ID)
 		case OrphansDestroy:
-			st.Orphans[row.ID]++
+			if fresh || st.Orphans[row.ID] == 0 {
+				st.Orphans[row.ID]++
+			}
 			if st.Orphans[row.ID] < 2 {
 				rep.OrphansPending = append(rep.OrphansPending, row.ID)
 				continue
@@ -363,6 +405,11 @@ func (m *Manager) reconcileListing(ctx context.Context, recs *records, st *recon
 			delete(st.Orphans, id) // sightings must be consecutive
 		}
 	}
+	for id := range st.Duplicates {
+		if !dupSeen[id] {
+			delete(st.Duplicates, id)
+		}
+	}
 
 	// Ghosts: live records missing from consecutive successful listings,
 	// confirmed by the show endpoint.
@@ -386,7 +433,9 @@ func (m *Manager) reconcileListing(ctx context.Context, recs *records, st *recon
 			// without a usable id (one of them might be this instance).
 			continue
 		}
-		st.Misses[id]++
+		if fresh {
+			st.Misses[id]++
+		}
 		if st.Misses[id] < m.cfg.GhostConfirmations {
 			rep.GhostSuspects = append(rep.GhostSuspects, id)
 			continue
@@ -475,6 +524,75 @@ func (m *Manager) reconcileListing(ctx context.Context, recs *records, st *recon
 		}
 	}
 	return dead
+}
+
+// boundElsewhere returns the instance that the finished provisioning
+// opID is bound to, when that is not id and it may still exist; 0 else.
+func boundElsewhere(recs *records, byID map[int64]*vastclient.Instance, opID string, id int64) int64 {
+	op := recs.ops[opID]
+	if op == nil || op.Kind != KindProvision || op.State != StateSucceeded || op.InstanceID <= 0 || op.InstanceID == id {
+		return 0
+	}
+	if r := recs.insts[op.InstanceID]; (r != nil && r.Live()) || byID[op.InstanceID] != nil {
+		return op.InstanceID
+	}
+	return 0
+}
+
+// retireDuplicate drains and destroys (after two sightings) an instance
+// that carries the label of an operation bound to another instance: the
+// answer of its create was lost, or two processes both created.
+func (m *Manager) retireDuplicate(ctx context.Context, recs *records, st *reconcileState,
+	row *vastclient.Instance, l Label, bound int64, fresh bool, rep *Report) {
+	if rec := recs.insts[row.ID]; rec != nil && rec.destroying() {
+		return // already on its way out
+	}
+	if fresh || st.Duplicates[row.ID] == 0 {
+		st.Duplicates[row.ID]++
+	}
+	if st.Duplicates[row.ID] < 2 {
+		rep.DuplicatesPending = append(rep.DuplicatesPending, row.ID)
+		return
+	}
+	reason := fmt.Sprintf("duplicate: labelled for operation %s, which is bound to instance %d", l.OpID, bound)
+	op, err := m.startDestroy(ctx, row.ID, destroyParams{reason: reason, pool: l.Pool, label: row.Label,
+		drain: true, inline: true})
+	if err != nil {
+		rep.errorf("destroying duplicate %d: %v", row.ID, err)
+		return
+	}
+	recs.ops[op.ID] = op
+	if rec := recs.insts[row.ID]; rec != nil {
+		rec.State = InstanceDestroying
+	}
+	delete(st.Duplicates, row.ID)
+	m.stats.duplicatesDestroyed.Add(1)
+	m.log.Error("a second instance for one operation; draining and destroying it",
+		logInst(row.ID), logOp(l.OpID), logPool(l.Pool), zap.Int64("bound_instance", bound))
+	m.startWorker(op)
+	rep.DuplicatesDestroyed = append(rep.DuplicatesDestroyed, row.ID)
+}
+
+// adoptionRefused says why adopting an orphan into pool would exceed
+// max_instances or a budget, or "" when it would not. Orphans of pools
+// that are not configured have no limits here (they are reported as
+// unmanaged).
+func (m *Manager) adoptionRefused(recs *records, pool string) string {
+	tpl, ok := m.cfg.Pools[pool]
+	if !ok {
+		return ""
+	}
+	if c := m.poolCount(recs, pool, nil); tpl.MaxInstances > 0 && c.capTotal()+1 > tpl.MaxInstances {
+		return fmt.Sprintf("pool %q has %d instances and %d provisionings in progress; max_instances is %d",
+			pool, c.billing, c.inProgress, tpl.MaxInstances)
+	}
+	// The orphan's row is already in the spend (an owned label); the pool
+	// must not be over budget with it.
+	if err := m.checkSpend(recs, pool, tpl, 0, ""); err != nil {
+		m.noteRefusal(err)
+		return err.Error()
+	}
+	return ""
 }
 
 // deadReason says why an active instance is dead, or "" if it is not.

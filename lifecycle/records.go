@@ -207,6 +207,13 @@ type reconcileState struct {
 	Misses map[int64]int `json:"misses,omitempty"`
 	// DeadSince is when each active instance was first seen dead.
 	DeadSince map[int64]time.Time `json:"dead_since,omitempty"`
+	// Duplicates counts consecutive reconciliations that saw each
+	// duplicate (an instance labelled for an operation bound to another).
+	Duplicates map[int64]int `json:"duplicates,omitempty"`
+	// ListedAt is when the listing last used was taken; sightings and
+	// misses are counted once per listing, even when two reconciliations
+	// use the same listing of the routing side.
+	ListedAt time.Time `json:"listed_at,omitzero"`
 	LastRun   time.Time           `json:"last_run,omitzero"`
 	LastOwner string              `json:"last_owner,omitempty"`
 }
@@ -457,6 +464,9 @@ func (m *Manager) loadState(ctx context.Context) (*reconcileState, error) {
 	}
 	if st.DeadSince == nil {
 		st.DeadSince = map[int64]time.Time{}
+	}
+	if st.Duplicates == nil {
+		st.Duplicates = map[int64]int{}
 	}
 	return st, nil
 }
