@@ -213,9 +213,9 @@ type reconcileState struct {
 	// ListedAt is when the listing last used was taken; sightings and
 	// misses are counted once per listing, even when two reconciliations
 	// use the same listing of the routing side.
-	ListedAt time.Time `json:"listed_at,omitzero"`
-	LastRun   time.Time           `json:"last_run,omitzero"`
-	LastOwner string              `json:"last_owner,omitempty"`
+	ListedAt  time.Time `json:"listed_at,omitzero"`
+	LastRun   time.Time `json:"last_run,omitzero"`
+	LastOwner string    `json:"last_owner,omitempty"`
 }
 
 // blockEntry is one blocklisted machine.
