@@ -130,6 +130,9 @@ type Manager struct {
 	lastListAt time.Time
 	running    bool
 	stopped    bool
+	// probeFailing: pools whose previously ready instances all fail their
+	// probes (see Report.ProbeFailing).
+	probeFailing map[string]bool
 
 	lockMu sync.Mutex // in-process serialisation of the Store lock
 
@@ -274,7 +277,12 @@ func (m *Manager) Close() {
 // Stats returns the counters.
 // ProbeFailing reports whether every instance of pool that was ready
 // before fails its health probe now (see Report.ProbeFailing).
-func (m *Manager) ProbeFailing(pool string) bool { return false }
+// The answer is as of the last successful reconciliation.
+func (m *Manager) ProbeFailing(pool string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.probeFailing[pool]
+}
 
 func (m *Manager) Stats() Stats {
 	s := Stats{

@@ -46,6 +46,11 @@ type Report struct {
 	// DuplicatesPending were seen once; they are destroyed if the next
 	// reconciliation sees them again.
 	DuplicatesPending []int64 `json:"duplicates_pending,omitempty"`
+	// ProbeFailing are pools where every instance that was ready before
+	// fails its health probe now (after a configuration change, say).
+	// They are kept, not replaced: only vast.ai's view of an instance, or
+	// an operator, destroys an instance that served.
+	ProbeFailing []string `json:"probe_failing,omitempty"`
 	// Unmanaged are live instances of pools that are no longer configured.
 	// They keep billing and are left alone (a configuration mistake must
 	// not destroy a fleet): destroy them explicitly.
@@ -468,6 +473,7 @@ func (m *Manager) reconcileListing(ctx context.Context, recs *records, st *recon
 	// Dead instances: active, listed, and dead for longer than the pool's
 	// ready_timeout. They bill without serving.
 	dead := map[int64]bool{}
+	probes := probeTally{}
 	for _, id := range ids {
 		rec := recs.insts[id]
 		row := byID[id]
@@ -479,9 +485,11 @@ func (m *Manager) reconcileListing(ctx context.Context, recs *records, st *recon
 		if !ok {
 			tpl = PoolTemplate{}.withDefaults()
 		}
-		why := m.deadReason(tpl, row)
+		m.noteReady(ctx, rec)
+		why := m.deadReason(tpl, rec, row)
 		if why == "" {
 			delete(st.DeadSince, id)
+			probes.add(m.fleet, rec)
 			continue
 		}
 		dead[id] = true
@@ -504,6 +512,7 @@ func (m *Manager) reconcileListing(ctx context.Context, recs *records, st *recon
 		m.startWorker(op)
 		rep.DeadDestroyed = append(rep.DeadDestroyed, id)
 	}
+	rep.ProbeFailing = m.setProbeFailing(probes)
 	for _, id := range ids {
 		rec := recs.insts[id]
 		if _, ok := m.cfg.Pools[rec.Pool]; !ok && (rec.State == InstanceActive || rec.State == InstanceProvisioning) {
@@ -596,9 +605,14 @@ func (m *Manager) adoptionRefused(recs *records, pool string) string {
 }
 
 // deadReason says why an active instance is dead, or "" if it is not.
-// Stopped bid instances were outbid and resume by themselves; they are left
-// alone.
-func (m *Manager) deadReason(tpl PoolTemplate, row *vastclient.Instance) string {
+// Only vast.ai's view (exited, offline, unknown, stopped, intended_status
+// stopped) kills an instance that was ready before: failing probes alone
+// may be a configuration change (a wrong path, model or token source), and
+// destroying a serving fleet for it would cost more than it saves. An
+// instance that never was ready is dead when the routing side says it
+// failed. Stopped bid instances were outbid and resume by themselves;
+// they are left alone.
+func (m *Manager) deadReason(tpl PoolTemplate, rec *InstanceRecord, row *vastclient.Instance) string {
 	switch row.ActualStatus {
 	case "exited", "offline", "unknown":
 		return "actual_status " + row.ActualStatus
@@ -607,10 +621,82 @@ func (m *Manager) deadReason(tpl PoolTemplate, row *vastclient.Instance) string 
 			return "stopped"
 		}
 	}
+	if row.IntendedStatus == "stopped" && tpl.Type != TypeBid {
+		return "intended_status stopped"
+	}
+	if !rec.ReadyAt.IsZero() {
+		return ""
+	}
 	if st, _, ok := m.fleet.State(row.ID); ok && st == FleetFailed {
 		return "the routing side reports it failed"
 	}
 	return ""
+}
+
+// noteReady records that an active instance is ready now, if its record
+// does not know it was (an adopted orphan, a record from before ReadyAt).
+func (m *Manager) noteReady(ctx context.Context, rec *InstanceRecord) {
+	if !rec.ReadyAt.IsZero() {
+		return
+	}
+	if st, _, ok := m.fleet.State(rec.ID); !ok || st != FleetReady {
+		return
+	}
+	rec.ReadyAt = m.now()
+	if err := m.saveInst(ctx, rec); err != nil {
+		m.log.Warn("could not record that an instance is ready", logInst(rec.ID), logErr(err))
+	}
+}
+
+// probeTally counts, per pool, the active instances that were ready
+// before and those of them failing their probes now.
+type probeTally map[string]*[2]int
+
+func (t probeTally) add(f Fleet, rec *InstanceRecord) {
+	if rec.ReadyAt.IsZero() {
+		return
+	}
+	c := t[rec.Pool]
+	if c == nil {
+		c = new([2]int)
+		t[rec.Pool] = c
+	}
+	c[0]++
+	if st, _, ok := f.State(rec.ID); ok && (st == FleetFailed || st == FleetUnhealthy) {
+		c[1]++
+	}
+}
+
+// setProbeFailing records which pools have every previously ready
+// instance failing its probe, logs each change (at error level when it
+// starts) and returns the failing pools, sorted.
+func (m *Manager) setProbeFailing(t probeTally) []string {
+	var out []string
+	m.mu.Lock()
+	prev := m.probeFailing
+	m.probeFailing = map[string]bool{}
+	for pool, c := range t {
+		if c[0] > 0 && c[1] == c[0] {
+			m.probeFailing[pool] = true
+			out = append(out, pool)
+		}
+	}
+	now := m.probeFailing
+	m.mu.Unlock()
+	sort.Strings(out)
+	for _, pool := range out {
+		if !prev[pool] {
+			m.log.Error("every instance of the pool fails its health probe although it was ready before; "+
+				"keeping them (check the pool's health settings and token source after a configuration change)",
+				logPool(pool), zap.Int("instances", t[pool][0]))
+		}
+	}
+	for pool := range prev {
+		if !now[pool] {
+			m.log.Info("the pool's instances pass their health probe again", logPool(pool))
+		}
+	}
+	return out
 }
 
 // reconcileLifetime replaces instances older than their pool's
