@@ -742,6 +742,14 @@ func (m *Manager) reconcileLifetime(ctx context.Context, recs *records, dead map
 		if rec.age(now) < tpl.MaxLifetime {
 			continue
 		}
+		// A replacement is made before the old instance goes, so at the
+		// cap it may exceed max_instances by one: one replacement at a
+		// time, the next once the retired instance is confirmed gone.
+		if c := m.poolCount(recs, rec.Pool, nil); tpl.MaxInstances > 0 && c.capTotal() > tpl.MaxInstances {
+			m.log.Debug("max_lifetime replacement waits for the previous one (max_instances)",
+				logInst(id), logPool(rec.Pool), zap.Int("instances", c.capTotal()))
+			continue
+		}
 		var prices []float64
 		offers, err := m.candidateOffers(ctx, rec.Pool, tpl, 0)
 		if err == nil {
