@@ -343,3 +343,39 @@ func TestDrainWaitsForInFlightStreamsThenDestroys(t *testing.T) {
 	}
 	waitFor(t, 30*time.Second, "the destroy after the drain", func() bool { return len(ours(sim)) == 0 })
 }
+
+// TestDestroyTakesTheInstanceOutOfRoutingAtOnce (issue 7, defect 12):
+// right after DELETE /vastai/instances/{id} answered, the instance is not
+// routable (reason "destroying") and no new request reaches it, although
+// the listing still shows it running for a while.
+func TestDestroyTakesTheInstanceOutOfRoutingAtOnce(t *testing.T) {
+	sim := newSim(t, vastsim.Options{LoadingDelay: 500 * time.Millisecond, DestroyDelay: 3 * time.Second})
+	startCaddy(t, lifecycleConfig(t, sim.URL(), provisionPool, `	vastai_proxy llm`))
+	op := provisionOne(t, "llm")
+	id := waitOperation(t, op.ID, "succeeded", 30*time.Second).InstanceID
+	waitRoutable(t, []int64{id}, 10*time.Second)
+
+	code, body := adminDo(t, http.MethodDelete, fmt.Sprintf("/vastai/instances/%d", id), "")
+	if code != http.StatusAccepted {
+		t.Fatalf("DELETE: %d %s", code, body)
+	}
+	completions := sim.Engine(id).Completions
+	code, body = adminDo(t, http.MethodGet, fmt.Sprintf("/vastai/instances/%d", id), "")
+	var view struct {
+		Routable bool   `json:"routable"`
+		Reason   string `json:"reason"`
+	}
+	if code != http.StatusOK || json.Unmarshal(body, &view) != nil {
+		t.Fatalf("GET instance after DELETE: %d %s", code, body)
+	}
+	if view.Routable || view.Reason != "destroying" {
+		t.Fatalf("right after DELETE: routable %v, reason %q; want routable false, reason destroying", view.Routable, view.Reason)
+	}
+	for i := 0; i < 3; i++ {
+		completion(t, http.DefaultClient)
+	}
+	if n := sim.Engine(id).Completions - completions; n != 0 {
+		t.Errorf("%d new requests reached the instance being destroyed", n)
+	}
+	waitFor(t, 30*time.Second, "the instance to be destroyed", func() bool { return len(ours(sim)) == 0 })
+}

@@ -8,6 +8,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
+	"github.com/caddy-vastai/caddy-vastai/fleet"
 	"github.com/caddy-vastai/caddy-vastai/lifecycle"
 	"github.com/caddy-vastai/caddy-vastai/vastclient"
 )
@@ -34,6 +35,14 @@ func (a *App) lifecycleConfig(repl *caddy.Replacer) lifecycle.Config {
 		LeaseTTL:          time.Duration(a.LeaseTTL),
 		PollInterval:      time.Duration(a.ProvisionPollInterval),
 	}
+	// One listing feeds routing and reconciliation: reconcile acts on the
+	// watcher's latest successful listing while it is at most two poll
+	// intervals old, and lists the account itself only otherwise.
+	watchEvery := time.Duration(a.PollInterval)
+	if watchEvery <= 0 {
+		watchEvery = fleet.DefaultPollInterval
+	}
+	cfg.FleetListingMaxAge = 2 * watchEvery
 	if cfg.PollInterval > 0 {
 		// The instance row is read directly at least every few polls.
 		cfg.StatusPollInterval = 3 * cfg.PollInterval
@@ -125,6 +134,31 @@ func (f fleetAdapter) Drain(ctx context.Context, id int64) error {
 		}
 	}
 	return nil
+}
+
+// Exclude takes the instance out of routing at once, for good (it is
+// being destroyed); requests in flight finish on their own.
+func (f fleetAdapter) Exclude(id int64, reason string) {
+	f.s.watcher.Exclude(id, reason)
+}
+
+// Listing is the watcher's latest successful listing: the members listed
+// by it (LastSeen is that listing's time), not those kept from earlier
+// listings. The watcher records when a listing finished, not when it
+// began, so Started is that time (see lifecycle.Listing).
+func (f fleetAdapter) Listing() (lifecycle.Listing, bool) {
+	snap := f.s.watcher.Snapshot()
+	at := snap.Poll.LastSuccess
+	if at.IsZero() {
+		return lifecycle.Listing{}, false
+	}
+	rows := make([]vastclient.Instance, 0, len(snap.Members))
+	for i := range snap.Members {
+		if snap.Members[i].LastSeen.Equal(at) {
+			rows = append(rows, snap.Members[i].Instance)
+		}
+	}
+	return lifecycle.Listing{Rows: rows, Started: at, Skipped: snap.Poll.Skipped}, true
 }
 
 func (f fleetAdapter) Instances() ([]vastclient.Instance, time.Time, bool) {

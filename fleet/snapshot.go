@@ -147,7 +147,7 @@ type tracked struct {
 }
 
 // buildSnapshot derives an immutable snapshot from the watcher's records.
-func buildSnapshot(gen uint64, pools []PoolSpec, known map[int64]*tracked, drain map[int64]bool, tunnel bool, poll PollStatus) *Snapshot {
+func buildSnapshot(gen uint64, pools []PoolSpec, known map[int64]*tracked, drain map[int64]bool, excluded map[int64]string, tunnel bool, poll PollStatus) *Snapshot {
 	s := emptySnapshot(pools)
 	s.Generation = gen
 	s.Poll = poll
@@ -159,6 +159,9 @@ func buildSnapshot(gen uint64, pools []PoolSpec, known map[int64]*tracked, drain
 			if m.Routable {
 				m.Routable, m.Reason = false, "draining"
 			}
+		}
+		if why, ok := excluded[id]; ok {
+			m.Routable, m.Reason = false, why
 		}
 		s.Members = append(s.Members, m)
 	}

@@ -61,6 +61,9 @@ type Watcher struct {
 	// requests (*atomic.Int64): the request path only touches an atomic.
 	traffic sync.Map
 	prober  *prober
+
+	// excluded: instances out of routing for good (exclude.go); guarded by mu.
+	excluded map[int64]*exclusion
 }
 
 // NewWatcher returns a watcher with an empty snapshot and no configuration.
@@ -341,7 +344,7 @@ func (w *Watcher) publishLocked() {
 			delete(w.drain, id) // forgotten instances need no drain mark
 		}
 	}
-	w.snap.Store(buildSnapshot(w.gen, w.cfg.Pools, w.known, w.drain, w.tunnel, w.poll))
+	w.snap.Store(buildSnapshot(w.gen, w.cfg.Pools, w.known, w.drain, w.excludedLocked(), w.tunnel, w.poll))
 }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }

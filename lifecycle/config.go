@@ -224,6 +224,11 @@ type Config struct {
 	// process working on it without renewal (default 2m). A process that
 	// dies loses its leases after LeaseTTL, and another one resumes.
 	LeaseTTL time.Duration
+	// FleetListingMaxAge lets reconciliation use the routing side's latest
+	// successful listing (Fleet.Instances) instead of listing the account
+	// itself when that listing is at most this old: one listing then feeds
+	// both. 0 disables it (reconciliation always lists).
+	FleetListingMaxAge time.Duration
 	// LockTimeout bounds waiting for the Store lock (default 2m).
 	LockTimeout time.Duration
 	// DrainTimeout bounds Fleet.Drain before a drained instance is

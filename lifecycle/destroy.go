@@ -105,11 +105,44 @@ type destroyParams struct {
 	inline bool
 }
 
+// RoutingReasonDestroying is the reason given to the routing side when an
+// instance leaves routing because it is being destroyed.
+const RoutingReasonDestroying = "destroying"
+
 // startDestroy records a destroy operation and marks the instance record
 // "destroying" (creating the record if needed, so that the id is never
-// forgotten), then starts the worker. A destruction already in progress
-// for the id is returned instead of starting another.
+// forgotten), takes the instance out of routing, then starts the worker. A
+// destruction already in progress for the id is returned instead of
+// starting another: the check and the writes happen under the instance's
+// lock (in this process and in the Store), so concurrent requests, from
+// this process or another, share one operation.
 func (m *Manager) startDestroy(ctx context.Context, id int64, p destroyParams) (*Operation, error) {
+	if existing := m.pendingDestroy(id); existing != nil {
+		return existing, nil
+	}
+	pctx, cancel := persistCtx(ctx)
+	defer cancel()
+	mu := m.instLock(id)
+	mu.Lock()
+	defer mu.Unlock()
+	unlock, err := m.lockInstance(pctx, id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	rec, err := m.loadInst(pctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if rec != nil && rec.destroying() && rec.DestroyOp != "" {
+		dop, err := m.loadOp(pctx, rec.DestroyOp)
+		if err != nil {
+			return nil, err
+		}
+		if dop != nil && !dop.Final() {
+			return dop, nil
+		}
+	}
 	if existing := m.pendingDestroy(id); existing != nil {
 		return existing, nil
 	}
@@ -122,30 +155,48 @@ func (m *Manager) startDestroy(ctx context.Context, id int64, p destroyParams) (
 	if p.drain {
 		op.State = StateDraining
 	}
-	pctx, cancel := persistCtx(ctx)
-	defer cancel()
 	if err := m.saveOp(pctx, op); err != nil {
 		return nil, err
 	}
-	if _, err := m.updateInst(pctx, id, func(rec *InstanceRecord) *InstanceRecord {
-		if rec == nil {
-			rec = &InstanceRecord{ID: id, Pool: p.pool, Label: p.label}
-		}
-		if rec.State != InstanceDestroyFailed {
-			rec.State = InstanceDestroying
-		}
-		rec.DestroyOp = op.ID
-		rec.DestroyReason = p.reason
-		return rec
-	}); err != nil {
+	if rec == nil {
+		rec = &InstanceRecord{ID: id, Pool: p.pool, Label: p.label, Created: now}
+	}
+	if rec.State != InstanceDestroyFailed {
+		rec.State = InstanceDestroying
+	}
+	rec.DestroyOp = op.ID
+	rec.DestroyReason = p.reason
+	if err := m.saveInst(pctx, rec); err != nil {
 		return nil, err
 	}
+	// Routing stops before anything else: requests in flight finish on
+	// their own, no new one is sent to an instance about to disappear.
+	m.fleet.Exclude(id, RoutingReasonDestroying)
 	m.log.Info("destroying instance", logInst(id), logOp(op.ID), logPool(p.pool),
 		logReason(p.reason), zap.Bool("drain", p.drain), zap.Bool("force", p.force))
 	if !p.inline {
 		m.startWorker(op)
 	}
 	return op.clone(), nil
+}
+
+// lockInstance takes the Store lock of one instance's record, which makes
+// "is a destruction already running?" and recording one atomic between
+// processes.
+func (m *Manager) lockInstance(ctx context.Context, id int64) (unlock func(), err error) {
+	name := fmt.Sprintf("%s/instance_locks/%d", m.keyBase(), id)
+	lctx, cancel := context.WithTimeout(ctx, m.cfg.LockTimeout)
+	defer cancel()
+	if err := m.store.Lock(lctx, name); err != nil {
+		return nil, fmt.Errorf("locking instance record %d: %w", id, err)
+	}
+	return func() {
+		uctx, cancel := persistCtx(ctx)
+		defer cancel()
+		if err := m.store.Unlock(uctx, name); err != nil {
+			m.log.Error("releasing instance lock failed", logInst(id), logErr(err))
+		}
+	}, nil
 }
 
 // pendingDestroy returns a copy of a non-final destroy operation for id
@@ -173,6 +224,9 @@ func (m *Manager) runDestroy(ctx context.Context, h *opHandle, limit int) bool {
 		return op.State == StateSucceeded
 	}
 	id := op.InstanceID
+	// Also when resuming another process's destruction: this process's
+	// routing side must not send new requests to it either.
+	m.fleet.Exclude(id, RoutingReasonDestroying)
 	if op.Drain && (op.State == StatePending || op.State == StateDraining) {
 		_ = h.update(ctx, func(op *Operation) { op.State = StateDraining })
 		dctx, cancel := context.WithTimeout(ctx, m.cfg.DrainTimeout)
@@ -190,6 +244,12 @@ func (m *Manager) runDestroy(ctx context.Context, h *opHandle, limit int) bool {
 	}
 	backoff := m.cfg.DestroyBackoff
 	for rounds := 1; ; rounds++ {
+		if !h.mayCall(ctx) {
+			if h.crashed.Load() || sleepCtx(ctx, backoff) != nil {
+				return false
+			}
+			continue
+		}
 		err := m.api.DestroyInstance(ctx, id)
 		if ctx.Err() != nil {
 			return false
@@ -262,6 +322,11 @@ func (m *Manager) verifyGone(ctx context.Context, id int64) (bool, error) {
 		return false, fmt.Errorf("list: %w", err)
 	}
 	m.noteListing(res, start)
+	if res.Skipped > 0 {
+		// An undecodable row could be this very instance: such a listing
+		// never proves absence (the watcher and reconcile agree).
+		return false, fmt.Errorf("list: %d rows could not be decoded; absence not proven", res.Skipped)
+	}
 	for _, in := range res.Instances {
 		if in.ID == id {
 			return false, nil

@@ -57,6 +57,10 @@ type simFleet struct {
 	states  map[int64]fleetState
 	drained []int64
 	drainFn func(ctx context.Context, id int64) error
+	// forced overrides the classified state of an instance.
+	forced   map[int64]string
+	excluded map[int64]string
+	skipped  int
 
 	paused atomic.Bool
 	polls  atomic.Int64
@@ -117,6 +121,11 @@ func (f *simFleet) poll() {
 	now := time.Now()
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	for id := range next {
+		if st, ok := f.forced[id]; ok {
+			next[id] = st
+		}
+	}
 	for id, st := range next {
 		if cur, ok := f.states[id]; !ok || cur.state != st {
 			f.states[id] = fleetState{state: st, since: now}
@@ -127,7 +136,7 @@ func (f *simFleet) poll() {
 			f.states[id] = fleetState{state: FleetGone, since: now}
 		}
 	}
-	f.rows, f.at, f.ok = res.Instances, start, true
+	f.rows, f.at, f.ok, f.skipped = res.Instances, start, true, res.Skipped
 	f.polls.Add(1)
 }
 
@@ -187,6 +196,12 @@ func (f *simFleet) Instances() ([]vastclient.Instance, time.Time, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return append([]vastclient.Instance(nil), f.rows...), f.at, f.ok
+}
+
+func (f *simFleet) Listing() (Listing, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return Listing{Rows: append([]vastclient.Instance(nil), f.rows...), Started: f.at, Skipped: f.skipped}, f.ok
 }
 
 func (f *simFleet) drainedIDs() []int64 {
@@ -374,3 +389,58 @@ func ctxT(t *testing.T) context.Context {
 
 func faults503() vastsim.Faults { return vastsim.Faults{Status: 503} }
 func noFaults() vastsim.Faults  { return vastsim.Faults{} }
+
+// force makes the fleet report state for id whatever the instance does
+// (a probe that no longer passes, for example); "" removes the override.
+func (f *simFleet) force(id int64, state string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.forced == nil {
+		f.forced = map[int64]string{}
+	}
+	if state == "" {
+		delete(f.forced, id)
+		return
+	}
+	f.forced[id] = state
+	f.states[id] = fleetState{state: state, since: time.Now()}
+}
+
+// Exclude records that the manager took an instance out of routing.
+func (f *simFleet) Exclude(id int64, reason string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.excluded == nil {
+		f.excluded = map[int64]string{}
+	}
+	f.excluded[id] = reason
+}
+
+func (f *simFleet) exclusion(id int64) (string, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	r, ok := f.excluded[id]
+	return r, ok
+}
+
+// creates counts create calls the simulator received.
+func (h *harness) creates() int {
+	n := 0
+	for _, c := range h.sim.APICalls() {
+		if strings.HasPrefix(c.Route, "PUT /api/v0/asks/") {
+			n++
+		}
+	}
+	return n
+}
+
+// lists counts full (unfiltered) list calls the simulator received.
+func (h *harness) fullLists() int {
+	n := 0
+	for _, c := range h.sim.APICalls() {
+		if c.Method == http.MethodGet && c.Route == "GET /api/v1/instances/" && !strings.Contains(c.Query, "label") {
+			n++
+		}
+	}
+	return n
+}

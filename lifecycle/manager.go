@@ -52,6 +52,26 @@ type Fleet interface {
 	// Instances returns the latest successful listing of the account and
 	// when it was taken; ok is false before the first one.
 	Instances() (rows []vastclient.Instance, listedAt time.Time, ok bool)
+	// Listing returns the routing side's latest successful listing of the
+	// whole account, exactly as listed (not instances kept from earlier
+	// listings); ok is false before the first one. Reconciliation acts on
+	// it instead of listing itself when it is fresh (FleetListingMaxAge).
+	Listing() (l Listing, ok bool)
+	// Exclude takes the instance out of routing at once (routable false,
+	// with reason), for good: it is being destroyed. Requests in flight
+	// are not affected.
+	Exclude(id int64, reason string)
+}
+
+// Listing is one successful listing of the account.
+type Listing struct {
+	Rows []vastclient.Instance
+	// Started is when the listing began (an upper bound is acceptable:
+	// instances recorded after it are not counted missing from it).
+	Started time.Time
+	// Skipped counts rows that could not be decoded: such a listing never
+	// proves that an instance is absent.
+	Skipped int
 }
 
 // Stats are cumulative counters and gauges for metrics.
@@ -70,6 +90,9 @@ type Stats struct {
 	OrphansAdopted      uint64 `json:"orphans_adopted"`
 	OrphansDestroyed    uint64 `json:"orphans_destroyed"`
 	Ghosts              uint64 `json:"ghosts"`
+	// DuplicatesDestroyed counts second instances of one operation (a lost
+	// create answer, or two processes that both created) destroyed.
+	DuplicatesDestroyed uint64 `json:"duplicates_destroyed"`
 	BudgetRefusals      uint64 `json:"budget_refusals"`
 	Reconciles          uint64 `json:"reconciles"`
 	ReconcileErrors     uint64 `json:"reconcile_errors"`
@@ -78,7 +101,7 @@ type Stats struct {
 type counters struct {
 	destroyFailed, destroysConfirmed, provisionsStarted, provisionsSucceeded,
 	provisionsFailed, attemptsFailed, orphansAdopted, orphansDestroyed, ghosts,
-	budgetRefusals, reconciles, reconcileErrors atomic.Uint64
+	budgetRefusals, reconciles, reconcileErrors, duplicatesDestroyed atomic.Uint64
 }
 
 // Manager provisions, destroys and reconciles a gateway's instances. Create
@@ -107,6 +130,9 @@ type Manager struct {
 	lastListAt time.Time
 	running    bool
 	stopped    bool
+	// probeFailing: pools whose previously ready instances all fail their
+	// probes (see Report.ProbeFailing).
+	probeFailing map[string]bool
 
 	lockMu sync.Mutex // in-process serialisation of the Store lock
 
@@ -169,6 +195,7 @@ func (m *Manager) Run(ctx context.Context) error {
 	m.mu.Unlock()
 	defer m.Close()
 
+	m.awaitFleetListing(ctx)
 	m.reconcileAndLog(ctx)
 	rt := time.NewTicker(m.cfg.ReconcileInterval)
 	defer rt.Stop()
@@ -186,6 +213,38 @@ func (m *Manager) Run(ctx context.Context) error {
 		case <-lt.C:
 			if err := m.resume(ctx); err != nil && ctx.Err() == nil {
 				m.log.Warn("resuming abandoned operations failed", logErr(err))
+			}
+		}
+	}
+}
+
+// awaitFleetListing, when reconciliation may use the routing side's
+// listing, resumes abandoned operations at once and then waits (at most
+// one ReconcileInterval) for the routing side's first listing, instead of
+// making a second, equally paced listing of the account concurrently.
+func (m *Manager) awaitFleetListing(ctx context.Context) {
+	if m.cfg.FleetListingMaxAge <= 0 {
+		return
+	}
+	if _, ok := m.fleet.Listing(); ok {
+		return
+	}
+	if err := m.resume(ctx); err != nil && ctx.Err() == nil {
+		m.log.Warn("resuming abandoned operations failed", logErr(err))
+	}
+	deadline := time.NewTimer(m.cfg.ReconcileInterval)
+	defer deadline.Stop()
+	t := time.NewTicker(max(min(m.cfg.FleetListingMaxAge/10, 100*time.Millisecond), time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-deadline.C:
+			return
+		case <-t.C:
+			if _, ok := m.fleet.Listing(); ok {
+				return
 			}
 		}
 	}
@@ -216,6 +275,15 @@ func (m *Manager) Close() {
 }
 
 // Stats returns the counters.
+// ProbeFailing reports whether every instance of pool that was ready
+// before fails its health probe now (see Report.ProbeFailing).
+// The answer is as of the last successful reconciliation.
+func (m *Manager) ProbeFailing(pool string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.probeFailing[pool]
+}
+
 func (m *Manager) Stats() Stats {
 	s := Stats{
 		DestroyFailed:       m.stats.destroyFailed.Load(),
@@ -227,6 +295,7 @@ func (m *Manager) Stats() Stats {
 		OrphansAdopted:      m.stats.orphansAdopted.Load(),
 		OrphansDestroyed:    m.stats.orphansDestroyed.Load(),
 		Ghosts:              m.stats.ghosts.Load(),
+		DuplicatesDestroyed: m.stats.duplicatesDestroyed.Load(),
 		BudgetRefusals:      m.stats.budgetRefusals.Load(),
 		Reconciles:          m.stats.reconciles.Load(),
 		ReconcileErrors:     m.stats.reconcileErrors.Load(),
@@ -311,6 +380,10 @@ func (m *Manager) withLock(ctx context.Context, fn func(ctx context.Context) err
 	return fn(ctx)
 }
 
+// ErrLeaseLost means another process took the operation over (this one
+// stalled past its lease): the worker stops and writes nothing more.
+var ErrLeaseLost = errors.New("operation leased to another process")
+
 // opHandle is a running operation: the worker's copy of the record, kept
 // leased to this process.
 type opHandle struct {
@@ -320,9 +393,20 @@ type opHandle struct {
 	mu     sync.Mutex
 	op     *Operation
 	cancel context.CancelFunc
-	// crashed is set when a test hook simulated the death of the process:
-	// nothing more may be written.
+	// crashed is set when a test hook simulated the death of the process,
+	// or when the lease was lost: nothing more may be written.
 	crashed atomic.Bool
+	// leaseUntil (unix nanoseconds) is the lease this worker last wrote
+	// successfully. Past it another process may own the operation.
+	leaseUntil atomic.Int64
+}
+
+func newHandle(m *Manager, op *Operation, ctx context.Context, cancel context.CancelFunc) *opHandle {
+	h := &opHandle{m: m, id: op.ID, ctx: ctx, op: op.clone(), cancel: cancel}
+	if op.Owner == m.owner {
+		h.leaseUntil.Store(op.LeaseUntil.UnixNano())
+	}
+	return h
 }
 
 // get returns a copy of the operation.
@@ -332,24 +416,82 @@ func (h *opHandle) get() *Operation {
 	return h.op.clone()
 }
 
-// update changes the operation and persists it with a renewed lease. Writes
-// survive the cancellation of ctx: progress (above all an instance id) must
-// reach the Store even when the manager is stopping.
+// fence stops the worker for good: it lost (or may have lost) its lease.
+func (h *opHandle) fence(why string) {
+	if h.crashed.Swap(true) {
+		return
+	}
+	h.m.log.Warn("stopping work on an operation: "+why, logOp(h.id))
+	h.cancel()
+}
+
+// mayCall reports whether the worker may make a vast.ai call that acts on
+// the account: its lease must have at least half its TTL left (so it
+// cannot expire while the call is in flight), and the stored operation
+// must still be owned by this process. A worker that fails either check is
+// fenced.
+func (h *opHandle) mayCall(ctx context.Context) bool {
+	if h.crashed.Load() {
+		return false
+	}
+	if h.m.now().Add(h.m.cfg.LeaseTTL / 2).After(time.Unix(0, h.leaseUntil.Load())) {
+		h.fence("its lease was not renewed in time")
+		return false
+	}
+	cur, err := h.m.loadOp(ctx, h.id)
+	switch {
+	case err != nil:
+		h.m.log.Warn("could not re-check the operation's owner; not calling vast.ai", logOp(h.id), logErr(err))
+		return false
+	case cur == nil || cur.Owner != h.m.owner:
+		h.fence("another process owns it now")
+		return false
+	}
+	return true
+}
+
+// update changes the operation and persists it with a renewed lease, as a
+// compare-and-set on owner and version: if another process took the
+// operation over, nothing is written and the worker is fenced. Writes
+// survive the cancellation of ctx: progress (above all an instance id)
+// must reach the Store even when the manager is stopping.
 func (h *opHandle) update(ctx context.Context, fn func(op *Operation)) error {
 	if h.crashed.Load() {
-		return errors.New("lifecycle: worker crashed (test)")
+		return ErrLeaseLost
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	fn(h.op)
-	h.op.Owner = h.m.owner
-	h.op.LeaseUntil = h.m.now().Add(h.m.cfg.LeaseTTL)
+	next := h.op.clone()
+	next.Owner = h.m.owner
+	next.LeaseUntil = h.m.now().Add(h.m.cfg.LeaseTTL)
+	expect := h.op.Version
 	pctx, cancel := persistCtx(ctx)
 	defer cancel()
 	var err error
 	for i := 0; i < 3; i++ {
-		if err = h.m.saveOp(pctx, h.op.clone()); err == nil {
+		retry := i > 0
+		err = h.m.casOp(pctx, next, h.m.cfg.LockTimeout, func(cur *Operation) error {
+			if cur == nil {
+				return nil
+			}
+			// A retry may find its previous, failed-looking write applied.
+			if cur.Owner != h.m.owner || (cur.Version != expect && !(retry && cur.Version == expect+1)) {
+				return fmt.Errorf("%w: stored owner %q version %d, this worker holds version %d",
+					ErrLeaseLost, cur.Owner, cur.Version, expect)
+			}
 			return nil
+		})
+		if err == nil {
+			h.op.Owner, h.op.LeaseUntil, h.op.Version, h.op.Updated = next.Owner, next.LeaseUntil, next.Version, next.Updated
+			h.leaseUntil.Store(next.LeaseUntil.UnixNano())
+			return nil
+		}
+		if errors.Is(err, ErrLeaseLost) {
+			h.crashed.Store(true)
+			h.m.log.Warn("operation taken over by another process; stopping here", logOp(h.id), logErr(err))
+			h.cancel()
+			return err
 		}
 		if sleepCtx(pctx, 200*time.Millisecond) != nil {
 			break
@@ -359,9 +501,9 @@ func (h *opHandle) update(ctx context.Context, fn func(op *Operation)) error {
 	return err
 }
 
-// renew keeps the lease fresh until stop is called. If another process took
-// the operation over (this one stalled past its lease), the worker is
-// cancelled so that two processes never work on one operation.
+// renew keeps the lease fresh until stop is called. A renewal that fails
+// is not ignored: once the lease written last has expired, the worker is
+// fenced (another process may be resuming the operation).
 func (h *opHandle) renew(ctx context.Context) (stop func()) {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
@@ -381,16 +523,11 @@ func (h *opHandle) renew(ctx context.Context) (stop func()) {
 			if h.crashed.Load() {
 				return
 			}
-			id := h.get().ID
-			cur, err := h.m.loadOp(ctx, id)
-			if err == nil && cur != nil && cur.Owner != h.m.owner && h.m.now().Before(cur.LeaseUntil) {
-				h.m.log.Warn("operation taken over by another process; stopping here",
-					logOp(id), zap.String("owner", cur.Owner))
-				h.crashed.Store(true) // write nothing more
-				h.cancel()
+			err := h.update(ctx, func(*Operation) {})
+			if err != nil && !h.crashed.Load() && !h.m.now().Before(time.Unix(0, h.leaseUntil.Load())) {
+				h.fence("renewing its lease failed past the lease's end: " + err.Error())
 				return
 			}
-			_ = h.update(ctx, func(*Operation) {})
 		}
 	}()
 	return func() { close(done); wg.Wait() }
@@ -419,7 +556,7 @@ func (m *Manager) register(op *Operation) (*opHandle, bool) {
 		return nil, false
 	}
 	ctx, cancel := context.WithCancel(m.base)
-	h := &opHandle{m: m, id: op.ID, ctx: ctx, op: op.clone(), cancel: cancel}
+	h := newHandle(m, op, ctx, cancel)
 	m.active[op.ID] = h
 	m.wg.Add(1)
 	return h, true
@@ -446,11 +583,17 @@ func (m *Manager) runHandle(h *opHandle) {
 func (m *Manager) release(h *opHandle) {
 	if !h.crashed.Load() {
 		h.mu.Lock()
-		h.op.LeaseUntil = time.Time{}
 		op := h.op.clone()
+		op.LeaseUntil = time.Time{}
+		expect := h.op.Version
 		h.mu.Unlock()
 		pctx, cancel := persistCtx(context.Background())
-		if err := m.saveOp(pctx, op); err != nil {
+		if err := m.casOp(pctx, op, m.cfg.LockTimeout, func(cur *Operation) error {
+			if cur != nil && (cur.Owner != m.owner || cur.Version != expect) {
+				return fmt.Errorf("%w: not releasing", ErrLeaseLost)
+			}
+			return nil
+		}); err != nil {
 			m.log.Warn("could not release operation lease", logOp(op.ID), logErr(err))
 		}
 		cancel()

@@ -66,9 +66,9 @@ func (m *Manager) Provision(ctx context.Context, pool string, req ProvisionReque
 			return err
 		}
 		c := m.poolCount(recs, pool, nil)
-		if tpl.MaxInstances > 0 && c.total()+n > tpl.MaxInstances {
+		if tpl.MaxInstances > 0 && c.capTotal()+n > tpl.MaxInstances {
 			return fmt.Errorf("%w: pool %q has %d instances and %d provisionings in progress; %d more would exceed max_instances %d",
-				ErrMaxInstances, pool, c.live, c.inProgress, n, tpl.MaxInstances)
+				ErrMaxInstances, pool, c.billing, c.inProgress, n, tpl.MaxInstances)
 		}
 		prices := pickPrices(tpl, offers, m.offersInUse(recs, ""), n)
 		total := 0.0
@@ -118,25 +118,33 @@ func (m *Manager) newProvisionOp(pool, trigger string, price float64) *Operation
 
 // poolCounts is a pool's size for min/max_instances.
 type poolCounts struct {
-	live       int // instance records provisioning or active
+	live       int // instance records provisioning or active (not dead)
+	billing    int // every record that may still bill, dead and destroying ones included
 	inProgress int // provisionings without a counted instance
 }
 
+// total is what counts towards min_instances: instances that serve or
+// will.
 func (c poolCounts) total() int { return c.live + c.inProgress }
 
+// capTotal is what counts against max_instances: everything that may bill.
+func (c poolCounts) capTotal() int { return c.billing + c.inProgress }
+
 // poolCount counts a pool's instances: records being provisioned or active
-// (not those being destroyed, nor dead ones when dead is given) and
-// provisionings in progress whose instance is not among them.
+// (not dead ones, when dead is given) as live, every record that may still
+// bill (destroying and destroy_failed too) as billing, and provisionings in
+// progress whose instance has no record yet.
 func (m *Manager) poolCount(recs *records, pool string, dead map[int64]bool) poolCounts {
 	var c poolCounts
 	counted := map[int64]bool{}
 	for id, rec := range recs.insts {
-		if rec.Pool != pool || dead[id] {
+		if rec.Pool != pool || !rec.Live() {
 			continue
 		}
-		if rec.State == InstanceProvisioning || rec.State == InstanceActive {
+		c.billing++
+		counted[id] = true
+		if !dead[id] && (rec.State == InstanceProvisioning || rec.State == InstanceActive) {
 			c.live++
-			counted[id] = true
 		}
 	}
 	for _, op := range recs.ops {
@@ -407,6 +415,22 @@ func (m *Manager) create(ctx context.Context, h *opHandle, tpl PoolTemplate, off
 	if m.runHook(h, "before-create") {
 		return
 	}
+	// Fencing: a worker whose lease lapsed (its storage stalled, say) or
+	// that lost the operation to another process must not create.
+	if !h.mayCall(ctx) {
+		if !h.crashed.Load() {
+			// The owner could not be re-checked: the create was not sent,
+			// so the attempt never happened.
+			_ = h.update(ctx, func(op *Operation) {
+				if cur := op.current(); cur != nil && cur.State == AttemptCreating && cur.InstanceID == 0 {
+					op.Attempts = op.Attempts[:len(op.Attempts)-1]
+				}
+				op.State = StatePending
+			})
+			_ = sleepCtx(ctx, m.cfg.PollInterval)
+		}
+		return
+	}
 	res, err := m.api.CreateInstance(ctx, offer.ID, m.createRequest(tpl, op.Label))
 	m.evictOffer(offer.ID)
 	if m.runHook(h, "after-create") {
@@ -466,17 +490,25 @@ func (m *Manager) endAttempt(ctx context.Context, h *opHandle, state, msg string
 	})
 }
 
+// A create whose outcome is unknown is concluded to have created nothing
+// only after lostCreateListings successful label listings at least
+// lostCreateSpacing apart without it: new instances can be missing from
+// listings for a while. A late row that still shows up afterwards is
+// retired by reconciliation as a duplicate.
+const (
+	lostCreateListings = 3
+	lostCreateSpacing  = time.Second
+)
+
 // resolveCreate finds the instance of a create whose outcome is unknown
 // (an ambiguous answer, or a process that died around the call) by its
-// label. Two consecutive successful listings without it are required before
-// concluding that nothing was created: instances can be missing from a
-// listing shortly after creation.
+// label (see lostCreateListings).
 func (m *Manager) resolveCreate(ctx context.Context, h *opHandle) {
 	op := h.get()
 	known := op.knownInstances()
 	misses := 0
 	backoff := m.cfg.PollInterval
-	for misses < 2 {
+	for misses < lostCreateListings {
 		res, err := m.api.ListInstances(ctx, vastclient.ListOptions{Label: op.Label})
 		if ctx.Err() != nil {
 			return
@@ -491,8 +523,13 @@ func (m *Manager) resolveCreate(ctx context.Context, h *opHandle) {
 			continue
 		}
 		var found []int64
-		for _, in := range res.Instances {
-			if in.Label == op.Label && !known[in.ID] {
+		seen := map[int64]bool{}
+		// The routing side's listings are consulted too: another view of
+		// the account widens the window in which a late row can show up.
+		rows, _, _ := m.fleet.Instances()
+		for _, in := range append(res.Instances, rows...) {
+			if in.Label == op.Label && !known[in.ID] && !seen[in.ID] && in.CurState != "unloaded" {
+				seen[in.ID] = true
 				found = append(found, in.ID)
 			}
 		}
@@ -513,7 +550,7 @@ func (m *Manager) resolveCreate(ctx context.Context, h *opHandle) {
 			return
 		}
 		misses++
-		if misses < 2 && sleepCtx(ctx, max(m.cfg.PollInterval, 200*time.Millisecond)) != nil {
+		if misses < lostCreateListings && sleepCtx(ctx, max(m.cfg.PollInterval, lostCreateSpacing)) != nil {
 			return
 		}
 	}

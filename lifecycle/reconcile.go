@@ -28,6 +28,10 @@ type Report struct {
 	// destroyed if the next reconciliation sees them again.
 	OrphansPending []int64 `json:"orphans_pending,omitempty"`
 	OrphansIgnored []int64 `json:"orphans_ignored,omitempty"`
+	// OrphansOverCap were not adopted because their pool is at
+	// max_instances or over a budget. They keep billing: destroy them or
+	// raise the limit.
+	OrphansOverCap []int64 `json:"orphans_over_cap,omitempty"`
 	// GhostSuspects are recorded instances missing from the listing, not
 	// yet confirmed gone.
 	GhostSuspects []int64 `json:"ghost_suspects,omitempty"`
@@ -36,6 +40,17 @@ type Report struct {
 	// DeadDestroyed were active but dead (exited, offline, failed, ...)
 	// for longer than the pool's ready_timeout.
 	DeadDestroyed []int64 `json:"dead_destroyed,omitempty"`
+	// DuplicatesDestroyed carried the label of an operation bound to
+	// another instance.
+	DuplicatesDestroyed []int64 `json:"duplicates_destroyed,omitempty"`
+	// DuplicatesPending were seen once; they are destroyed if the next
+	// reconciliation sees them again.
+	DuplicatesPending []int64 `json:"duplicates_pending,omitempty"`
+	// ProbeFailing are pools where every instance that was ready before
+	// fails its health probe now (after a configuration change, say).
+	// They are kept, not replaced: only vast.ai's view of an instance, or
+	// an operator, destroys an instance that served.
+	ProbeFailing []string `json:"probe_failing,omitempty"`
 	// Unmanaged are live instances of pools that are no longer configured.
 	// They keep billing and are left alone (a configuration mistake must
 	// not destroy a fleet): destroy them explicitly.
@@ -61,6 +76,7 @@ type Replacement struct {
 
 func (r *Report) acted() bool {
 	return len(r.OrphansAdopted)+len(r.OrphansDestroyed)+len(r.OrphansPending)+len(r.Ghosts)+
+		len(r.DuplicatesDestroyed)+len(r.DuplicatesPending)+len(r.OrphansOverCap)+
 		len(r.DeadDestroyed)+len(r.ProvisionsStarted)+len(r.Replacements)+len(r.Resumed)+
 		len(r.DestroyRetries)+len(r.Errors) > 0
 }
@@ -85,13 +101,11 @@ func (m *Manager) Reconcile(ctx context.Context) (*Report, error) {
 		return rep, ErrStopped
 	}
 	m.stats.reconciles.Add(1)
-	listStart := m.now()
-	res, lerr := m.api.ListInstances(ctx, vastclient.ListOptions{})
+	res, listStart, lerr := m.listForReconcile(ctx)
 	if lerr != nil {
 		rep.ListError = lerr.Error()
 	} else {
 		rep.Listed = true
-		m.noteListing(res, listStart)
 	}
 	var toStart []*Operation
 	err := m.withLock(ctx, func(ctx context.Context) error {
@@ -106,6 +120,7 @@ func (m *Manager) Reconcile(ctx context.Context) (*Report, error) {
 		toStart = append(toStart, m.resumeLocked(ctx, recs, rep)...)
 		if rep.Listed {
 			dead := m.reconcileListing(ctx, recs, st, res, listStart, rep)
+			st.ListedAt = listStart
 			toStart = append(toStart, m.reconcileLifetime(ctx, recs, dead, rep)...)
 			toStart = append(toStart, m.reconcileMin(ctx, recs, dead, rep)...)
 		}
@@ -129,6 +144,25 @@ func (m *Manager) Reconcile(ctx context.Context) (*Report, error) {
 		return rep, fmt.Errorf("reconcile: listing instances failed, nothing acted upon: %w", lerr)
 	}
 	return rep, nil
+}
+
+// listForReconcile returns the listing reconciliation acts on and when it
+// began: the routing side's latest successful listing when it is at most
+// FleetListingMaxAge old (one listing then feeds both), otherwise a
+// listing of its own. A failed listing is an error, never "no instances".
+func (m *Manager) listForReconcile(ctx context.Context) (*vastclient.ListResult, time.Time, error) {
+	if maxAge := m.cfg.FleetListingMaxAge; maxAge > 0 {
+		if l, ok := m.fleet.Listing(); ok && !l.Started.IsZero() && m.now().Sub(l.Started) <= maxAge {
+			return &vastclient.ListResult{Instances: l.Rows, Skipped: l.Skipped}, l.Started, nil
+		}
+	}
+	start := m.now()
+	res, err := m.api.ListInstances(ctx, vastclient.ListOptions{})
+	if err != nil {
+		return nil, start, err
+	}
+	m.noteListing(res, start)
+	return res, start, nil
 }
 
 // resume takes over abandoned operations without a full reconciliation.
@@ -178,9 +212,10 @@ func (m *Manager) resumeLocked(ctx context.Context, recs *records, rep *Report) 
 			continue // another process works on it
 		}
 		prev := op.Owner
-		op.Owner, op.LeaseUntil = m.owner, now.Add(m.cfg.LeaseTTL)
-		if err := m.saveOp(ctx, op); err != nil {
-			rep.errorf("taking over operation %s: %v", op.ID, err)
+		if err := m.takeOver(ctx, op); err != nil {
+			if !errors.Is(err, ErrLeaseLost) {
+				rep.errorf("taking over operation %s: %v", op.ID, err)
+			}
 			continue
 		}
 		m.log.Info("resuming operation", logOp(op.ID), zap.String("kind", op.Kind),
@@ -240,6 +275,33 @@ func (m *Manager) resumeLocked(ctx context.Context, recs *records, rep *Report) 
 	return out
 }
 
+// takeOver leases op to this process as a compare-and-set: only if the
+// stored copy is still the one read (same owner and version) and its lease
+// is released or expired. Waiting for the operation's lock is bounded by
+// the lease TTL: a holder stalled that long is not waited for.
+func (m *Manager) takeOver(ctx context.Context, op *Operation) error {
+	prevOwner, prevVersion := op.Owner, op.Version
+	now := m.now()
+	next := op.clone()
+	next.Owner, next.LeaseUntil = m.owner, now.Add(m.cfg.LeaseTTL)
+	err := m.casOp(ctx, next, min(m.cfg.LockTimeout, m.cfg.LeaseTTL), func(cur *Operation) error {
+		switch {
+		case cur == nil:
+			return fmt.Errorf("%w: operation %s no longer stored", ErrLeaseLost, op.ID)
+		case cur.Owner != prevOwner || cur.Version != prevVersion:
+			return fmt.Errorf("%w: operation %s changed meanwhile", ErrLeaseLost, op.ID)
+		case cur.Owner != m.owner && now.Before(cur.LeaseUntil):
+			return fmt.Errorf("%w: operation %s is leased", ErrLeaseLost, op.ID)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	*op = *next
+	return nil
+}
+
 // startDestroyLocked records a destroy operation for a record without
 // starting its worker (the caller does, after releasing the lock).
 func (m *Manager) startDestroyLocked(ctx context.Context, rec *InstanceRecord, reason string) (*Operation, error) {
@@ -263,14 +325,22 @@ func (m *Manager) reconcileListing(ctx context.Context, recs *records, st *recon
 		byID[res.Instances[i].ID] = &res.Instances[i]
 	}
 
+	fresh := listStart.After(st.ListedAt)
 	// Orphans: our label, no live record, no operation still working on it.
-	orphanSeen := map[int64]bool{}
+	orphanSeen, dupSeen := map[int64]bool{}, map[int64]bool{}
 	for i := range res.Instances {
 		row := &res.Instances[i]
 		l, ours := ownedLabel(m.cfg.GatewayID, row.Label)
 		rec := recs.insts[row.ID]
 		if ours || (rec != nil && rec.Live()) {
 			rep.Owned++
+		}
+		if ours && row.CurState != "unloaded" {
+			if bound := boundElsewhere(recs, byID, l.OpID, row.ID); bound > 0 {
+				dupSeen[row.ID] = true
+				m.retireDuplicate(ctx, recs, st, row, l, bound, fresh, rep)
+				continue
+			}
 		}
 		if !ours || (rec != nil && rec.Live()) || row.CurState == "unloaded" {
 			continue
@@ -286,6 +356,12 @@ func (m *Manager) reconcileListing(ctx context.Context, recs *records, st *recon
 		orphanSeen[row.ID] = true
 		switch m.cfg.Orphans {
 		case OrphansAdopt:
+			if why := m.adoptionRefused(recs, l.Pool); why != "" {
+				m.log.Error("orphan instance not adopted; it keeps billing: destroy it or raise the limit",
+					logInst(row.ID), logPool(l.Pool), logReason(why))
+				rep.OrphansOverCap = append(rep.OrphansOverCap, row.ID)
+				continue
+			}
 			start := time.Time{}
 			if row.StartDate > 0 {
 				start = time.Unix(0, int64(row.StartDate*1e9))
@@ -306,7 +382,9 @@ func (m *Manager) reconcileListing(ctx context.Context, recs *records, st *recon
 			m.log.Warn("adopted orphan instance", logInst(row.ID), logPool(l.Pool), zap.String("label", row.Label))
 			rep.OrphansAdopted = append(rep.OrphansAdopted, row.ID)
 		case OrphansDestroy:
-			st.Orphans[row.ID]++
+			if fresh || st.Orphans[row.ID] == 0 {
+				st.Orphans[row.ID]++
+			}
 			if st.Orphans[row.ID] < 2 {
 				rep.OrphansPending = append(rep.OrphansPending, row.ID)
 				continue
@@ -332,6 +410,11 @@ func (m *Manager) reconcileListing(ctx context.Context, recs *records, st *recon
 			delete(st.Orphans, id) // sightings must be consecutive
 		}
 	}
+	for id := range st.Duplicates {
+		if !dupSeen[id] {
+			delete(st.Duplicates, id)
+		}
+	}
 
 	// Ghosts: live records missing from consecutive successful listings,
 	// confirmed by the show endpoint.
@@ -355,7 +438,9 @@ func (m *Manager) reconcileListing(ctx context.Context, recs *records, st *recon
 			// without a usable id (one of them might be this instance).
 			continue
 		}
-		st.Misses[id]++
+		if fresh {
+			st.Misses[id]++
+		}
 		if st.Misses[id] < m.cfg.GhostConfirmations {
 			rep.GhostSuspects = append(rep.GhostSuspects, id)
 			continue
@@ -388,6 +473,7 @@ func (m *Manager) reconcileListing(ctx context.Context, recs *records, st *recon
 	// Dead instances: active, listed, and dead for longer than the pool's
 	// ready_timeout. They bill without serving.
 	dead := map[int64]bool{}
+	probes := probeTally{}
 	for _, id := range ids {
 		rec := recs.insts[id]
 		row := byID[id]
@@ -399,9 +485,11 @@ func (m *Manager) reconcileListing(ctx context.Context, recs *records, st *recon
 		if !ok {
 			tpl = PoolTemplate{}.withDefaults()
 		}
-		why := m.deadReason(tpl, row)
+		m.noteReady(ctx, rec)
+		why := m.deadReason(tpl, rec, row)
 		if why == "" {
 			delete(st.DeadSince, id)
+			probes.add(m.fleet, rec)
 			continue
 		}
 		dead[id] = true
@@ -424,6 +512,7 @@ func (m *Manager) reconcileListing(ctx context.Context, recs *records, st *recon
 		m.startWorker(op)
 		rep.DeadDestroyed = append(rep.DeadDestroyed, id)
 	}
+	rep.ProbeFailing = m.setProbeFailing(probes)
 	for _, id := range ids {
 		rec := recs.insts[id]
 		if _, ok := m.cfg.Pools[rec.Pool]; !ok && (rec.State == InstanceActive || rec.State == InstanceProvisioning) {
@@ -446,10 +535,84 @@ func (m *Manager) reconcileListing(ctx context.Context, recs *records, st *recon
 	return dead
 }
 
+// boundElsewhere returns the instance that the finished provisioning
+// opID is bound to, when that is not id and it may still exist; 0 else.
+func boundElsewhere(recs *records, byID map[int64]*vastclient.Instance, opID string, id int64) int64 {
+	op := recs.ops[opID]
+	if op == nil || op.Kind != KindProvision || op.State != StateSucceeded || op.InstanceID <= 0 || op.InstanceID == id {
+		return 0
+	}
+	if r := recs.insts[op.InstanceID]; (r != nil && r.Live()) || byID[op.InstanceID] != nil {
+		return op.InstanceID
+	}
+	return 0
+}
+
+// retireDuplicate drains and destroys (after two sightings) an instance
+// that carries the label of an operation bound to another instance: the
+// answer of its create was lost, or two processes both created.
+func (m *Manager) retireDuplicate(ctx context.Context, recs *records, st *reconcileState,
+	row *vastclient.Instance, l Label, bound int64, fresh bool, rep *Report) {
+	if rec := recs.insts[row.ID]; rec != nil && rec.destroying() {
+		return // already on its way out
+	}
+	if fresh || st.Duplicates[row.ID] == 0 {
+		st.Duplicates[row.ID]++
+	}
+	if st.Duplicates[row.ID] < 2 {
+		rep.DuplicatesPending = append(rep.DuplicatesPending, row.ID)
+		return
+	}
+	reason := fmt.Sprintf("duplicate: labelled for operation %s, which is bound to instance %d", l.OpID, bound)
+	op, err := m.startDestroy(ctx, row.ID, destroyParams{reason: reason, pool: l.Pool, label: row.Label,
+		drain: true, inline: true})
+	if err != nil {
+		rep.errorf("destroying duplicate %d: %v", row.ID, err)
+		return
+	}
+	recs.ops[op.ID] = op
+	if rec := recs.insts[row.ID]; rec != nil {
+		rec.State = InstanceDestroying
+	}
+	delete(st.Duplicates, row.ID)
+	m.stats.duplicatesDestroyed.Add(1)
+	m.log.Error("a second instance for one operation; draining and destroying it",
+		logInst(row.ID), logOp(l.OpID), logPool(l.Pool), zap.Int64("bound_instance", bound))
+	m.startWorker(op)
+	rep.DuplicatesDestroyed = append(rep.DuplicatesDestroyed, row.ID)
+}
+
+// adoptionRefused says why adopting an orphan into pool would exceed
+// max_instances or a budget, or "" when it would not. Orphans of pools
+// that are not configured have no limits here (they are reported as
+// unmanaged).
+func (m *Manager) adoptionRefused(recs *records, pool string) string {
+	tpl, ok := m.cfg.Pools[pool]
+	if !ok {
+		return ""
+	}
+	if c := m.poolCount(recs, pool, nil); tpl.MaxInstances > 0 && c.capTotal()+1 > tpl.MaxInstances {
+		return fmt.Sprintf("pool %q has %d instances and %d provisionings in progress; max_instances is %d",
+			pool, c.billing, c.inProgress, tpl.MaxInstances)
+	}
+	// The orphan's row is already in the spend (an owned label); the pool
+	// must not be over budget with it.
+	if err := m.checkSpend(recs, pool, tpl, 0, ""); err != nil {
+		m.noteRefusal(err)
+		return err.Error()
+	}
+	return ""
+}
+
 // deadReason says why an active instance is dead, or "" if it is not.
-// Stopped bid instances were outbid and resume by themselves; they are left
-// alone.
-func (m *Manager) deadReason(tpl PoolTemplate, row *vastclient.Instance) string {
+// Only vast.ai's view (exited, offline, unknown, stopped, intended_status
+// stopped) kills an instance that was ready before: failing probes alone
+// may be a configuration change (a wrong path, model or token source), and
+// destroying a serving fleet for it would cost more than it saves. An
+// instance that never was ready is dead when the routing side says it
+// failed. Stopped bid instances were outbid and resume by themselves;
+// they are left alone.
+func (m *Manager) deadReason(tpl PoolTemplate, rec *InstanceRecord, row *vastclient.Instance) string {
 	switch row.ActualStatus {
 	case "exited", "offline", "unknown":
 		return "actual_status " + row.ActualStatus
@@ -458,10 +621,82 @@ func (m *Manager) deadReason(tpl PoolTemplate, row *vastclient.Instance) string 
 			return "stopped"
 		}
 	}
+	if row.IntendedStatus == "stopped" && tpl.Type != TypeBid {
+		return "intended_status stopped"
+	}
+	if !rec.ReadyAt.IsZero() {
+		return ""
+	}
 	if st, _, ok := m.fleet.State(row.ID); ok && st == FleetFailed {
 		return "the routing side reports it failed"
 	}
 	return ""
+}
+
+// noteReady records that an active instance is ready now, if its record
+// does not know it was (an adopted orphan, a record from before ReadyAt).
+func (m *Manager) noteReady(ctx context.Context, rec *InstanceRecord) {
+	if !rec.ReadyAt.IsZero() {
+		return
+	}
+	if st, _, ok := m.fleet.State(rec.ID); !ok || st != FleetReady {
+		return
+	}
+	rec.ReadyAt = m.now()
+	if err := m.saveInst(ctx, rec); err != nil {
+		m.log.Warn("could not record that an instance is ready", logInst(rec.ID), logErr(err))
+	}
+}
+
+// probeTally counts, per pool, the active instances that were ready
+// before and those of them failing their probes now.
+type probeTally map[string]*[2]int
+
+func (t probeTally) add(f Fleet, rec *InstanceRecord) {
+	if rec.ReadyAt.IsZero() {
+		return
+	}
+	c := t[rec.Pool]
+	if c == nil {
+		c = new([2]int)
+		t[rec.Pool] = c
+	}
+	c[0]++
+	if st, _, ok := f.State(rec.ID); ok && (st == FleetFailed || st == FleetUnhealthy) {
+		c[1]++
+	}
+}
+
+// setProbeFailing records which pools have every previously ready
+// instance failing its probe, logs each change (at error level when it
+// starts) and returns the failing pools, sorted.
+func (m *Manager) setProbeFailing(t probeTally) []string {
+	var out []string
+	m.mu.Lock()
+	prev := m.probeFailing
+	m.probeFailing = map[string]bool{}
+	for pool, c := range t {
+		if c[0] > 0 && c[1] == c[0] {
+			m.probeFailing[pool] = true
+			out = append(out, pool)
+		}
+	}
+	now := m.probeFailing
+	m.mu.Unlock()
+	sort.Strings(out)
+	for _, pool := range out {
+		if !prev[pool] {
+			m.log.Error("every instance of the pool fails its health probe although it was ready before; "+
+				"keeping them (check the pool's health settings and token source after a configuration change)",
+				logPool(pool), zap.Int("instances", t[pool][0]))
+		}
+	}
+	for pool := range prev {
+		if !now[pool] {
+			m.log.Info("the pool's instances pass their health probe again", logPool(pool))
+		}
+	}
+	return out
 }
 
 // reconcileLifetime replaces instances older than their pool's
@@ -505,6 +740,14 @@ func (m *Manager) reconcileLifetime(ctx context.Context, recs *records, dead map
 			rec.ReplacedBy = ""
 		}
 		if rec.age(now) < tpl.MaxLifetime {
+			continue
+		}
+		// A replacement is made before the old instance goes, so at the
+		// cap it may exceed max_instances by one: one replacement at a
+		// time, the next once the retired instance is confirmed gone.
+		if c := m.poolCount(recs, rec.Pool, nil); tpl.MaxInstances > 0 && c.capTotal() > tpl.MaxInstances {
+			m.log.Debug("max_lifetime replacement waits for the previous one (max_instances)",
+				logInst(id), logPool(rec.Pool), zap.Int("instances", c.capTotal()))
 			continue
 		}
 		var prices []float64
@@ -558,8 +801,7 @@ func (m *Manager) reconcileMin(ctx context.Context, recs *records, dead map[int6
 		c := m.poolCount(recs, pool, dead)
 		need := tpl.MinInstances - c.total()
 		if tpl.MaxInstances > 0 {
-			all := m.poolCount(recs, pool, nil)
-			need = min(need, tpl.MaxInstances-all.total())
+			need = min(need, tpl.MaxInstances-c.capTotal())
 		}
 		if need <= 0 {
 			continue

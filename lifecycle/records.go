@@ -112,6 +112,11 @@ type Operation struct {
 	// expired lease lets another process resume it.
 	Owner      string    `json:"owner,omitempty"`
 	LeaseUntil time.Time `json:"lease_until,omitzero"`
+	// Version increases with every write of the record. Writes of an
+	// existing operation are compare-and-set on Owner and Version (see
+	// casOp), so a worker that lost its lease cannot overwrite the record
+	// of the process that took the operation over.
+	Version int64 `json:"version,omitempty"`
 }
 
 // Final reports whether the operation reached a final state.
@@ -202,8 +207,15 @@ type reconcileState struct {
 	Misses map[int64]int `json:"misses,omitempty"`
 	// DeadSince is when each active instance was first seen dead.
 	DeadSince map[int64]time.Time `json:"dead_since,omitempty"`
-	LastRun   time.Time           `json:"last_run,omitzero"`
-	LastOwner string              `json:"last_owner,omitempty"`
+	// Duplicates counts consecutive reconciliations that saw each
+	// duplicate (an instance labelled for an operation bound to another).
+	Duplicates map[int64]int `json:"duplicates,omitempty"`
+	// ListedAt is when the listing last used was taken; sightings and
+	// misses are counted once per listing, even when two reconciliations
+	// use the same listing of the routing side.
+	ListedAt  time.Time `json:"listed_at,omitzero"`
+	LastRun   time.Time `json:"last_run,omitzero"`
+	LastOwner string    `json:"last_owner,omitempty"`
 }
 
 // blockEntry is one blocklisted machine.
@@ -240,6 +252,39 @@ func (m *Manager) saveOp(ctx context.Context, op *Operation) error {
 	m.ops[op.ID] = op.clone()
 	m.mu.Unlock()
 	return nil
+}
+
+// casOp writes op under the operation's storage lock after check accepted
+// the stored copy (nil when there is none), with the stored version plus
+// one. Storage has no compare-and-set; the lock makes read-check-write
+// atomic between processes sharing it. wait bounds waiting for the lock.
+func (m *Manager) casOp(ctx context.Context, op *Operation, wait time.Duration, check func(cur *Operation) error) error {
+	name := m.keyBase() + "/operation_locks/" + op.ID
+	lctx, cancel := context.WithTimeout(ctx, wait)
+	err := m.store.Lock(lctx, name)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("locking operation %s: %w", op.ID, err)
+	}
+	defer func() {
+		uctx, cancel := persistCtx(ctx)
+		defer cancel()
+		if err := m.store.Unlock(uctx, name); err != nil {
+			m.log.Error("releasing operation lock failed", logOp(op.ID), logErr(err))
+		}
+	}()
+	cur, err := m.loadOp(ctx, op.ID)
+	if err != nil {
+		return err
+	}
+	if err := check(cur); err != nil {
+		return err
+	}
+	op.Version = 1
+	if cur != nil {
+		op.Version = cur.Version + 1
+	}
+	return m.saveOp(ctx, op)
 }
 
 // loadOp reads an operation; (nil, nil) when it does not exist.
@@ -419,6 +464,9 @@ func (m *Manager) loadState(ctx context.Context) (*reconcileState, error) {
 	}
 	if st.DeadSince == nil {
 		st.DeadSince = map[int64]time.Time{}
+	}
+	if st.Duplicates == nil {
+		st.Duplicates = map[int64]int{}
 	}
 	return st, nil
 }
