@@ -194,6 +194,11 @@ func (f listingFleet) Instances() ([]vastclient.Instance, time.Time, bool) {
 	return f.rows, f.at, true
 }
 
+// Listing is never offered as fresh: sweep's one listing was taken before
+// the destroys, so verification must list again by itself.
+func (listingFleet) Listing() (lifecycle.Listing, bool) { return lifecycle.Listing{}, false }
+func (listingFleet) Exclude(int64, string)              {}
+
 // destroyVerified destroys each gateway's instances through a
 // lifecycle.Manager of that gateway over a memory store, so sweep uses the
 // same verified destruction as the gateway (DELETE re-issued until the
