@@ -111,6 +111,7 @@ type Config struct {
 type Client struct {
 	base        string
 	key         string
+	red         *redactor
 	userAgent   string
 	hc          *http.Client
 	timeout     time.Duration
@@ -162,6 +163,7 @@ func New(cfg Config) (*Client, error) {
 	c := &Client{
 		base:        base,
 		key:         key,
+		red:         newRedactor(key),
 		userAgent:   cfg.UserAgent,
 		timeout:     cfg.RequestTimeout,
 		pacers:      pacers,
@@ -353,17 +355,15 @@ func (c *Client) attemptError(ctx, actx context.Context, err error) error {
 
 // apiError turns an answer into an *APIError.
 func (c *Client) apiError(cl *call, resp *response) *APIError {
-	return parseAPIError(cl.method, cl.tmpl, resp.status, resp.body, c.key)
+	return c.red.parseAPIError(cl.method, cl.tmpl, resp.status, resp.body)
 }
 
-// unexpected reports a 2xx body the client cannot understand.
+// unexpected reports a 2xx body the client cannot understand. The body is
+// not quoted: a 2xx answer is real data (instance tokens, env values), and
+// a truncated one cannot even be scrubbed field by field.
 func (c *Client) unexpected(cl *call, resp *response, what string) error {
-	excerpt := cleanText(redact(string(resp.body), c.key), c.key, 200)
-	if !utf8.ValidString(excerpt) {
-		excerpt = strconv.Quote(excerpt)
-	}
-	return fmt.Errorf("vast.ai %s %s: HTTP %d: %w: %s (body: %s)",
-		cl.method, cl.tmpl, resp.status, ErrUnexpectedResponse, what, excerpt)
+	return fmt.Errorf("vast.ai %s %s: HTTP %d: %w: %s (%d-byte body withheld)",
+		cl.method, cl.tmpl, resp.status, ErrUnexpectedResponse, what, len(resp.body))
 }
 
 // wrap hides the API key from err's text; all exported methods return
@@ -372,7 +372,7 @@ func (c *Client) wrap(err error) error {
 	if err == nil {
 		return nil
 	}
-	return &redactedError{err: err, key: c.key}
+	return &redactedError{err: err, r: c.red}
 }
 
 // decodeObject checks the status and parses a 2xx body as a JSON object,
@@ -572,6 +572,7 @@ func (c *Client) ListInstances(ctx context.Context, opts ListOptions) (*ListResu
 				res.Instances = append(res.Instances, in)
 			}
 		}
+		c.learnInstances(page.instances)
 		if page.next == "" {
 			return res, nil
 		}
@@ -608,6 +609,7 @@ func (c *Client) ShowInstance(ctx context.Context, id int64) (*Instance, error) 
 	if err != nil {
 		return nil, c.wrap(fmt.Errorf("show instance %d: %w", id, err))
 	}
+	c.red.add(true, appendInstanceSecrets(nil, in)...)
 	return in, nil
 }
 
@@ -811,6 +813,7 @@ func (c *Client) decodeCreate(cl *call, resp *response) (*CreateResult, error) {
 				Success:        isTrue(m["success"]),
 				InstanceAPIKey: flexString(m["instance_api_key"]),
 			}
+			c.red.add(true, res.InstanceAPIKey)
 			if !res.Success || !resp.ok() {
 				e := c.apiError(cl, resp)
 				c.log.Warn("vast.ai create reported a failure but named a new instance; tracking it",
