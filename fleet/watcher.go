@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -157,6 +158,7 @@ func (w *Watcher) Poll(ctx context.Context) error {
 	if lister == nil {
 		return nil
 	}
+	start := w.now()
 	res, err := lister.ListInstances(ctx, vastclient.ListOptions{})
 	if ctx.Err() != nil {
 		// Shutting down: an aborted poll says nothing about the fleet.
@@ -166,22 +168,23 @@ func (w *Watcher) Poll(ctx context.Context) error {
 
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if w.poll.FirstAttempt.IsZero() {
+		w.poll.FirstAttempt = start
+	}
 	w.poll.LastAttempt = now
 	if err != nil {
-		w.poll.LastError = err.Error()
-		w.poll.ConsecutiveFailures++
-		w.logger().Warn("listing vast.ai instances failed; keeping the last known fleet",
-			zap.Error(err),
-			zap.Int("consecutive_failures", w.poll.ConsecutiveFailures),
-			zap.Duration("stale_for", w.poll.Stale(now)))
+		w.failedLocked(err, now)
 		w.publishLocked()
 		return err
 	}
-	if w.poll.ConsecutiveFailures > 0 {
+	if w.poll.AuthError {
+		w.logger().Info("the vast.ai API key is accepted again")
+	} else if w.poll.ConsecutiveFailures > 0 {
 		w.logger().Info("listing vast.ai instances recovered", zap.Int("after_failures", w.poll.ConsecutiveFailures))
 	}
-	w.poll.LastError, w.poll.ConsecutiveFailures = "", 0
-	w.poll.LastSuccess, w.poll.Skipped = now, res.Skipped
+	w.poll.LastError, w.poll.ConsecutiveFailures, w.poll.AuthError = "", 0, false
+	w.poll.LastSuccess, w.poll.Skipped, w.poll.Pages = now, res.Skipped, res.Pages
+	w.poll.DataTime, w.poll.ListingDuration = start, now.Sub(start)
 
 	seen := make(map[int64]bool, len(res.Instances))
 	for _, in := range res.Instances {
@@ -220,6 +223,34 @@ func (w *Watcher) Poll(ctx context.Context) error {
 	}
 	w.publishLocked()
 	return nil
+}
+
+// failedLocked records a failed listing. A rejected API key is an
+// operator's problem that no retry solves: it is logged at error level
+// once per change, not as a warning on every poll.
+func (w *Watcher) failedLocked(err error, now time.Time) {
+	w.poll.LastError = err.Error()
+	w.poll.ConsecutiveFailures++
+	auth := errors.Is(err, vastclient.ErrAuth)
+	wasAuth := w.poll.AuthError
+	w.poll.AuthError = auth
+	switch {
+	case auth && !wasAuth:
+		w.logger().Error("the vast.ai API key was rejected",
+			zap.Error(err), zap.Bool("listing_ever_succeeded", !w.poll.NeverSucceeded()))
+	case auth:
+		w.logger().Debug("the vast.ai API key is still rejected", zap.Int("consecutive_failures", w.poll.ConsecutiveFailures))
+	case w.poll.NeverSucceeded():
+		w.logger().Warn("listing vast.ai instances failed; no listing has succeeded yet, so nothing is routed",
+			zap.Error(err),
+			zap.Int("consecutive_failures", w.poll.ConsecutiveFailures),
+			zap.Duration("failing_for", w.poll.Stale(now)))
+	default:
+		w.logger().Warn("listing vast.ai instances failed; keeping the last known fleet",
+			zap.Error(err),
+			zap.Int("consecutive_failures", w.poll.ConsecutiveFailures),
+			zap.Duration("stale_for", w.poll.Stale(now)))
+	}
 }
 
 // stepLocked advances one instance's health state and logs transitions.
