@@ -316,6 +316,9 @@ type statusView struct {
 	// before the first); ListingPages how many pages it had.
 	ListingSeconds *float64 `json:"listing_seconds"`
 	ListingPages   int      `json:"listing_pages"`
+	// ListingLabels are the exact labels the listing asks vast.ai for
+	// (all pools select exact labels); null means the whole account.
+	ListingLabels []string `json:"listing_labels"`
 	// DataAgeSeconds is the age of the oldest routing data: the time since
 	// the last successful listing started (null before the first).
 	DataAgeSeconds  *float64 `json:"data_age_seconds"`
@@ -330,7 +333,7 @@ func newStatusView(snap *fleet.Snapshot, running int, now time.Time) statusView 
 		Generation: snap.Generation, LastSuccess: timePtr(p.LastSuccess), LastAttempt: timePtr(p.LastAttempt),
 		LastError: p.LastError, ListingOK: !p.NeverSucceeded() && p.ConsecutiveFailures == 0,
 		NeverSucceeded: p.NeverSucceeded(), AuthError: p.AuthError, ConsecutiveFailures: p.ConsecutiveFailures,
-		StaleSeconds: p.Stale(now).Seconds(), ListingPages: p.Pages, SkippedRows: p.Skipped,
+		StaleSeconds: p.Stale(now).Seconds(), ListingPages: p.Pages, ListingLabels: p.LabelFilter, SkippedRows: p.Skipped,
 		Instances: len(snap.Members), WatchersRunning: running,
 	}
 	if !p.NeverSucceeded() {

@@ -52,6 +52,9 @@ type PollStatus struct {
 	DataTime time.Time
 	// Pages is the number of pages of the last successful listing.
 	Pages int
+	// LabelFilter holds the exact labels the last successful listing asked
+	// for; nil means the whole account was listed. Never modified.
+	LabelFilter []string
 }
 
 // Stale reports how long the data has not been refreshed while listings

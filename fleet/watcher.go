@@ -3,6 +3,7 @@ package fleet
 import (
 	"context"
 	"errors"
+	"sort"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -28,6 +29,44 @@ type Config struct {
 	// Dial opens probe connections in tunnel mode (see SetTunnel); in
 	// direct mode probes dial the public address over TCP.
 	Dial Dialer
+	// IncludePrefixes are label prefixes whose instances every listing
+	// must return although no pool may select them: the lifecycle's "cv:"
+	// when reconcile reads the watcher's listing. The list API has no
+	// prefix operator, so any prefix means listing the whole account.
+	IncludePrefixes []string
+	// SelectColumns asks vast.ai only for the columns the client decodes
+	// (select_cols), which shrinks pages but not their number. Off by
+	// default: whether computed columns such as dph_total are served under
+	// select_cols is unverified on the real API.
+	SelectColumns bool
+}
+
+// listOptions is the narrowest listing that still returns every instance
+// the pools (and IncludePrefixes) select. Only exact labels can be asked
+// for ("label in [...]"): a prefix could be written as a range on label,
+// but the server's string order (its collation) is unknown, and a row
+// missed by a wrong range is an instance billing unseen. So any prefix, a
+// provisioning pool or a catch-all pool lists the whole account.
+func listOptions(cfg Config) vastclient.ListOptions {
+	var o vastclient.ListOptions
+	if cfg.SelectColumns {
+		o.Columns = vastclient.InstanceColumns
+	}
+	if len(cfg.IncludePrefixes) > 0 || len(cfg.Pools) == 0 {
+		return o
+	}
+	set := map[string]bool{}
+	for _, p := range cfg.Pools {
+		if p.Label == "" || p.LabelPrefix != "" || p.ManagedPrefix != "" {
+			return o
+		}
+		set[p.Label] = true
+	}
+	for l := range set {
+		o.Labels = append(o.Labels, l)
+	}
+	sort.Strings(o.Labels)
+	return o
 }
 
 // DefaultPollInterval is used when Config.PollInterval is not positive.
@@ -153,13 +192,13 @@ func (w *Watcher) Run(ctx context.Context) {
 // instances".
 func (w *Watcher) Poll(ctx context.Context) error {
 	w.mu.Lock()
-	lister := w.lister
+	lister, opts := w.lister, listOptions(w.cfg)
 	w.mu.Unlock()
 	if lister == nil {
 		return nil
 	}
 	start := w.now()
-	res, err := lister.ListInstances(ctx, vastclient.ListOptions{})
+	res, err := lister.ListInstances(ctx, opts)
 	if ctx.Err() != nil {
 		// Shutting down: an aborted poll says nothing about the fleet.
 		return ctx.Err()
@@ -185,6 +224,7 @@ func (w *Watcher) Poll(ctx context.Context) error {
 	w.poll.LastError, w.poll.ConsecutiveFailures, w.poll.AuthError = "", 0, false
 	w.poll.LastSuccess, w.poll.Skipped, w.poll.Pages = now, res.Skipped, res.Pages
 	w.poll.DataTime, w.poll.ListingDuration = start, now.Sub(start)
+	w.poll.LabelFilter = opts.Labels
 
 	seen := make(map[int64]bool, len(res.Instances))
 	for _, in := range res.Instances {
