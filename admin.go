@@ -107,17 +107,7 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		if err := onlyGET(r); err != nil {
 			return err
 		}
-		return writeJSON(w, http.StatusOK, statusView{
-			Generation:          snap.Generation,
-			LastSuccess:         timePtr(snap.Poll.LastSuccess),
-			LastAttempt:         timePtr(snap.Poll.LastAttempt),
-			LastError:           snap.Poll.LastError,
-			ConsecutiveFailures: snap.Poll.ConsecutiveFailures,
-			StaleSeconds:        snap.Poll.Stale(time.Now()).Seconds(),
-			SkippedRows:         snap.Poll.Skipped,
-			Instances:           len(snap.Members),
-			WatchersRunning:     a.app.state.watcher.Running(),
-		})
+		return writeJSON(w, http.StatusOK, newStatusView(snap, a.app.state.watcher.Running(), time.Now()))
 	}
 	return apiError(http.StatusNotFound, fmt.Errorf("no such endpoint: %s %s (see /vastai/instances, /vastai/pools, /vastai/operations, /vastai/offers, /vastai/status)", r.Method, r.URL.Path))
 }
@@ -302,16 +292,67 @@ func instanceCost(in *vastclient.Instance, now time.Time) (rate, accrued float64
 	return rate, accrued
 }
 
+// statusView is the watcher's health: whether listings work, how fresh the
+// routing data is and how long a listing takes.
 type statusView struct {
-	Generation          uint64     `json:"generation"`
-	LastSuccess         *time.Time `json:"last_success"`
-	LastAttempt         *time.Time `json:"last_attempt"`
-	LastError           string     `json:"last_error,omitempty"`
-	ConsecutiveFailures int        `json:"consecutive_failures"`
-	StaleSeconds        float64    `json:"stale_seconds"`
-	SkippedRows         int        `json:"skipped_rows"`
-	Instances           int        `json:"instances"`
-	WatchersRunning     int        `json:"watchers_running"`
+	Generation  uint64     `json:"generation"`
+	LastSuccess *time.Time `json:"last_success"`
+	LastAttempt *time.Time `json:"last_attempt"`
+	LastError   string     `json:"last_error,omitempty"`
+	// ListingOK is true when the last listing succeeded.
+	ListingOK bool `json:"listing_ok"`
+	// NeverSucceeded is true until a listing succeeds: nothing is routed.
+	NeverSucceeded bool `json:"never_succeeded"`
+	// AuthError is true while vast.ai rejects the API key.
+	AuthError bool `json:"auth_error"`
+	// Problem explains, in a sentence, what is wrong; empty when nothing is.
+	Problem             string `json:"problem,omitempty"`
+	ConsecutiveFailures int    `json:"consecutive_failures"`
+	// StaleSeconds is how long listings have failed: since the last
+	// success, or since the first attempt when none succeeded; 0 while
+	// listings succeed.
+	StaleSeconds float64 `json:"stale_seconds"`
+	// ListingSeconds is how long the last successful listing took (null
+	// before the first); ListingPages how many pages it had.
+	ListingSeconds *float64 `json:"listing_seconds"`
+	ListingPages   int      `json:"listing_pages"`
+	// ListingLabels are the exact labels the listing asks vast.ai for
+	// (all pools select exact labels); null means the whole account.
+	ListingLabels []string `json:"listing_labels"`
+	// DataAgeSeconds is the age of the oldest routing data: the time since
+	// the last successful listing started (null before the first).
+	DataAgeSeconds  *float64 `json:"data_age_seconds"`
+	SkippedRows     int      `json:"skipped_rows"`
+	Instances       int      `json:"instances"`
+	WatchersRunning int      `json:"watchers_running"`
+}
+
+func newStatusView(snap *fleet.Snapshot, running int, now time.Time) statusView {
+	p := snap.Poll
+	v := statusView{
+		Generation: snap.Generation, LastSuccess: timePtr(p.LastSuccess), LastAttempt: timePtr(p.LastAttempt),
+		LastError: p.LastError, ListingOK: !p.NeverSucceeded() && p.ConsecutiveFailures == 0,
+		NeverSucceeded: p.NeverSucceeded(), AuthError: p.AuthError, ConsecutiveFailures: p.ConsecutiveFailures,
+		StaleSeconds: p.Stale(now).Seconds(), ListingPages: p.Pages, ListingLabels: p.LabelFilter, SkippedRows: p.Skipped,
+		Instances: len(snap.Members), WatchersRunning: running,
+	}
+	if !p.NeverSucceeded() {
+		secs := p.ListingDuration.Seconds()
+		v.ListingSeconds = &secs
+	}
+	if age, ok := p.DataAge(now); ok {
+		secs := age.Seconds()
+		v.DataAgeSeconds = &secs
+	}
+	switch {
+	case p.AuthError:
+		v.Problem = "vast.ai rejected the API key (auth_error): fix api_key; nothing is listed until then"
+	case p.NeverSucceeded() && p.ConsecutiveFailures > 0:
+		v.Problem = "no listing of the vast.ai account has succeeded yet, so no instance is routed (see last_error)"
+	case p.ConsecutiveFailures > 0:
+		v.Problem = "listings fail; routing uses the last successful listing (see last_error and stale_seconds)"
+	}
+	return v
 }
 
 func timePtr(t time.Time) *time.Time {

@@ -27,6 +27,9 @@ type collector struct {
 	failures       *prometheus.Desc
 	stale          *prometheus.Desc
 	watcherRunning *prometheus.Desc
+	authFailed     *prometheus.Desc
+	listingSecs    *prometheus.Desc
+	dataAge        *prometheus.Desc
 	gpuUtil        *prometheus.Desc
 	gpuMemUsed     *prometheus.Desc
 	gpuMemTotal    *prometheus.Desc
@@ -64,15 +67,18 @@ func newCollector(w *fleet.Watcher, ssh func() *sshRuntime, lc func() *lifecycle
 		poolRoutable:   d("pool_routable_instances", "Routable instances per pool.", "pool"),
 		lastSuccess:    d("watch_last_success_timestamp_seconds", "Unix time of the last successful instance listing."),
 		failures:       d("watch_consecutive_failures", "Failed instance listings since the last success."),
-		stale:          d("watch_stale_seconds", "Seconds since the last successful listing while listings fail, else 0."),
+		stale:          d("watch_stale_seconds", "Seconds since the last successful listing (or since the first attempt if none succeeded) while listings fail, else 0."),
 		watcherRunning: d("watchers_running", "Number of running watcher loops (1 when healthy)."),
+		authFailed:     d("api_auth_failed", "1 while vast.ai rejects the API key (auth_error), else 0."),
+		listingSecs:    d("listing_duration_seconds", "How long the last successful full listing of the account took (all pages, paced at 1 request/s)."),
+		dataAge:        d("routing_data_age_seconds", "Age of the oldest routing data: seconds since the last successful listing started."),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.instances, c.routable, c.price, c.poolRoutable, c.lastSuccess, c.failures, c.stale, c.watcherRunning,
-		c.gpuUtil, c.gpuMemUsed, c.gpuMemTotal, c.gpuTemp, c.gpuPower, c.sshPath, c.accrued, c.poolSpend, c.destroyFailed, c.lcCounters} {
+		c.authFailed, c.listingSecs, c.dataAge, c.gpuUtil, c.gpuMemUsed, c.gpuMemTotal, c.gpuTemp, c.gpuPower, c.sshPath, c.accrued, c.poolSpend, c.destroyFailed, c.lcCounters} {
 		ch <- d
 	}
 }
@@ -125,8 +131,15 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(c.lastSuccess, prometheus.GaugeValue, last)
 	ch <- prometheus.MustNewConstMetric(c.failures, prometheus.GaugeValue, float64(snap.Poll.ConsecutiveFailures))
-	ch <- prometheus.MustNewConstMetric(c.stale, prometheus.GaugeValue, snap.Poll.Stale(time.Now()).Seconds())
+	ch <- prometheus.MustNewConstMetric(c.stale, prometheus.GaugeValue, snap.Poll.Stale(now).Seconds())
 	ch <- prometheus.MustNewConstMetric(c.watcherRunning, prometheus.GaugeValue, float64(c.w.Running()))
+	ch <- prometheus.MustNewConstMetric(c.authFailed, prometheus.GaugeValue, boolFloat(snap.Poll.AuthError))
+	if !snap.Poll.NeverSucceeded() {
+		ch <- prometheus.MustNewConstMetric(c.listingSecs, prometheus.GaugeValue, snap.Poll.ListingDuration.Seconds())
+	}
+	if age, ok := snap.Poll.DataAge(now); ok {
+		ch <- prometheus.MustNewConstMetric(c.dataAge, prometheus.GaugeValue, age.Seconds())
+	}
 }
 
 func (c *collector) collectSSH(ch chan<- prometheus.Metric, rt *sshRuntime, pool string, id int64) {

@@ -141,7 +141,9 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	out.Header.Set("Authorization", "Bearer "+route.Token)
 
 	done := t.st.inflight.begin(route.ID, t.st.forgotten)
-	resp, err := t.HTTPTransport.RoundTrip(out)
+	// Tunnel routes use a pool per instance (ssh.go), so that one
+	// instance's SSH change flushes only its own idle connections.
+	resp, err := t.st.roundTrip(t.HTTPTransport, route, out)
 	if err != nil || resp == nil {
 		done()
 	} else {

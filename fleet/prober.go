@@ -204,6 +204,12 @@ func (p *prober) probePath(ctx context.Context, addr, token string, spec HealthS
 	}
 	req.Header.Set("Authorization", "Bearer "+token)
 	req.Header.Set("User-Agent", "caddy-vastai-health")
+	if di, ok := ctx.Value(probeDialKey{}).(probeDialInfo); ok && di.dial != nil {
+		// Through a tunnel a probe costs one SSH channel, no handshake, so
+		// it keeps no idle connection: none can pin a retired SSH path, and
+		// no instance's connection change needs to flush the prober.
+		req.Close = true
+	}
 	if spec.Body != "" {
 		req.Header.Set("Content-Type", "application/json")
 	}

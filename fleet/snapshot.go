@@ -38,15 +38,51 @@ type PollStatus struct {
 	ConsecutiveFailures int
 	// Skipped counts rows of the last successful listing that had no usable id.
 	Skipped int
+	// AuthError is true while listings fail because vast.ai rejected the
+	// API key: no retry will help until the key is fixed.
+	AuthError bool
+	// FirstAttempt is when the watcher's first listing started: until a
+	// listing succeeds, the data has been missing since then.
+	FirstAttempt time.Time
+	// ListingDuration is how long the last successful listing took (all
+	// its pages, paced by vast.ai's rate limit).
+	ListingDuration time.Duration
+	// DataTime is when the last successful listing started: its oldest
+	// rows are that old.
+	DataTime time.Time
+	// Pages is the number of pages of the last successful listing.
+	Pages int
+	// LabelFilter holds the exact labels the last successful listing asked
+	// for; nil means the whole account was listed. Never modified.
+	LabelFilter []string
 }
 
-// Stale reports how long the data has not been refreshed, measured from the
-// last successful poll (0 while polls succeed).
+// Stale reports how long the data has not been refreshed while listings
+// fail: since the last success, or since the first attempt when none ever
+// succeeded. It is 0 while listings succeed.
 func (p PollStatus) Stale(now time.Time) time.Duration {
-	if p.ConsecutiveFailures == 0 || p.LastSuccess.IsZero() {
+	switch {
+	case p.ConsecutiveFailures == 0:
 		return 0
+	case p.LastSuccess.IsZero():
+		if p.FirstAttempt.IsZero() {
+			return 0
+		}
+		return now.Sub(p.FirstAttempt)
 	}
 	return now.Sub(p.LastSuccess)
+}
+
+// NeverSucceeded reports whether no listing has succeeded yet.
+func (p PollStatus) NeverSucceeded() bool { return p.LastSuccess.IsZero() }
+
+// DataAge is how old the oldest routing data is: the time since the last
+// successful listing started. ok is false when there is none.
+func (p PollStatus) DataAge(now time.Time) (age time.Duration, ok bool) {
+	if p.DataTime.IsZero() {
+		return 0, false
+	}
+	return now.Sub(p.DataTime), true
 }
 
 // Member is one known instance with what the control plane derived from it.

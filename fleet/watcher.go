@@ -2,6 +2,8 @@ package fleet
 
 import (
 	"context"
+	"errors"
+	"sort"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -27,6 +29,44 @@ type Config struct {
 	// Dial opens probe connections in tunnel mode (see SetTunnel); in
 	// direct mode probes dial the public address over TCP.
 	Dial Dialer
+	// IncludePrefixes are label prefixes whose instances every listing
+	// must return although no pool may select them: the lifecycle's "cv:"
+	// when reconcile reads the watcher's listing. The list API has no
+	// prefix operator, so any prefix means listing the whole account.
+	IncludePrefixes []string
+	// SelectColumns asks vast.ai only for the columns the client decodes
+	// (select_cols), which shrinks pages but not their number. Off by
+	// default: whether computed columns such as dph_total are served under
+	// select_cols is unverified on the real API.
+	SelectColumns bool
+}
+
+// listOptions is the narrowest listing that still returns every instance
+// the pools (and IncludePrefixes) select. Only exact labels can be asked
+// for ("label in [...]"): a prefix could be written as a range on label,
+// but the server's string order (its collation) is unknown, and a row
+// missed by a wrong range is an instance billing unseen. So any prefix, a
+// provisioning pool or a catch-all pool lists the whole account.
+func listOptions(cfg Config) vastclient.ListOptions {
+	var o vastclient.ListOptions
+	if cfg.SelectColumns {
+		o.Columns = vastclient.InstanceColumns
+	}
+	if len(cfg.IncludePrefixes) > 0 || len(cfg.Pools) == 0 {
+		return o
+	}
+	set := map[string]bool{}
+	for _, p := range cfg.Pools {
+		if p.Label == "" || p.LabelPrefix != "" || p.ManagedPrefix != "" {
+			return o
+		}
+		set[p.Label] = true
+	}
+	for l := range set {
+		o.Labels = append(o.Labels, l)
+	}
+	sort.Strings(o.Labels)
+	return o
 }
 
 // DefaultPollInterval is used when Config.PollInterval is not positive.
@@ -155,12 +195,13 @@ func (w *Watcher) Run(ctx context.Context) {
 // instances".
 func (w *Watcher) Poll(ctx context.Context) error {
 	w.mu.Lock()
-	lister := w.lister
+	lister, opts := w.lister, listOptions(w.cfg)
 	w.mu.Unlock()
 	if lister == nil {
 		return nil
 	}
-	res, err := lister.ListInstances(ctx, vastclient.ListOptions{})
+	start := w.now()
+	res, err := lister.ListInstances(ctx, opts)
 	if ctx.Err() != nil {
 		// Shutting down: an aborted poll says nothing about the fleet.
 		return ctx.Err()
@@ -169,22 +210,24 @@ func (w *Watcher) Poll(ctx context.Context) error {
 
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if w.poll.FirstAttempt.IsZero() {
+		w.poll.FirstAttempt = start
+	}
 	w.poll.LastAttempt = now
 	if err != nil {
-		w.poll.LastError = err.Error()
-		w.poll.ConsecutiveFailures++
-		w.logger().Warn("listing vast.ai instances failed; keeping the last known fleet",
-			zap.Error(err),
-			zap.Int("consecutive_failures", w.poll.ConsecutiveFailures),
-			zap.Duration("stale_for", w.poll.Stale(now)))
+		w.failedLocked(err, now)
 		w.publishLocked()
 		return err
 	}
-	if w.poll.ConsecutiveFailures > 0 {
+	if w.poll.AuthError {
+		w.logger().Info("the vast.ai API key is accepted again")
+	} else if w.poll.ConsecutiveFailures > 0 {
 		w.logger().Info("listing vast.ai instances recovered", zap.Int("after_failures", w.poll.ConsecutiveFailures))
 	}
-	w.poll.LastError, w.poll.ConsecutiveFailures = "", 0
-	w.poll.LastSuccess, w.poll.Skipped = now, res.Skipped
+	w.poll.LastError, w.poll.ConsecutiveFailures, w.poll.AuthError = "", 0, false
+	w.poll.LastSuccess, w.poll.Skipped, w.poll.Pages = now, res.Skipped, res.Pages
+	w.poll.DataTime, w.poll.ListingDuration = start, now.Sub(start)
+	w.poll.LabelFilter = opts.Labels
 
 	seen := make(map[int64]bool, len(res.Instances))
 	for _, in := range res.Instances {
@@ -223,6 +266,34 @@ func (w *Watcher) Poll(ctx context.Context) error {
 	}
 	w.publishLocked()
 	return nil
+}
+
+// failedLocked records a failed listing. A rejected API key is an
+// operator's problem that no retry solves: it is logged at error level
+// once per change, not as a warning on every poll.
+func (w *Watcher) failedLocked(err error, now time.Time) {
+	w.poll.LastError = err.Error()
+	w.poll.ConsecutiveFailures++
+	auth := errors.Is(err, vastclient.ErrAuth)
+	wasAuth := w.poll.AuthError
+	w.poll.AuthError = auth
+	switch {
+	case auth && !wasAuth:
+		w.logger().Error("the vast.ai API key was rejected",
+			zap.Error(err), zap.Bool("listing_ever_succeeded", !w.poll.NeverSucceeded()))
+	case auth:
+		w.logger().Debug("the vast.ai API key is still rejected", zap.Int("consecutive_failures", w.poll.ConsecutiveFailures))
+	case w.poll.NeverSucceeded():
+		w.logger().Warn("listing vast.ai instances failed; no listing has succeeded yet, so nothing is routed",
+			zap.Error(err),
+			zap.Int("consecutive_failures", w.poll.ConsecutiveFailures),
+			zap.Duration("failing_for", w.poll.Stale(now)))
+	default:
+		w.logger().Warn("listing vast.ai instances failed; keeping the last known fleet",
+			zap.Error(err),
+			zap.Int("consecutive_failures", w.poll.ConsecutiveFailures),
+			zap.Duration("stale_for", w.poll.Stale(now)))
+	}
 }
 
 // stepLocked advances one instance's health state and logs transitions.

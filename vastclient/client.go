@@ -20,6 +20,7 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -111,6 +112,7 @@ type Config struct {
 type Client struct {
 	base        string
 	key         string
+	red         *redactor
 	userAgent   string
 	hc          *http.Client
 	timeout     time.Duration
@@ -162,6 +164,7 @@ func New(cfg Config) (*Client, error) {
 	c := &Client{
 		base:        base,
 		key:         key,
+		red:         newRedactor(key),
 		userAgent:   cfg.UserAgent,
 		timeout:     cfg.RequestTimeout,
 		pacers:      pacers,
@@ -353,17 +356,15 @@ func (c *Client) attemptError(ctx, actx context.Context, err error) error {
 
 // apiError turns an answer into an *APIError.
 func (c *Client) apiError(cl *call, resp *response) *APIError {
-	return parseAPIError(cl.method, cl.tmpl, resp.status, resp.body, c.key)
+	return c.red.parseAPIError(cl.method, cl.tmpl, resp.status, resp.body)
 }
 
-// unexpected reports a 2xx body the client cannot understand.
+// unexpected reports a 2xx body the client cannot understand. The body is
+// not quoted: a 2xx answer is real data (instance tokens, env values), and
+// a truncated one cannot even be scrubbed field by field.
 func (c *Client) unexpected(cl *call, resp *response, what string) error {
-	excerpt := cleanText(redact(string(resp.body), c.key), c.key, 200)
-	if !utf8.ValidString(excerpt) {
-		excerpt = strconv.Quote(excerpt)
-	}
-	return fmt.Errorf("vast.ai %s %s: HTTP %d: %w: %s (body: %s)",
-		cl.method, cl.tmpl, resp.status, ErrUnexpectedResponse, what, excerpt)
+	return fmt.Errorf("vast.ai %s %s: HTTP %d: %w: %s (%d-byte body withheld)",
+		cl.method, cl.tmpl, resp.status, ErrUnexpectedResponse, what, len(resp.body))
 }
 
 // wrap hides the API key from err's text; all exported methods return
@@ -372,7 +373,7 @@ func (c *Client) wrap(err error) error {
 	if err == nil {
 		return nil
 	}
-	return &redactedError{err: err, key: c.key}
+	return &redactedError{err: err, r: c.red}
 }
 
 // decodeObject checks the status and parses a 2xx body as a JSON object,
@@ -452,6 +453,66 @@ type ListOptions struct {
 	// Label, when set, asks vast.ai to return only instances with exactly
 	// this label. Ownership must still be checked by the caller.
 	Label string
+	// Labels, when set, asks for the instances whose label is exactly one
+	// of these (select_filters {"label": {"in": [...]}}). It cannot be
+	// combined with Label. The v1 list has no prefix operator, so a
+	// caller that needs a label prefix (the plugin's "cv:") must list the
+	// whole account.
+	Labels []string
+	// Columns, when set, asks for these columns only (select_cols), which
+	// shrinks the pages but not their number. InstanceColumns are the
+	// columns Instance decodes. Whether vast.ai serves computed columns
+	// (dph_total, num_gpus) under select_cols is unverified.
+	Columns []string
+}
+
+// InstanceColumns are the instance columns the client decodes, for
+// ListOptions.Columns.
+var InstanceColumns = []string{
+	"id", "actual_status", "intended_status", "cur_state", "next_state", "status_msg", "label",
+	"image_uuid", "image_runtype", "template_hash_id", "extra_env", "onstart", "image_args",
+	"jupyter_token", "public_ipaddr", "ports", "ssh_host", "ssh_port", "machine_id", "host_id",
+	"num_gpus", "gpu_name", "gpu_ram", "gpu_util", "gpu_temp", "disk_space", "geolocation",
+	"dph_total", "storage_total_cost", "is_bid", "start_date", "end_date", "reliability2",
+}
+
+// query builds the list's query parameters.
+func (o ListOptions) query() (url.Values, error) {
+	q := url.Values{"limit": {strconv.Itoa(listPageLimit)}}
+	var filter map[string]map[string]any
+	switch {
+	case o.Label != "" && len(o.Labels) > 0:
+		return nil, errors.New("vastclient: list options: Label and Labels are mutually exclusive")
+	case o.Label != "":
+		filter = map[string]map[string]any{"label": {"eq": o.Label}}
+	case len(o.Labels) > 0:
+		for _, l := range o.Labels {
+			if l == "" {
+				return nil, errors.New("vastclient: list options: Labels has an empty label")
+			}
+		}
+		filter = map[string]map[string]any{"label": {"in": o.Labels}}
+	}
+	if filter != nil {
+		f, err := json.Marshal(filter)
+		if err != nil {
+			return nil, fmt.Errorf("vastclient: encoding label filter: %w", err)
+		}
+		q.Set("select_filters", string(f))
+	}
+	if len(o.Columns) > 0 {
+		cols := o.Columns
+		if !slices.Contains(cols, "id") {
+			// Rows without an id are skipped: never ask for such rows.
+			cols = append([]string{"id"}, cols...)
+		}
+		c, err := json.Marshal(cols)
+		if err != nil {
+			return nil, fmt.Errorf("vastclient: encoding select_cols: %w", err)
+		}
+		q.Set("select_cols", string(c))
+	}
+	return q, nil
 }
 
 // ListResult is a complete listing of the account's instances.
@@ -532,13 +593,9 @@ func decodeListPage(body []byte) (*listPage, error) {
 // list's cursor until the last page. It fails as a whole if any page fails:
 // a listing is either complete or an error, never silently short or empty.
 func (c *Client) ListInstances(ctx context.Context, opts ListOptions) (*ListResult, error) {
-	q := url.Values{"limit": {strconv.Itoa(listPageLimit)}}
-	if opts.Label != "" {
-		f, err := json.Marshal(map[string]map[string]string{"label": {"eq": opts.Label}})
-		if err != nil {
-			return nil, fmt.Errorf("vastclient: encoding label filter: %w", err)
-		}
-		q.Set("select_filters", string(f))
+	q, err := opts.query()
+	if err != nil {
+		return nil, err
 	}
 	res := &ListResult{Instances: []Instance{}}
 	seenToken := map[string]bool{}
@@ -572,6 +629,7 @@ func (c *Client) ListInstances(ctx context.Context, opts ListOptions) (*ListResu
 				res.Instances = append(res.Instances, in)
 			}
 		}
+		c.learnInstances(page.instances)
 		if page.next == "" {
 			return res, nil
 		}
@@ -608,6 +666,7 @@ func (c *Client) ShowInstance(ctx context.Context, id int64) (*Instance, error) 
 	if err != nil {
 		return nil, c.wrap(fmt.Errorf("show instance %d: %w", id, err))
 	}
+	c.red.add(true, appendInstanceSecrets(nil, in)...)
 	return in, nil
 }
 
@@ -811,6 +870,7 @@ func (c *Client) decodeCreate(cl *call, resp *response) (*CreateResult, error) {
 				Success:        isTrue(m["success"]),
 				InstanceAPIKey: flexString(m["instance_api_key"]),
 			}
+			c.red.add(true, res.InstanceAPIKey)
 			if !res.Success || !resp.ok() {
 				e := c.apiError(cl, resp)
 				c.log.Warn("vast.ai create reported a failure but named a new instance; tracking it",

@@ -58,8 +58,10 @@ const redactedMarker = "[REDACTED]"
 // APIError is an unsuccessful answer from vast.ai: a non-2xx status, or a 2xx
 // body carrying "success": false.
 //
-// Every string field has had the API key replaced by "[REDACTED]", since
-// some servers echo request data back in their error bodies.
+// Every string field has had the API key, every registered or learned
+// secret and the values of jupyter_token, instance_api_key, extra_env and
+// env replaced by "[REDACTED]", since vast.ai echoes request data and
+// instance objects back in its error bodies and messages.
 type APIError struct {
 	// Method is the HTTP method of the request.
 	Method string
@@ -77,7 +79,8 @@ type APIError struct {
 	Msg string
 	// AskID is the offer id vast.ai reported with a no_such_ask error.
 	AskID int64
-	// Body is an excerpt of the response body, at most 512 bytes.
+	// Body is an excerpt of an error response's body, at most 512 bytes;
+	// always empty for a 2xx answer, which is real data.
 	Body string
 
 	// noSuchAsk is computed from the whole body, which Body may truncate.
@@ -141,57 +144,68 @@ func (e *APIError) Is(target error) bool {
 	return false
 }
 
+// parseAPIError builds an APIError from a response, redacting only the API
+// key; the Client uses its redactor, which knows more secrets.
+func parseAPIError(method, path string, status int, body []byte, key string) *APIError {
+	return newRedactor(key).parseAPIError(method, path, status, body)
+}
+
 // parseAPIError builds an APIError from a response. The body may be JSON in
 // any of the shapes vast.ai uses, plain text, HTML or garbage; parsing never
-// fails. key is redacted from every field.
-func parseAPIError(method, path string, status int, body []byte, key string) *APIError {
+// fails. Every secret the redactor knows, and the value of every sensitive
+// field, is removed from every field. A 2xx body is never excerpted: it is
+// a real answer, which carries instance tokens and env values.
+func (r *redactor) parseAPIError(method, path string, status int, body []byte) *APIError {
 	e := &APIError{Method: method, Path: path, Status: status}
-	text := redact(string(body), key)
-	if normalized, ok := redactJSON(body, key); ok {
-		e.Body = truncateUTF8(normalized, maxBodyExcerpt)
-	} else {
-		e.Body = truncateUTF8(text, maxBodyExcerpt)
+	text := r.text(string(body))
+	if status < 200 || status > 299 {
+		if normalized, ok := r.redactJSON(body); ok {
+			e.Body = truncateUTF8(normalized, maxBodyExcerpt)
+		} else {
+			e.Body = truncateUTF8(text, maxBodyExcerpt)
+		}
 	}
-	e.noSuchAsk = strings.Contains(text, "no_such_ask")
+	e.noSuchAsk = strings.Contains(string(body), "no_such_ask")
 
 	var m map[string]json.RawMessage
 	trimmed := bytes.TrimSpace(body)
 	if len(trimmed) > 0 && trimmed[0] == '{' && json.Unmarshal(trimmed, &m) == nil {
-		e.Code = cleanText(flexString(m["error"]), key, 100)
+		e.Code = r.clean(flexString(m["error"]), 100)
 		if e.Code == "" {
 			// {"message": ..., "code": "429 Too Many Requests"} puts an HTTP
 			// status line in "code"; only an identifier-like value is a
 			// vast.ai error code.
 			if c := flexString(m["code"]); isIdentifier(c) {
-				e.Code = cleanText(c, key, 100)
+				e.Code = r.clean(c, 100)
 			}
 		}
 		for _, k := range []string{"msg", "message", "detail"} {
-			if s := rawText(m[k], key); s != "" {
-				e.Msg = cleanText(s, key, maxMsgLen)
+			if s := r.rawText(m[k]); s != "" {
+				e.Msg = r.clean(s, maxMsgLen)
 				break
 			}
 		}
 		e.AskID = flexInt(m["ask_id"])
-		// The JSON decoding may have turned an escaped form of the key or
-		// of the code into plain text; look again at the decoded values.
-		if strings.Contains(e.Code, "no_such_ask") || strings.Contains(e.Msg, "no_such_ask") {
+		// The JSON decoding may have turned an escaped form of the code
+		// into plain text; look again at the decoded values.
+		if strings.Contains(flexString(m["error"]), "no_such_ask") || strings.Contains(e.Msg, "no_such_ask") {
 			e.noSuchAsk = true
 		}
 		return e
 	}
 	if len(trimmed) > 0 && trimmed[0] != '<' && trimmed[0] != '{' && trimmed[0] != '[' {
 		// Plain text, like the 429 "API requests too frequent".
-		e.Msg = cleanText(text, key, maxMsgLen)
+		e.Msg = r.clean(text, maxMsgLen)
 	}
 	return e
 }
 
-// redactJSON re-encodes a JSON body with the key removed from every string
-// (object keys included). Working on decoded strings catches a key that the
-// server escaped (for example "\/" for "/"), which a search of the raw text
-// would miss.
-func redactJSON(body []byte, key string) (string, bool) {
+// redactJSON re-encodes a JSON body with the secrets removed from every
+// string (object keys included) and the values of sensitive fields
+// replaced whole. Working on decoded strings catches a secret that the
+// server escaped (for example "\/" for "/"), which a search of the raw
+// text would miss.
+func (r *redactor) redactJSON(body []byte) (string, bool) {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()
 	var v any
@@ -204,25 +218,29 @@ func redactJSON(body []byte, key string) (string, bool) {
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
 	enc.SetEscapeHTML(false)
-	if enc.Encode(redactValue(v, key)) != nil {
+	if enc.Encode(r.redactValue(v)) != nil {
 		return "", false
 	}
-	return redact(strings.TrimSuffix(buf.String(), "\n"), key), true
+	return r.text(strings.TrimSuffix(buf.String(), "\n")), true
 }
 
-func redactValue(v any, key string) any {
+func (r *redactor) redactValue(v any) any {
 	switch x := v.(type) {
 	case string:
-		return redact(x, key)
+		return r.text(x)
 	case []any:
 		for i := range x {
-			x[i] = redactValue(x[i], key)
+			x[i] = r.redactValue(x[i])
 		}
 		return x
 	case map[string]any:
 		out := make(map[string]any, len(x))
 		for k, val := range x {
-			out[redact(k, key)] = redactValue(val, key)
+			if sensitiveField(k) && val != nil && val != "" {
+				out[r.text(k)] = redactedMarker
+				continue
+			}
+			out[r.text(k)] = r.redactValue(val)
 		}
 		return out
 	}
@@ -231,7 +249,7 @@ func redactValue(v any, key string) any {
 
 // rawText returns a JSON string's value, or a redacted compact rendering of
 // any other non-null value (FastAPI-style "detail" can be a list of objects).
-func rawText(raw json.RawMessage, key string) string {
+func (r *redactor) rawText(raw json.RawMessage) string {
 	if len(raw) == 0 {
 		return ""
 	}
@@ -242,7 +260,7 @@ func rawText(raw json.RawMessage, key string) string {
 	if len(t) == 0 || string(t) == "null" || string(t) == `""` {
 		return ""
 	}
-	if s, ok := redactJSON(t, key); ok {
+	if s, ok := r.redactJSON(t); ok {
 		return s
 	}
 	return ""
@@ -263,12 +281,12 @@ func isIdentifier(s string) bool {
 	return true
 }
 
-// cleanText makes s fit on one line, removes the key and bounds its length.
-// Whitespace is collapsed before redaction so that the collapsing cannot
-// assemble a key; truncation afterwards cannot create one either.
-func cleanText(s, key string, limit int) string {
+// clean makes s fit on one line, removes the secrets and bounds its
+// length. Whitespace is collapsed before redaction so that the collapsing
+// cannot assemble a secret; truncation afterwards cannot create one either.
+func (r *redactor) clean(s string, limit int) string {
 	s = strings.Join(strings.Fields(s), " ")
-	s = redact(s, key)
+	s = r.text(s)
 	return truncateUTF8(s, limit)
 }
 
@@ -292,15 +310,15 @@ func truncateUTF8(s string, n int) string {
 	return s[:cut]
 }
 
-// redactedError hides the API key from the text of an error while keeping
-// its chain for errors.Is and errors.As. Every error the Client returns is
-// wrapped in one, as a last line of defence.
+// redactedError hides the API key and every known secret from the text of
+// an error while keeping its chain for errors.Is and errors.As. Every error
+// the Client returns is wrapped in one, as a last line of defence.
 type redactedError struct {
 	err error
-	key string
+	r   *redactor
 }
 
-func (e *redactedError) Error() string { return redact(e.err.Error(), e.key) }
+func (e *redactedError) Error() string { return e.r.text(e.err.Error()) }
 func (e *redactedError) Unwrap() error { return e.err }
 
 // transportError is a failure to get any HTTP answer: dial, TLS, timeout,

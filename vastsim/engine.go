@@ -19,6 +19,9 @@ import (
 type EngineStats struct {
 	// Requests counts every HTTP request that reached the engine's port.
 	Requests int64
+	// Connections counts the TCP connections the engine accepted (through
+	// a tunnel or directly): fewer than Requests means keep-alive reuse.
+	Connections int64
 	// Unauthorized counts 401 answers (missing or wrong token).
 	Unauthorized int64
 	// NotReady counts portal placeholder answers (engine not ready).
@@ -72,7 +75,14 @@ func (s *Sim) startEngineLocked(in *instance, reuse bool) error {
 		return nil
 	}
 	e := &engine{closed: make(chan struct{})}
-	e.srv = &http.Server{Handler: s.engineHandler(in, e), ReadHeaderTimeout: 10 * time.Second}
+	e.srv = &http.Server{Handler: s.engineHandler(in, e), ReadHeaderTimeout: 10 * time.Second,
+		ConnState: func(_ net.Conn, st http.ConnState) {
+			if st == http.StateNew {
+				s.mu.Lock()
+				in.stats.Connections++
+				s.mu.Unlock()
+			}
+		}}
 	newPorts := map[string]int{}
 	for _, p := range in.ports {
 		prev := in.hostPorts[p.key()]

@@ -34,6 +34,16 @@ func TestFaults(t *testing.T) {
 				t.Fatal("a faulted call must not change state")
 			}
 		}},
+		{"custom body", Faults{Status: 400, Body: `{"error":"invalid_args","jupyter_token":"t"}`}, func(t *testing.T, s *Sim, c *apiClient, id int64) {
+			r := c.do("GET", "/api/v1/instances/", nil)
+			if r.status != 400 || string(r.body) != `{"error":"invalid_args","jupyter_token":"t"}` || r.header.Get("Content-Type") != "application/json" {
+				t.Fatalf("%d %q %q", r.status, r.body, r.header.Get("Content-Type"))
+			}
+			s.SetFaults(Faults{Status: 500, Body: "plain"})
+			if r := c.do("GET", "/api/v1/instances/", nil); r.status != 500 || string(r.body) != "plain" {
+				t.Fatalf("%d %q", r.status, r.body)
+			}
+		}},
 		{"status 503", Faults{Status: 503}, func(t *testing.T, s *Sim, c *apiClient, id int64) {
 			if r := c.do("POST", "/api/v0/bundles/", map[string]any{}); r.status != 503 {
 				t.Fatalf("%d", r.status)

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strconv"
@@ -72,6 +73,11 @@ type Faults struct {
 	// Status answers every API call with this status (500 with a JSON body,
 	// other codes with a proxy-style text/HTML body) without touching state.
 	Status int
+	// Body, with Status, replaces the answer's body verbatim (served as
+	// JSON when it starts with '{' or '[', else as plain text): an error
+	// body that echoes instance objects, tokens or env values, say. With
+	// Status 2xx it is a successful-looking answer the client must judge.
+	Body string
 	// RateLimit answers 429, rotating through the body shapes vast.ai has
 	// been seen to use (plain text, {"detail"}, {"success","error","msg"},
 	// {"message","code"}), without Retry-After.
@@ -370,6 +376,10 @@ func (s *Sim) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if faulty && fault.Status != 0 {
+		if fault.Body != "" {
+			writeBodyFault(rec, fault.Status, fault.Body)
+			return
+		}
 		writeStatusFault(rec, fault.Status)
 		return
 	}
@@ -579,6 +589,16 @@ func (s *Sim) write429(w http.ResponseWriter, threshold string) {
 
 // writeStatusFault answers like the component that usually produces the
 // status: the API itself for 500, a reverse proxy for 502/503/504.
+func writeBodyFault(w http.ResponseWriter, status int, body string) {
+	ct := "text/plain; charset=utf-8"
+	if t := strings.TrimSpace(body); strings.HasPrefix(t, "{") || strings.HasPrefix(t, "[") {
+		ct = "application/json"
+	}
+	w.Header().Set("Content-Type", ct)
+	w.WriteHeader(status)
+	_, _ = io.WriteString(w, body)
+}
+
 func writeStatusFault(w http.ResponseWriter, status int) {
 	text := http.StatusText(status)
 	if text == "" {
