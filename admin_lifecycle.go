@@ -48,15 +48,9 @@ func (a *adminAPI) serveLifecycle(w http.ResponseWriter, r *http.Request, parts 
 
 	switch route {
 	case "POST pools/*/instances":
-		var req lifecycle.ProvisionRequest
-		if err := decodeBody(r, &req); err != nil {
+		req, err := decodeProvision(r)
+		if err != nil {
 			return true, err
-		}
-		if req.Count < 0 || req.Count > 32 {
-			return true, apiError(http.StatusBadRequest, fmt.Errorf("count: %d is out of range 1-32", req.Count))
-		}
-		if req.OfferID < 0 {
-			return true, apiError(http.StatusBadRequest, fmt.Errorf("offer_id: %d is not a valid offer id", req.OfferID))
 		}
 		ops, err := mgr.Provision(ctx, parts[1], req)
 		if err != nil {
@@ -124,6 +118,39 @@ func (a *adminAPI) serveLifecycle(w http.ResponseWriter, r *http.Request, parts 
 		return true, writeJSON(w, http.StatusOK, offers)
 	}
 	return false, nil
+}
+
+// provisionBody is the body of POST /vastai/pools/{pool}/instances. The
+// fields are pointers so that an absent count (1) differs from an explicit
+// 0, which is refused rather than rounded up to a rental.
+type provisionBody struct {
+	OfferID *int64 `json:"offer_id"`
+	Count   *int   `json:"count"`
+}
+
+// maxProvisionCount bounds one provisioning request (the lifecycle
+// manager's own limit).
+const maxProvisionCount = 32
+
+func decodeProvision(r *http.Request) (lifecycle.ProvisionRequest, error) {
+	var b provisionBody
+	if err := decodeBody(r, &b); err != nil {
+		return lifecycle.ProvisionRequest{}, err
+	}
+	req := lifecycle.ProvisionRequest{Count: 1}
+	if b.Count != nil {
+		if *b.Count < 1 || *b.Count > maxProvisionCount {
+			return req, apiError(http.StatusBadRequest, fmt.Errorf("count: %d is out of range 1-%d", *b.Count, maxProvisionCount))
+		}
+		req.Count = *b.Count
+	}
+	if b.OfferID != nil {
+		if *b.OfferID < 0 {
+			return req, apiError(http.StatusBadRequest, fmt.Errorf("offer_id: %d is not a valid offer id", *b.OfferID))
+		}
+		req.OfferID = *b.OfferID
+	}
+	return req, nil
 }
 
 // routeShape replaces path segments that are ids by "*".
