@@ -110,7 +110,10 @@ func (t *Transport) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-// Cleanup releases this transport's claim on tunnel mode.
+// Cleanup releases this transport's claim on tunnel mode and closes its
+// idle upstream connections. It must call the embedded transport's
+// Cleanup: defining this method shadows it, and without the call every
+// reload left the old transport's keep-alive connections open.
 func (t *Transport) Cleanup() error {
 	if t.st != nil {
 		t.st.transports.Delete(t)
@@ -121,7 +124,10 @@ func (t *Transport) Cleanup() error {
 			t.st.watcher.SetTunnel(false)
 		}
 	}
-	return nil
+	if t.HTTPTransport == nil {
+		return nil
+	}
+	return t.HTTPTransport.Cleanup()
 }
 
 // RoundTrip sends one attempt to the upstream chosen by reverse_proxy.
