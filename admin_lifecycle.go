@@ -23,7 +23,7 @@ const maxAdminBody = 64 << 10
 //	GET    /vastai/operations               → operations, newest first
 //	GET    /vastai/operations/{id}          → one operation with its attempts
 //	DELETE /vastai/instances/{id}[?force=1] → 202 verified destroy
-//	POST   /vastai/instances/{id}/drain     → 202 drain, then verified destroy
+//	POST   /vastai/instances/{id}/drain[?force=1] → 202 drain, then verified destroy (allowed where DELETE is)
 //	POST   /vastai/reconcile                → the reconciliation report
 //	GET    /vastai/offers?pool=NAME[&gpu_name=..&num_gpus=..&max_dph=..&min_gpu_ram=..&min_reliability=..&countries=US,CA&limit=..]
 //
@@ -73,17 +73,21 @@ func (a *adminAPI) serveLifecycle(w http.ResponseWriter, r *http.Request, parts 
 		if err != nil || id <= 0 {
 			return true, apiError(http.StatusBadRequest, fmt.Errorf("instance id %q is not a positive integer", parts[1]))
 		}
-		var op *lifecycle.Operation
-		if r.Method == http.MethodDelete {
-			op, err = mgr.Destroy(ctx, id, "admin API")
-			// An instance of a configured pool was put there by the
-			// operator's own selector; naming it here is explicit enough.
-			m, pooled := snap.Member(id)
-			if errors.Is(err, lifecycle.ErrNotOwned) && ((pooled && m.Pool != "") || r.URL.Query().Get("force") == "1") {
-				op, err = mgr.ForceDestroy(ctx, id, "admin API (force)")
-			}
-		} else {
-			op, err = mgr.Drain(ctx, id, "admin API")
+		force, err := forceParam(r)
+		if err != nil {
+			return true, err
+		}
+		// Drain and DELETE are allowed on exactly the same instances.
+		destroy, forced := mgr.Destroy, mgr.ForceDestroy
+		if r.Method == http.MethodPost {
+			destroy, forced = mgr.Drain, mgr.ForceDrain
+		}
+		op, err := destroy(ctx, id, "admin API")
+		// An instance of a configured pool was put there by the
+		// operator's own selector; naming it here is explicit enough.
+		m, pooled := snap.Member(id)
+		if errors.Is(err, lifecycle.ErrNotOwned) && ((pooled && m.Pool != "") || force) {
+			op, err = forced(ctx, id, "admin API (force)")
 		}
 		if err != nil {
 			return true, lifecycleError(w, err)
@@ -118,6 +122,21 @@ func (a *adminAPI) serveLifecycle(w http.ResponseWriter, r *http.Request, parts 
 		return true, writeJSON(w, http.StatusOK, offers)
 	}
 	return false, nil
+}
+
+// forceParam reads ?force=: 1/true forces, 0/false or absent does not,
+// anything else is refused rather than silently ignored.
+func forceParam(r *http.Request) (bool, error) {
+	q := r.URL.Query()
+	v, ok := q["force"]
+	if !ok {
+		return false, nil
+	}
+	b, err := strconv.ParseBool(v[0])
+	if err != nil || len(v) > 1 {
+		return false, apiError(http.StatusBadRequest, fmt.Errorf("force: %q is not 1 or 0", strings.Join(v, ",")))
+	}
+	return b, nil
 }
 
 // provisionBody is the body of POST /vastai/pools/{pool}/instances. The

@@ -32,6 +32,12 @@ func (m *Manager) Drain(ctx context.Context, id int64, reason string) (*Operatio
 	return m.requestDestroy(ctx, id, reason, false, true)
 }
 
+// ForceDrain drains and destroys any instance of the account, owned or
+// not, like ForceDestroy; it is otherwise like Drain.
+func (m *Manager) ForceDrain(ctx context.Context, id int64, reason string) (*Operation, error) {
+	return m.requestDestroy(ctx, id, reason, true, true)
+}
+
 func (m *Manager) requestDestroy(ctx context.Context, id int64, reason string, force, drain bool) (*Operation, error) {
 	if id <= 0 {
 		return nil, fmt.Errorf("lifecycle: invalid instance id %d", id)
