@@ -6,7 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
+	"reflect"
+	"slices"
+	"sort"
 	"strconv"
 	"strings"
 
@@ -34,8 +38,10 @@ func (a *adminAPI) serveLifecycle(w http.ResponseWriter, r *http.Request, parts 
 	case "POST pools/*/instances", "GET operations", "GET operations/*", "DELETE instances/*",
 		"POST instances/*/drain", "POST reconcile", "GET offers":
 	default:
-		if len(parts) > 0 && (parts[0] == "operations" || parts[0] == "reconcile" || parts[0] == "offers") {
-			return true, apiError(http.StatusMethodNotAllowed, fmt.Errorf("method %s not allowed on %s", r.Method, r.URL.Path))
+		// A known path with a method it does not take is a 405; what serve
+		// does not know either is a 404 there.
+		if allow, known := adminRoutes[strings.Join(routeShape(parts), "/")]; known && !slices.Contains(allow, r.Method) {
+			return true, methodNotAllowed(r, allow)
 		}
 		return false, nil
 	}
@@ -48,6 +54,9 @@ func (a *adminAPI) serveLifecycle(w http.ResponseWriter, r *http.Request, parts 
 
 	switch route {
 	case "POST pools/*/instances":
+		if err := a.provisionedPool(parts[1]); err != nil {
+			return true, err
+		}
 		req, err := decodeProvision(r)
 		if err != nil {
 			return true, err
@@ -111,6 +120,9 @@ func (a *adminAPI) serveLifecycle(w http.ResponseWriter, r *http.Request, parts 
 		if pool == "" {
 			return true, apiError(http.StatusBadRequest, errors.New("pool: the pool query parameter is required"))
 		}
+		if err := a.provisionedPool(pool); err != nil {
+			return true, err
+		}
 		overrides, err := offerOverrides(q)
 		if err != nil {
 			return true, err
@@ -153,7 +165,7 @@ const maxProvisionCount = 32
 
 func decodeProvision(r *http.Request) (lifecycle.ProvisionRequest, error) {
 	var b provisionBody
-	if err := decodeBody(r, &b); err != nil {
+	if err := decodeObject(r, `{"count": 1}`, map[string]any{"offer_id": &b.OfferID, "count": &b.Count}); err != nil {
 		return lifecycle.ProvisionRequest{}, err
 	}
 	req := lifecycle.ProvisionRequest{Count: 1}
@@ -181,9 +193,50 @@ func routeShape(parts []string) []string {
 	return out
 }
 
-// decodeBody reads an optional JSON object, refusing unknown fields, wrong
-// types, trailing data and bodies over maxAdminBody, naming the field.
-func decodeBody(r *http.Request, v any) error {
+// adminRoutes lists every path shape of the admin API with its methods,
+// so that a wrong method gets 405 with an Allow header and an unknown path
+// 404, whichever handler would serve the path.
+var adminRoutes = map[string][]string{
+	"instances": {"GET"}, "instances/*": {"DELETE", "GET"}, "instances/*/drain": {"POST"},
+	"pools": {"GET"}, "pools/*": {"GET"}, "pools/*/instances": {"POST"},
+	"operations": {"GET"}, "operations/*": {"GET"},
+	"reconcile": {"POST"}, "offers": {"GET"}, "status": {"GET"},
+}
+
+// methodNotAllowedError is a 405; serve turns it into the Allow header.
+type methodNotAllowedError struct {
+	method, path string
+	allow        []string
+}
+
+func (e *methodNotAllowedError) Error() string {
+	return fmt.Sprintf("method %s not allowed on %s; use %s", e.method, e.path, strings.Join(e.allow, " or "))
+}
+
+func methodNotAllowed(r *http.Request, allow []string) error {
+	return apiError(http.StatusMethodNotAllowed, &methodNotAllowedError{method: r.Method, path: r.URL.Path, allow: allow})
+}
+
+// provisionedPool answers 404 for a pool that is not configured and 409
+// for one that only routes (it has no provision block to create from).
+func (a *adminAPI) provisionedPool(name string) error {
+	p, ok := a.app.Pools[name]
+	if !ok {
+		return apiError(http.StatusNotFound, fmt.Errorf("%w %q (configured pools: %s)", ErrUnknownPool, name, a.app.poolNames()))
+	}
+	if p == nil || p.Provision == nil {
+		return apiError(http.StatusConflict, fmt.Errorf("pool %q has no provision block: it only routes to instances created elsewhere", name))
+	}
+	return nil
+}
+
+// decodeObject reads an optional JSON object body into fields (name →
+// pointer), refusing unknown or repeated fields, wrong types, trailing
+// data and bodies over maxAdminBody, naming the field. Names must match
+// exactly: encoding/json alone matches them case-insensitively, so
+// {"COUNT": 40} would set count. example is shown when the body is not an
+// object at all.
+func decodeObject(r *http.Request, example string, fields map[string]any) error {
 	body, err := io.ReadAll(io.LimitReader(r.Body, maxAdminBody+1))
 	if err != nil {
 		return apiError(http.StatusBadRequest, fmt.Errorf("reading the body: %w", err))
@@ -194,32 +247,96 @@ func decodeBody(r *http.Request, v any) error {
 	if len(bytes.TrimSpace(body)) == 0 {
 		return nil
 	}
+	invalid := func(err error) error {
+		return apiError(http.StatusBadRequest, fmt.Errorf("body: not valid JSON: %v", err))
+	}
 	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		var te *json.UnmarshalTypeError
-		switch {
-		case errors.As(err, &te):
-			return apiError(http.StatusBadRequest, fmt.Errorf("%s: expected %s, got %s", te.Field, te.Type, te.Value))
-		case strings.HasPrefix(err.Error(), "json: unknown field"):
-			return apiError(http.StatusBadRequest, fmt.Errorf("body: %s", strings.TrimPrefix(err.Error(), "json: ")))
-		default:
-			return apiError(http.StatusBadRequest, fmt.Errorf("body: not valid JSON: %v", err))
+	tok, err := dec.Token()
+	if err != nil {
+		return invalid(err)
+	}
+	if d, ok := tok.(json.Delim); !ok || d != '{' {
+		return apiError(http.StatusBadRequest, fmt.Errorf("the body must be a JSON object like %s", example))
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return invalid(err)
+		}
+		key, _ := tok.(string)
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			return invalid(err)
+		}
+		if seen[key] {
+			return apiError(http.StatusBadRequest, fmt.Errorf("body: %q appears twice", key))
+		}
+		seen[key] = true
+		if err := decodeField(key, raw, fields); err != nil {
+			return err
 		}
 	}
-	if dec.More() {
+	if _, err := dec.Token(); err != nil {
+		return invalid(err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
 		return apiError(http.StatusBadRequest, errors.New("body: unexpected data after the JSON object"))
 	}
 	return nil
 }
 
-// offerOverrides reads filter overrides from the query string.
+func decodeField(key string, raw json.RawMessage, fields map[string]any) error {
+	dst, ok := fields[key]
+	if !ok {
+		names := make([]string, 0, len(fields))
+		for n := range fields {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		return apiError(http.StatusBadRequest, fmt.Errorf("body: unknown field %q (the fields are %s)", key, strings.Join(names, ", ")))
+	}
+	if err := json.Unmarshal(raw, dst); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			want := te.Type.String()
+			switch te.Type.Kind() {
+			case reflect.Int, reflect.Int64:
+				want = "a whole number"
+			}
+			return apiError(http.StatusBadRequest, fmt.Errorf("%s: expected %s, got %s", key, want, te.Value))
+		}
+		return apiError(http.StatusBadRequest, fmt.Errorf("%s: %v", key, err))
+	}
+	return nil
+}
+
+// offerQueryKeys are the query parameters of GET /vastai/offers.
+var offerQueryKeys = []string{"pool", "gpu_name", "num_gpus", "limit", "min_direct_ports", "max_dph", "min_gpu_ram", "min_reliability", "min_cuda", "countries", "verified"}
+
+// offerOverrides reads filter overrides from the query string. Every value
+// must be well-formed and given once: a filter that is silently dropped
+// would show offers the caller did not ask for.
 func offerOverrides(q map[string][]string) (*lifecycle.OfferFilter, error) {
+	bad := func(format string, args ...any) error {
+		return apiError(http.StatusBadRequest, fmt.Errorf(format, args...))
+	}
+	for k, v := range q {
+		switch {
+		case !slices.Contains(offerQueryKeys, k):
+			return nil, bad("%s: unknown offer filter (the filters are %s)", k, strings.Join(offerQueryKeys[1:], ", "))
+		case len(v) > 1:
+			return nil, bad("%s: given %d times", k, len(v))
+		case strings.TrimSpace(v[0]) == "":
+			return nil, bad("%s: empty value", k)
+		}
+	}
+	if len(q) == 1 {
+		return nil, nil // only pool
+	}
 	f := new(lifecycle.OfferFilter)
-	set := false
 	get := func(k string) string {
 		if v := q[k]; len(v) > 0 {
-			set = true
 			return v[0]
 		}
 		return ""
@@ -227,8 +344,8 @@ func offerOverrides(q map[string][]string) (*lifecycle.OfferFilter, error) {
 	num := func(k string, dst *float64) error {
 		if v := get(k); v != "" {
 			n, err := strconv.ParseFloat(v, 64)
-			if err != nil || n < 0 {
-				return apiError(http.StatusBadRequest, fmt.Errorf("%s: %q is not a non-negative number", k, v))
+			if err != nil || n < 0 || math.IsInf(n, 0) || math.IsNaN(n) {
+				return bad("%s: %q is not a non-negative number", k, v)
 			}
 			*dst = n
 		}
@@ -238,7 +355,7 @@ func offerOverrides(q map[string][]string) (*lifecycle.OfferFilter, error) {
 		if v := get(k); v != "" {
 			n, err := strconv.Atoi(v)
 			if err != nil || n < 0 {
-				return apiError(http.StatusBadRequest, fmt.Errorf("%s: %q is not a whole number", k, v))
+				return bad("%s: %q is not a whole number", k, v)
 			}
 			*dst = n
 		}
@@ -253,21 +370,23 @@ func offerOverrides(q map[string][]string) (*lifecycle.OfferFilter, error) {
 			return nil, err
 		}
 	}
+	if f.MinReliability > 1 {
+		return nil, bad("min_reliability: %v is above 1", f.MinReliability)
+	}
 	if c := get("countries"); c != "" {
-		f.Countries = strings.Split(strings.ToUpper(c), ",")
-	}
-	if get("verified") == "true" {
-		f.Verified = true
-	}
-	for k := range q {
-		switch k {
-		case "pool", "gpu_name", "num_gpus", "limit", "min_direct_ports", "max_dph", "min_gpu_ram", "min_reliability", "min_cuda", "countries", "verified":
-		default:
-			return nil, apiError(http.StatusBadRequest, fmt.Errorf("%s: unknown offer filter", k))
+		for _, cc := range strings.Split(strings.ToUpper(c), ",") {
+			if len(cc) != 2 || cc[0] < 'A' || cc[0] > 'Z' || cc[1] < 'A' || cc[1] > 'Z' {
+				return nil, bad("countries: %q is not a two-letter country code", cc)
+			}
+			f.Countries = append(f.Countries, cc)
 		}
 	}
-	if !set {
-		return nil, nil
+	if v := get("verified"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return nil, bad("verified: %q is not true or false", v)
+		}
+		f.Verified = b
 	}
 	return f, nil
 }
@@ -279,6 +398,8 @@ func lifecycleError(w http.ResponseWriter, err error) error {
 	switch {
 	case errors.As(err, &be):
 		return writeJSON(w, http.StatusConflict, map[string]any{"error": be.Error(), "budget": be})
+	case errors.Is(err, lifecycle.ErrInvalidRequest):
+		return apiError(http.StatusBadRequest, err)
 	case errors.Is(err, lifecycle.ErrUnknownPool), errors.Is(err, lifecycle.ErrOperationNotFound), errors.Is(err, lifecycle.ErrInstanceNotFound):
 		return apiError(http.StatusNotFound, err)
 	case errors.Is(err, lifecycle.ErrNotOwned):

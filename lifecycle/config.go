@@ -88,7 +88,21 @@ var (
 	ErrStopped = errors.New("lifecycle: manager stopped")
 	// ErrInvalidConfig wraps configuration mistakes.
 	ErrInvalidConfig = errors.New("lifecycle: invalid configuration")
+	// ErrInvalidRequest is matched by every *ValidationError: the request
+	// itself is wrong (a caller's mistake, not vast.ai's).
+	ErrInvalidRequest = errors.New("invalid request")
 )
+
+// ValidationError is a mistake in a request, naming the field.
+type ValidationError struct {
+	Field   string
+	Problem string
+}
+
+func (e *ValidationError) Error() string { return e.Field + ": " + e.Problem }
+
+// Is makes errors.Is(err, ErrInvalidRequest) hold.
+func (e *ValidationError) Is(target error) bool { return target == ErrInvalidRequest }
 
 // OfferFilter selects offers. Zero fields do not filter. All filters are
 // sent to vast.ai (unfiltered searches return a capped subset) and checked

@@ -40,7 +40,7 @@ func (m *Manager) ForceDrain(ctx context.Context, id int64, reason string) (*Ope
 
 func (m *Manager) requestDestroy(ctx context.Context, id int64, reason string, force, drain bool) (*Operation, error) {
 	if id <= 0 {
-		return nil, fmt.Errorf("lifecycle: invalid instance id %d", id)
+		return nil, &ValidationError{"id", fmt.Sprintf("%d is not a positive instance id", id)}
 	}
 	if m.isStopped() {
 		return nil, ErrStopped
