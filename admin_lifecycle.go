@@ -403,7 +403,7 @@ func lifecycleError(w http.ResponseWriter, err error) error {
 	case errors.Is(err, lifecycle.ErrUnknownPool), errors.Is(err, lifecycle.ErrOperationNotFound), errors.Is(err, lifecycle.ErrInstanceNotFound):
 		return apiError(http.StatusNotFound, err)
 	case errors.Is(err, lifecycle.ErrNotOwned):
-		return apiError(http.StatusForbidden, fmt.Errorf("%w (not created or adopted by this gateway; add ?force=1 to destroy it anyway)", err))
+		return apiError(http.StatusForbidden, fmt.Errorf("%w; add ?force=1 to destroy it anyway", err))
 	case errors.Is(err, lifecycle.ErrMaxInstances), errors.Is(err, lifecycle.ErrNoOffers):
 		return apiError(http.StatusConflict, err)
 	case errors.Is(err, lifecycle.ErrStopped):

@@ -142,7 +142,7 @@ func TestConfigValidationNamesTheField(t *testing.T) {
 	cases := []struct {
 		name, vastai, http, want string
 	}{
-		{"missing api_key", `{"pools":{"llm":{}}}`, site("llm"), "api_key: api_key is required"},
+		{"missing api_key", `{"pools":{"llm":{}}}`, site("llm"), "api_key is required"},
 		{"api_key placeholder resolving to nothing", `{"api_key":"{env.VASTAI_EMPTY_FOR_TEST}","pools":{"llm":{}}}`, site("llm"), "resolved to an empty value"},
 		{"unknown pool named by an upstream", `{"api_key":"k","pools":{"llm":{}}}`, site("chat"), `unknown pool "chat" (configured pools: llm)`},
 		{"bad port", `{"api_key":"k","pools":{"llm":{"port":70000}}}`, site("llm"), "port 70000 out of range"},

@@ -250,7 +250,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return newState(), nil
 	})
 	if err != nil {
-		return fmt.Errorf("vastai: loading shared state: %w", err)
+		return fmt.Errorf("loading shared state: %w", err)
 	}
 	a.state = st.(*state)
 	return a.state.registerMetrics(ctx)
@@ -260,34 +260,54 @@ func (a *App) Provision(ctx caddy.Context) error {
 func (a *App) Validate() error {
 	if a.apiKey == "" {
 		if a.APIKey != "" {
-			return fmt.Errorf("vastai: api_key: %q resolved to an empty value: %w", a.APIKey, ErrMissingAPIKey)
+			return fmt.Errorf("%w: %q resolved to an empty value", ErrMissingAPIKey, a.APIKey)
 		}
-		return fmt.Errorf("vastai: api_key: %w", ErrMissingAPIKey)
+		return ErrMissingAPIKey
 	}
 	if _, err := a.apiURL(); err != nil {
 		return err
 	}
 	if a.PollInterval < 0 {
-		return fmt.Errorf("vastai: poll_interval: must not be negative, got %s", time.Duration(a.PollInterval))
+		return fmt.Errorf("poll_interval: must not be negative, got %s", time.Duration(a.PollInterval))
 	}
 	if err := a.SSH.validate(); err != nil {
 		return err
 	}
 	if err := a.lifecycle.Validate(); err != nil {
-		return fmt.Errorf("vastai: %w", err)
+		return withoutSentinel(err, lifecycle.ErrInvalidConfig)
 	}
 	if a.MaxConcurrentProbes < 0 {
-		return fmt.Errorf("vastai: max_concurrent_probes: must not be negative")
+		return errors.New("max_concurrent_probes: must not be negative")
 	}
 	if a.PollInterval > 0 && time.Duration(a.PollInterval) < 500*time.Millisecond {
-		return fmt.Errorf("vastai: poll_interval: %s is below the minimum of 500ms", time.Duration(a.PollInterval))
+		return fmt.Errorf("poll_interval: %s is below the minimum of 500ms", time.Duration(a.PollInterval))
 	}
 	for _, spec := range a.specs {
 		if err := spec.Validate(); err != nil {
-			return fmt.Errorf("vastai: pools: %w", err)
+			return err
 		}
 	}
 	return nil
+}
+
+// withoutSentinel drops sentinel from an error made with
+// fmt.Errorf("%w: %w", sentinel, detail): Caddy already reports
+// "invalid configuration", so only the detail is worth saying.
+func withoutSentinel(err, sentinel error) error {
+	u, ok := err.(interface{ Unwrap() []error })
+	if !ok {
+		return err
+	}
+	var rest []error
+	for _, e := range u.Unwrap() {
+		if e != sentinel {
+			rest = append(rest, e)
+		}
+	}
+	if len(rest) == 0 {
+		return err
+	}
+	return errors.Join(rest...)
 }
 
 func (a *App) apiURL() (string, error) {
@@ -297,7 +317,7 @@ func (a *App) apiURL() (string, error) {
 	}
 	u, err := url.Parse(raw)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return "", fmt.Errorf("vastai: api_url: %q is not an absolute http(s) URL", raw)
+		return "", fmt.Errorf("api_url: %q is not an absolute http(s) URL", raw)
 	}
 	return strings.TrimRight(raw, "/"), nil
 }

@@ -68,27 +68,27 @@ func (Transport) CaddyModule() caddy.ModuleInfo {
 func (t *Transport) Provision(ctx caddy.Context) error {
 	app, err := lookupApp(ctx)
 	if err != nil {
-		return fmt.Errorf("vastai transport: %w", err)
+		return err
 	}
 	t.st = app.state
 	switch t.Tunnel {
 	case "":
 	case "ssh":
 		if app.SSH == nil {
-			return fmt.Errorf("vastai transport: tunnel ssh needs SSH access: add ssh { key <file> } to the vastai app")
+			return errors.New("tunnel ssh needs SSH access: add ssh { key <file> } to the vastai app")
 		}
 		// Counted so the app turns tunnel mode on when it starts, and off
 		// when the last tunnelling config is unloaded.
 		t.st.tunnels.Add(1)
 		t.registered = true
 	default:
-		return fmt.Errorf("vastai transport: tunnel: %q is not supported (use ssh)", t.Tunnel)
+		return fmt.Errorf("tunnel: %q is not supported (use ssh)", t.Tunnel)
 	}
 	if t.HTTPTransport == nil {
 		t.HTTPTransport = new(reverseproxy.HTTPTransport)
 	}
 	if err := t.HTTPTransport.Provision(ctx); err != nil {
-		return fmt.Errorf("vastai transport: %w", err)
+		return err
 	}
 	// Every vastai transport can reach tunnel addresses, whatever its own
 	// tunnel setting: during a reload an old transport may still receive

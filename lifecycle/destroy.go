@@ -73,7 +73,7 @@ func (m *Manager) requestDestroy(ctx context.Context, id int64, reason string, f
 				owned = true
 				p.pool, p.label = l.Pool, row.Label
 			} else if !force {
-				return nil, fmt.Errorf("%w: instance %d is labelled %q", ErrNotOwned, id, row.Label)
+				return nil, fmt.Errorf("instance %d is labelled %q: %w", id, row.Label, ErrNotOwned)
 			} else {
 				p.label = row.Label
 			}
