@@ -211,11 +211,15 @@ func TestConfigErrorsSayWhatWentWrongOnce(t *testing.T) {
 // secret fails the load, naming the field; placeholders pass.
 func TestLiteralSecretsCanBeRefused(t *testing.T) {
 	t.Setenv("K", "key")
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte("tok-from-file"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	cases := []struct{ vastai, want string }{
 		{`{"refuse_literal_secrets":true,"api_key":"sk-literal"}`, "api_key: a literal secret"},
 		{`{"refuse_literal_secrets":true,"api_key":"{env.K}","pools":{"p":{"token":{"source":"static","value":"tok"}}}}`, "pools.p.token.value: a literal secret"},
 		{`{"refuse_literal_secrets":true,"api_key":"{env.K}","pools":{"p":{"provision":{"image":"i","env":{"HF_TOKEN":"hf_x"}}}}}`, "pools.p.provision.env.HF_TOKEN: a literal secret"},
-		{`{"refuse_literal_secrets":true,"api_key":"{env.K}","pools":{"p":{"token":{"source":"static","value":"{file./nonexistent-but-unread}"},"provision":{"image":"i","env":{"HF_TOKEN":"{env.K}","-p 9000:9000":"1"}}}}}`, ""},
+		{`{"refuse_literal_secrets":true,"api_key":"{env.K}","pools":{"p":{"token":{"source":"static","value":"{file.` + tokenFile + `}"},"provision":{"image":"i","env":{"HF_TOKEN":"{env.K}","-p 9000:9000":"1"}}}}}`, ""},
 	}
 	for _, c := range cases {
 		var cfg caddy.Config
@@ -232,5 +236,15 @@ func TestLiteralSecretsCanBeRefused(t *testing.T) {
 		if err != nil && (strings.Contains(err.Error(), "sk-literal") || strings.Contains(err.Error(), "hf_x") || strings.Contains(err.Error(), `"tok"`)) {
 			t.Errorf("the error reveals the secret: %v", err)
 		}
+	}
+}
+
+func TestRefuseLiteralSecretsCaddyfileOption(t *testing.T) {
+	out, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte("{\n\tvastai {\n\t\tapi_key {env.K}\n\t\trefuse_literal_secrets\n\t}\n}\n"), nil)
+	if err != nil || !bytes.Contains(out, []byte(`"refuse_literal_secrets":true`)) {
+		t.Fatalf("adapt: %v\n%s", err, out)
+	}
+	if _, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte("{\n\tvastai {\n\t\trefuse_literal_secrets yes\n\t}\n}\n"), nil); err == nil || !strings.Contains(err.Error(), "refuse_literal_secrets: takes no argument") {
+		t.Fatalf("an argument: %v", err)
 	}
 }

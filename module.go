@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"regexp"
 	"sort"
 	"strings"
 	"time"
@@ -101,12 +102,23 @@ type App struct {
 	// Default: 5s.
 	ProvisionPollInterval caddy.Duration `json:"provision_poll_interval,omitempty"`
 
-	storage   caddyStorage
-	apiKey    string
-	specs     []fleet.PoolSpec
-	lifecycle lifecycle.Config
-	state     *state
-	logger    *zap.Logger
+	// Refuse to load a config that holds a secret (api_key, a static
+	// token, a provision env value) literally instead of as {env.NAME} or
+	// {file.PATH} placeholders. Caddy serves the config as written at GET
+	// /config/, so only those placeholders keep a secret out of it; a
+	// Caddyfile {$VAR} is expanded when the Caddyfile is adapted and is
+	// literal too. Without this option each literal secret is logged as a
+	// warning naming the field, and the config loads.
+	RefuseLiteralSecrets bool `json:"refuse_literal_secrets,omitempty"`
+
+	storage caddyStorage
+	apiKey  string
+	// literalSecrets names the fields that hold a literal secret.
+	literalSecrets []string
+	specs          []fleet.PoolSpec
+	lifecycle      lifecycle.Config
+	state          *state
+	logger         *zap.Logger
 }
 
 // Pool selects instances of the account and says how to reach their engine.
@@ -220,6 +232,13 @@ var (
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
 	a.storage = ctx.Storage()
+	a.literalSecrets = a.literalSecretFields()
+	if !a.RefuseLiteralSecrets {
+		for _, f := range a.literalSecrets {
+			a.logger.Warn("literal secret in the config: GET /config/ serves it to anyone who can reach the admin endpoint; write it as {env.NAME} or {file.PATH}",
+				zap.String("field", f))
+		}
+	}
 	repl := caddy.NewReplacer()
 	a.apiKey = strings.TrimSpace(repl.ReplaceAll(a.APIKey, ""))
 	a.specs = a.specs[:0]
@@ -264,6 +283,10 @@ func (a *App) Validate() error {
 		}
 		return ErrMissingAPIKey
 	}
+	if a.RefuseLiteralSecrets && len(a.literalSecrets) > 0 {
+		return fmt.Errorf("%s: a literal secret, which GET /config/ would serve; write it as {env.NAME} or {file.PATH} (refuse_literal_secrets is on)",
+			strings.Join(a.literalSecrets, ", "))
+	}
 	if _, err := a.apiURL(); err != nil {
 		return err
 	}
@@ -288,6 +311,54 @@ func (a *App) Validate() error {
 		}
 	}
 	return nil
+}
+
+// secretPlaceholder matches the placeholders that are resolved when the
+// config is loaded and never stored in it.
+var secretPlaceholder = regexp.MustCompile(`\{(env|file)\.[^{}]+\}`)
+
+// isLiteralSecret reports whether a secret-bearing value holds anything
+// but {env.NAME} and {file.PATH} placeholders (and spaces).
+func isLiteralSecret(v string) bool {
+	return strings.TrimSpace(secretPlaceholder.ReplaceAllString(v, "")) != ""
+}
+
+// literalSecretFields names the secret-bearing fields written literally:
+// api_key, static tokens and provision env values (Docker options such as
+// "-p 8000:8000" excepted). New secret fields belong here.
+func (a *App) literalSecretFields() []string {
+	var out []string
+	if isLiteralSecret(a.APIKey) {
+		out = append(out, "api_key")
+	}
+	names := make([]string, 0, len(a.Pools))
+	for n := range a.Pools {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		p := a.Pools[name]
+		if p == nil {
+			continue
+		}
+		if p.Token != nil && p.Token.Source == fleet.TokenStatic && isLiteralSecret(p.Token.Value) {
+			out = append(out, "pools."+name+".token.value")
+		}
+		if p.Provision == nil {
+			continue
+		}
+		keys := make([]string, 0, len(p.Provision.Env))
+		for k := range p.Provision.Env {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			if !strings.HasPrefix(k, "-") && isLiteralSecret(p.Provision.Env[k]) {
+				out = append(out, "pools."+name+".provision.env."+k)
+			}
+		}
+	}
+	return out
 }
 
 // withoutSentinel drops sentinel from an error made with
