@@ -232,3 +232,16 @@ func BenchmarkKeepAlivePool(b *testing.B) {
 		client.CloseIdleConnections()
 	}
 }
+
+func TestTransportKeepAlivePoolDefaultsAndOverrides(t *testing.T) {
+	def := &Transport{HTTPTransport: new(reverseproxy.HTTPTransport)}
+	def.keepAliveDefaults()
+	if k := def.KeepAlive; k.MaxIdleConnsPerHost != DefaultIdleConnsPerHost || k.MaxIdleConns != DefaultMaxIdleConns {
+		t.Errorf("defaults: %+v, want %d per host and %d in all", k, DefaultIdleConnsPerHost, DefaultMaxIdleConns)
+	}
+	user := &Transport{HTTPTransport: &reverseproxy.HTTPTransport{KeepAlive: &reverseproxy.KeepAlive{MaxIdleConnsPerHost: 32, MaxIdleConns: 100}}}
+	user.keepAliveDefaults()
+	if k := user.KeepAlive; k.MaxIdleConnsPerHost != 32 || k.MaxIdleConns != 100 {
+		t.Errorf("the user's values were replaced: %+v", k)
+	}
+}

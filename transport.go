@@ -25,6 +25,17 @@ func init() {
 // served a request (useful for debugging and for KV-cache affinity).
 const InstanceHeader = "X-Vastai-Instance"
 
+// Keep-alive pool defaults of the vastai transport, used unless the config
+// sets keepalive_idle_conns_per_host / keepalive_idle_conns (JSON
+// keep_alive.max_idle_conns_per_host / max_idle_conns). One instance serves
+// many concurrent streams; with Caddy's default of 32 idle connections per
+// host, 256 concurrent clients kept opening new upstream connections (see
+// BenchmarkKeepAlivePool).
+const (
+	DefaultIdleConnsPerHost = 512
+	DefaultMaxIdleConns     = 4096
+)
+
 // errNoRoute means the selected upstream left the fleet between selection
 // and dialing; it is reported as a dial error so reverse_proxy retries on
 // another instance instead of sending a request without credentials.
@@ -34,6 +45,10 @@ var errNoRoute = errors.New("upstream is no longer routable")
 // attempt it sets "Authorization: Bearer <that instance's token>", replacing
 // whatever the client sent, and adds an X-Vastai-Instance response header.
 // Every option of the http transport (timeouts, TLS, versions...) works.
+// Its keep-alive pool defaults to 512 idle connections per instance and
+// 4096 in all (DefaultIdleConnsPerHost, DefaultMaxIdleConns), sized for
+// many concurrent streams per instance; keepalive_idle_conns_per_host and
+// keepalive_idle_conns override them.
 //
 // It also feeds passive health: connection failures, 5xx responses and
 // portal placeholders count toward an instance becoming unhealthy; requests
@@ -87,6 +102,7 @@ func (t *Transport) Provision(ctx caddy.Context) error {
 	if t.HTTPTransport == nil {
 		t.HTTPTransport = new(reverseproxy.HTTPTransport)
 	}
+	t.keepAliveDefaults()
 	if err := t.HTTPTransport.Provision(ctx); err != nil {
 		return err
 	}
@@ -108,6 +124,20 @@ func (t *Transport) Provision(ctx caddy.Context) error {
 	}
 	t.st.transports.Store(t, struct{}{})
 	return nil
+}
+
+// keepAliveDefaults sizes the idle pool for inference traffic where the
+// config leaves it to the default.
+func (t *Transport) keepAliveDefaults() {
+	if t.KeepAlive == nil {
+		t.KeepAlive = new(reverseproxy.KeepAlive)
+	}
+	if t.KeepAlive.MaxIdleConnsPerHost == 0 {
+		t.KeepAlive.MaxIdleConnsPerHost = DefaultIdleConnsPerHost
+	}
+	if t.KeepAlive.MaxIdleConns == 0 {
+		t.KeepAlive.MaxIdleConns = DefaultMaxIdleConns
+	}
 }
 
 // Cleanup releases this transport's claim on tunnel mode and closes its
@@ -208,6 +238,7 @@ func (b *trackedRWBody) Write(p []byte) (int, error) { return b.w.Write(p) }
 //	transport vastai {
 //		tunnel ssh    # optional: carry requests over the instances' SSH connections
 //		<any option of the http transport>
+//		# keepalive_idle_conns_per_host defaults to 512, keepalive_idle_conns to 4096
 //	}
 func (t *Transport) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if t.HTTPTransport == nil {
