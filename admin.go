@@ -2,6 +2,7 @@ package vastai
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"sort"
@@ -46,7 +47,18 @@ func (a *adminAPI) Provision(ctx caddy.Context) error {
 
 // Routes returns the admin routes.
 func (a *adminAPI) Routes() []caddy.AdminRoute {
-	return []caddy.AdminRoute{{Pattern: "/vastai/", Handler: caddy.AdminHandlerFunc(a.serve)}}
+	return []caddy.AdminRoute{{Pattern: "/vastai/", Handler: caddy.AdminHandlerFunc(a.handle)}}
+}
+
+// handle serves a request; a 405 carries the Allow header.
+func (a *adminAPI) handle(w http.ResponseWriter, r *http.Request) error {
+	err := a.serve(w, r)
+	var apiErr caddy.APIError
+	var mna *methodNotAllowedError
+	if errors.As(err, &apiErr) && errors.As(apiErr.Err, &mna) {
+		w.Header().Set("Allow", strings.Join(mna.allow, ", "))
+	}
+	return err
 }
 
 func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
@@ -362,11 +374,18 @@ func timePtr(t time.Time) *time.Time {
 	return &t
 }
 
+// onlyGET refuses other methods with 405, allowing what adminRoutes lists
+// for the path (GET for paths it does not list).
 func onlyGET(r *http.Request) error {
-	if r.Method != http.MethodGet {
-		return apiError(http.StatusMethodNotAllowed, fmt.Errorf("method %s not allowed; use GET", r.Method))
+	if r.Method == http.MethodGet {
+		return nil
 	}
-	return nil
+	parts := strings.Split(strings.Trim(strings.TrimPrefix(r.URL.Path, "/vastai"), "/"), "/")
+	allow, ok := adminRoutes[strings.Join(routeShape(parts), "/")]
+	if !ok {
+		allow = []string{http.MethodGet}
+	}
+	return methodNotAllowed(r, allow)
 }
 
 func apiError(status int, err error) error {

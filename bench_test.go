@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -166,5 +168,80 @@ func BenchmarkCaddyAllNew100(b *testing.B) {
 		if len(results) != 100 {
 			b.Fatal("wrong count")
 		}
+	}
+}
+
+// BenchmarkKeepAlivePool sends requests from 32 and 256 concurrent clients
+// through a real Caddy to one loopback engine, with the vastai transport's
+// default keep-alive pool and with Caddy's old default of 32 idle
+// connections per host. It reports the upstream connections the engine
+// accepted per 1000 requests: a pool smaller than the concurrency keeps
+// opening new ones.
+func BenchmarkKeepAlivePool(b *testing.B) {
+	sim := newSim(b, vastsim.Options{})
+	ids := launch(b, sim, 1, "llm-")
+	site := `	handle_path /default/* {
+		vastai_proxy llm
+	}
+	handle_path /old/* {
+		vastai_proxy llm {
+			transport vastai {
+				keepalive_idle_conns_per_host 32
+			}
+		}
+	}`
+	startCaddy(b, testConfig(sim.URL(), llmPool, site))
+	waitRoutable(b, ids, 10*time.Second)
+
+	for _, clients := range []int{32, 256} {
+		// The client side must not be the bottleneck: one keep-alive
+		// connection per client.
+		client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: clients, MaxIdleConns: clients}}
+		for _, pool := range []string{"default", "old"} {
+			url := testProxyURL + "/" + pool + "/health"
+			b.Run(fmt.Sprintf("clients=%d/pool=%s", clients, pool), func(b *testing.B) {
+				before := sim.Engine(ids[0]).ConnsOpened
+				var next atomic.Int64
+				var wg sync.WaitGroup
+				b.ResetTimer()
+				for c := 0; c < clients; c++ {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						for next.Add(1) <= int64(b.N) {
+							resp, err := client.Get(url)
+							if err != nil {
+								b.Error(err)
+								return
+							}
+							_, _ = io.Copy(io.Discard, resp.Body)
+							resp.Body.Close()
+							if resp.StatusCode != http.StatusOK {
+								b.Errorf("%s: status %d", url, resp.StatusCode)
+								return
+							}
+						}
+					}()
+				}
+				wg.Wait()
+				b.StopTimer()
+				opened := sim.Engine(ids[0]).ConnsOpened - before
+				b.ReportMetric(float64(opened)*1000/float64(b.N), "upstream-conns/1000req")
+			})
+		}
+		client.CloseIdleConnections()
+	}
+}
+
+func TestTransportKeepAlivePoolDefaultsAndOverrides(t *testing.T) {
+	def := &Transport{HTTPTransport: new(reverseproxy.HTTPTransport)}
+	def.keepAliveDefaults()
+	if k := def.KeepAlive; k.MaxIdleConnsPerHost != DefaultIdleConnsPerHost || k.MaxIdleConns != DefaultMaxIdleConns {
+		t.Errorf("defaults: %+v, want %d per host and %d in all", k, DefaultIdleConnsPerHost, DefaultMaxIdleConns)
+	}
+	user := &Transport{HTTPTransport: &reverseproxy.HTTPTransport{KeepAlive: &reverseproxy.KeepAlive{MaxIdleConnsPerHost: 32, MaxIdleConns: 100}}}
+	user.keepAliveDefaults()
+	if k := user.KeepAlive; k.MaxIdleConnsPerHost != 32 || k.MaxIdleConns != 100 {
+		t.Errorf("the user's values were replaced: %+v", k)
 	}
 }

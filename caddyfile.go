@@ -56,6 +56,7 @@ func init() {
 //		orphans            adopt | destroy | ignore
 //		max_spend_per_hour <$/h>                # gateway budget
 //		min_credit         <$>                  # refuse new instances below this credit
+//		refuse_literal_secrets                  # fail the load on a secret not written as {env.NAME} / {file.PATH}
 //		ssh {
 //			key              <file>               # repeatable; SSH_AUTH_SOCK is used too
 //			known_hosts      storage | insecure   # default storage (trust on first use)
@@ -141,6 +142,11 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			} else {
 				a.MinCredit = f
 			}
+		case "refuse_literal_secrets":
+			if d.NextArg() {
+				return d.Err("refuse_literal_secrets: takes no argument")
+			}
+			a.RefuseLiteralSecrets = true
 		case "ssh":
 			if d.NextArg() {
 				return d.Err("ssh: expected a block")

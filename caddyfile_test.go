@@ -142,7 +142,7 @@ func TestConfigValidationNamesTheField(t *testing.T) {
 	cases := []struct {
 		name, vastai, http, want string
 	}{
-		{"missing api_key", `{"pools":{"llm":{}}}`, site("llm"), "api_key: api_key is required"},
+		{"missing api_key", `{"pools":{"llm":{}}}`, site("llm"), "api_key is required"},
 		{"api_key placeholder resolving to nothing", `{"api_key":"{env.VASTAI_EMPTY_FOR_TEST}","pools":{"llm":{}}}`, site("llm"), "resolved to an empty value"},
 		{"unknown pool named by an upstream", `{"api_key":"k","pools":{"llm":{}}}`, site("chat"), `unknown pool "chat" (configured pools: llm)`},
 		{"bad port", `{"api_key":"k","pools":{"llm":{"port":70000}}}`, site("llm"), "port 70000 out of range"},
@@ -178,5 +178,73 @@ func TestConfigValidationNamesTheField(t *testing.T) {
 				t.Errorf("error reveals the api key: %q", err)
 			}
 		})
+	}
+}
+
+// TestConfigErrorsSayWhatWentWrongOnce checks whole messages: Caddy already
+// names the module ("vastai: invalid configuration: "), so the app's own
+// errors must not repeat it or the field.
+func TestConfigErrorsSayWhatWentWrongOnce(t *testing.T) {
+	t.Setenv("VASTAI_EMPTY_FOR_TEST", "")
+	const prefix = "loading vastai app module: vastai: invalid configuration: "
+	cases := []struct{ vastai, want string }{
+		{`{}`, "api_key is required"},
+		{`{"api_key":"{env.VASTAI_EMPTY_FOR_TEST}"}`, `api_key is required: "{env.VASTAI_EMPTY_FOR_TEST}" resolved to an empty value`},
+		{`{"api_key":"{env.K}","poll_interval":1000}`, "poll_interval: 1µs is below the minimum of 500ms"},
+		{`{"api_key":"{env.K}","gateway_id":"Prod EU"}`, `gateway_id "Prod EU" must match [a-z0-9-]{1,32}`},
+		{`{"api_key":"{env.K}","pools":{"llm":{"port":70000}}}`, `pool "llm": port 70000 out of range 1-65535`},
+	}
+	t.Setenv("K", "key")
+	for _, c := range cases {
+		var cfg caddy.Config
+		if err := json.Unmarshal([]byte(`{"admin":{"disabled":true},"apps":{"vastai":`+c.vastai+`}}`), &cfg); err != nil {
+			t.Fatalf("test config: %v", err)
+		}
+		err := caddy.Validate(&cfg)
+		if err == nil || err.Error() != prefix+c.want {
+			t.Errorf("%s:\n got %v\nwant %s", c.vastai, err, prefix+c.want)
+		}
+	}
+}
+
+// TestLiteralSecretsCanBeRefused: with refuse_literal_secrets, a literal
+// secret fails the load, naming the field; placeholders pass.
+func TestLiteralSecretsCanBeRefused(t *testing.T) {
+	t.Setenv("K", "key")
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte("tok-from-file"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct{ vastai, want string }{
+		{`{"refuse_literal_secrets":true,"api_key":"sk-literal"}`, "api_key: a literal secret"},
+		{`{"refuse_literal_secrets":true,"api_key":"{env.K}","pools":{"p":{"token":{"source":"static","value":"tok"}}}}`, "pools.p.token.value: a literal secret"},
+		{`{"refuse_literal_secrets":true,"api_key":"{env.K}","pools":{"p":{"provision":{"image":"i","env":{"HF_TOKEN":"hf_x"}}}}}`, "pools.p.provision.env.HF_TOKEN: a literal secret"},
+		{`{"refuse_literal_secrets":true,"api_key":"{env.K}","pools":{"p":{"token":{"source":"static","value":"{file.` + tokenFile + `}"},"provision":{"image":"i","env":{"HF_TOKEN":"{env.K}","-p 9000:9000":"1"}}}}}`, ""},
+	}
+	for _, c := range cases {
+		var cfg caddy.Config
+		if err := json.Unmarshal([]byte(`{"admin":{"disabled":true},"apps":{"vastai":`+c.vastai+`}}`), &cfg); err != nil {
+			t.Fatalf("test config: %v", err)
+		}
+		err := caddy.Validate(&cfg)
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("%s: %v; want it accepted", c.vastai, err)
+		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+			t.Errorf("%s: %v; want an error mentioning %q", c.vastai, err, c.want)
+		}
+		if err != nil && (strings.Contains(err.Error(), "sk-literal") || strings.Contains(err.Error(), "hf_x") || strings.Contains(err.Error(), `"tok"`)) {
+			t.Errorf("the error reveals the secret: %v", err)
+		}
+	}
+}
+
+func TestRefuseLiteralSecretsCaddyfileOption(t *testing.T) {
+	out, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte("{\n\tvastai {\n\t\tapi_key {env.K}\n\t\trefuse_literal_secrets\n\t}\n}\n"), nil)
+	if err != nil || !bytes.Contains(out, []byte(`"refuse_literal_secrets":true`)) {
+		t.Fatalf("adapt: %v\n%s", err, out)
+	}
+	if _, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte("{\n\tvastai {\n\t\trefuse_literal_secrets yes\n\t}\n}\n"), nil); err == nil || !strings.Contains(err.Error(), "refuse_literal_secrets: takes no argument") {
+		t.Fatalf("an argument: %v", err)
 	}
 }

@@ -68,14 +68,14 @@ func TestOneInstancesSSHChangeKeepsTheOthersConnections(t *testing.T) {
 				}
 			}
 			serve()
-			connsB := sim.Engine(b).Connections
+			connsB := sim.Engine(b).ConnsOpened
 
 			// A's direct path goes away: its SSH connection is lost and
 			// comes back through the proxy (two connection changes of A).
 			sim.SetSSHPath(a, false, true)
 			waitFor(t, 60*time.Second, "A's SSH connection to move to the proxy", func() bool { return sshPath(t, a) == "proxy" })
 			serve()
-			if now := sim.Engine(b).Connections; now != connsB {
+			if now := sim.Engine(b).ConnsOpened; now != connsB {
 				t.Errorf("instance B's engine accepted %d new connections after instance A's SSH change: B's idle connections were flushed", now-connsB)
 			}
 		})

@@ -771,3 +771,316 @@ func TestPlaceholderResponsesTakeAReadyInstanceOutOfRotation(t *testing.T) {
 	sim.SetEngineReady(victim, true)
 	waitInstanceState(t, victim, "ready", 5*time.Second)
 }
+
+// withLogFile adds a JSON log file to a test config and returns its path:
+// Caddy's own logs, as an operator would read them.
+func withLogFile(t testing.TB, cfg string) (string, string) {
+	t.Helper()
+	path := t.TempDir() + "/caddy.log"
+	logOpt := fmt.Sprintf("\tlog {\n\t\toutput file %s\n\t\tformat json\n\t\tlevel DEBUG\n\t}\n", path)
+	return strings.Replace(cfg, "\tadmin localhost:2999\n", "\tadmin localhost:2999\n"+logOpt, 1), path
+}
+
+type logEntry struct {
+	Level  string `json:"level"`
+	Logger string `json:"logger"`
+	Msg    string `json:"msg"`
+	Field  string `json:"field"`
+}
+
+func readLog(t testing.TB, path string) ([]logEntry, string) {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	var out []logEntry
+	for _, line := range strings.Split(string(raw), "\n") {
+		var e logEntry
+		if json.Unmarshal([]byte(line), &e) == nil {
+			out = append(out, e)
+		}
+	}
+	return out, string(raw)
+}
+
+func adminError(t testing.TB, body []byte) string {
+	t.Helper()
+	var e struct {
+		Error string `json:"error"`
+	}
+	if err := json.Unmarshal(body, &e); err != nil {
+		t.Errorf("not a JSON error: %s", body)
+	}
+	return e.Error
+}
+
+func TestProvisionCountZeroIsRefusedAndAbsentMeansOne(t *testing.T) {
+	sim := newSim(t, vastsim.Options{LoadingDelay: 200 * time.Millisecond})
+	startCaddy(t, lifecycleConfig(t, sim.URL(), provisionPool, `	vastai_proxy llm`))
+
+	code, body := adminDo(t, http.MethodPost, "/vastai/pools/llm/instances", `{"count": 0}`)
+	if code != http.StatusBadRequest || adminError(t, body) != "count: 0 is out of range 1-32" {
+		t.Fatalf(`{"count": 0}: %d %s; want 400 "count: 0 is out of range 1-32"`, code, body)
+	}
+	var ops []operation
+	if code, body := adminGET(t, "/vastai/operations", &ops); code != http.StatusOK || len(ops) != 0 {
+		t.Fatalf("after the refused request: operations %d %s, want none", code, body)
+	}
+	for _, absent := range []string{``, `{}`, `{"offer_id": 0}`} {
+		code, body := adminDo(t, http.MethodPost, "/vastai/pools/llm/instances", absent)
+		var out struct {
+			Operations []operation `json:"operations"`
+		}
+		if code != http.StatusAccepted || json.Unmarshal(body, &out) != nil || len(out.Operations) != 1 {
+			t.Fatalf("body %q: %d %s; want 202 with exactly one operation", absent, code, body)
+		}
+	}
+}
+
+func TestLiteralSecretsInTheConfigAreWarnedAboutByField(t *testing.T) {
+	sim := newSim(t, vastsim.Options{})
+	t.Setenv("VASTAI_E2E_HOME", "/data")
+	const staticToken, hfToken = "sk-literal-static-4711", "hf_literal_secret_0815"
+	pools := `		pool llm {
+			label_prefix llm-
+			token static ` + staticToken + `
+		}
+		pool gen {
+			provision {
+				image vllm/vllm-openai:latest
+				env HF_TOKEN ` + hfToken + `
+				env HF_HOME {env.VASTAI_E2E_HOME}
+			}
+		}`
+	// {$VAR} is expanded when the Caddyfile is adapted, so the key ends
+	// up in the JSON config as a literal.
+	cfg := strings.Replace(lifecycleConfig(t, sim.URL(), pools, `	vastai_proxy llm`), "api_key {env.VASTAI_E2E_KEY}", "api_key {$VASTAI_E2E_KEY}", 1)
+	cfg, logPath := withLogFile(t, cfg)
+	startCaddy(t, cfg)
+
+	want := map[string]bool{"api_key": false, "pools.llm.token.value": false, "pools.gen.provision.env.HF_TOKEN": false}
+	var raw string
+	waitFor(t, 30*time.Second, "literal-secret warnings in the log", func() bool {
+		var entries []logEntry
+		entries, raw = readLog(t, logPath)
+		for _, e := range entries {
+			if e.Level == "warn" && strings.Contains(e.Msg, "literal secret") {
+				if _, ok := want[e.Field]; !ok {
+					t.Fatalf("warning about field %q, which holds no literal secret: %+v", e.Field, e)
+				}
+				want[e.Field] = true
+			}
+		}
+		for _, seen := range want {
+			if !seen {
+				return false
+			}
+		}
+		return true
+	})
+	for _, secret := range []string{testAPIKey, staticToken, hfToken} {
+		if strings.Contains(raw, secret) {
+			t.Errorf("the log contains the secret %q", secret)
+		}
+	}
+	// The warning is right: the literal values are served back.
+	_, conf := adminGET(t, "/config/", nil)
+	if !strings.Contains(string(conf), hfToken) || strings.Contains(string(conf), "/data") {
+		t.Errorf("GET /config/ should hold the literal HF_TOKEN and not the resolved HF_HOME: %s", conf)
+	}
+}
+
+func TestReloadsLeaveIdleUpstreamConnectionsFlat(t *testing.T) {
+	sim := newSim(t, vastsim.Options{TokenInterval: 10 * time.Millisecond})
+	ids := launch(t, sim, 1, "llm-")
+	cfgFor := func(i int) string {
+		return testConfig(sim.URL(), llmPool, fmt.Sprintf("\tvastai_proxy llm {\n\t\theader_down X-Reload %d\n\t}", i))
+	}
+	tc := startCaddy(t, cfgFor(0))
+	waitRoutable(t, ids, 10*time.Second)
+
+	// burst sends 8 overlapping completions, so the current transport
+	// holds about 8 idle connections afterwards.
+	burst := func(round int) {
+		var wg sync.WaitGroup
+		errs := make(chan string, 8)
+		for i := 0; i < 8; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				resp, body := completion(t, &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{}})
+				if resp.StatusCode != http.StatusOK || resp.Header.Get("X-Reload") != fmt.Sprint(round) {
+					errs <- fmt.Sprintf("round %d: %d %q %s", round, resp.StatusCode, resp.Header.Get("X-Reload"), body)
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for e := range errs {
+			t.Fatal(e)
+		}
+	}
+	burst(0)
+	base := sim.Engine(ids[0]).OpenConns
+	t.Logf("open engine connections after the first burst: %d", base)
+	for i := 1; i <= 8; i++ {
+		tc.InitServer(cfgFor(i), "caddyfile")
+		burst(i)
+		// Closing idle connections is asynchronous at the engine's end;
+		// a transport that never closes them stays above the bound.
+		var open int64
+		within := 10 * time.Second
+		deadline := time.Now().Add(within)
+		for open = sim.Engine(ids[0]).OpenConns; open > base+2; open = sim.Engine(ids[0]).OpenConns {
+			if time.Now().After(deadline) {
+				t.Fatalf("reload %d: %d upstream connections open at the engine, %d after the first burst: old transports keep theirs", i, open, base)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		t.Logf("reload %d: %d open engine connections", i, open)
+	}
+}
+
+func TestDrainIsAllowedWhereDestroyIsAndHonoursForce(t *testing.T) {
+	sim := newSim(t, vastsim.Options{})
+	pooled := launch(t, sim, 2, "llm-")
+	unpooled := launch(t, sim, 2, "batch-")
+	startCaddy(t, lifecycleConfig(t, sim.URL(), llmPool, `	vastai_proxy llm`))
+	waitRoutable(t, pooled, 10*time.Second)
+
+	// Each pair: the same request as drain and as DELETE, on two instances
+	// alike; both must answer the same.
+	cases := []struct {
+		name           string
+		drain, destroy int64
+		query          string
+		want           int
+	}{
+		{"routing-only pool", pooled[0], pooled[1], "", http.StatusAccepted},
+		{"no pool, no force", unpooled[0], unpooled[1], "", http.StatusForbidden},
+		{"no pool, force", unpooled[0], unpooled[1], "?force=1", http.StatusAccepted},
+	}
+	for _, c := range cases {
+		dc, db := adminDo(t, http.MethodPost, fmt.Sprintf("/vastai/instances/%d/drain%s", c.drain, c.query), "")
+		xc, xb := adminDo(t, http.MethodDelete, fmt.Sprintf("/vastai/instances/%d%s", c.destroy, c.query), "")
+		if dc != c.want || xc != c.want {
+			t.Errorf("%s: drain %d %s, DELETE %d %s; want both %d", c.name, dc, db, xc, xb, c.want)
+		}
+	}
+	waitFor(t, 60*time.Second, "all four instances destroyed", func() bool {
+		n := 0
+		for _, in := range sim.Instances() {
+			if in.Destroyed {
+				n++
+			}
+		}
+		return n == 4
+	})
+}
+
+// TestAdminAPIAnswersMistakesWithTheRightStatus goes through a real admin
+// endpoint: what is wrong decides the status, and the message says it.
+func TestAdminAPIAnswersMistakesWithTheRightStatus(t *testing.T) {
+	sim := newSim(t, vastsim.Options{Credit: 100})
+	pools := provisionPool + `
+		pool static {
+			label_prefix static-
+		}`
+	startCaddy(t, lifecycleConfig(t, sim.URL(), pools, `	vastai_proxy llm`))
+
+	const obj = `the body must be a JSON object like {"count": 1}`
+	cases := []struct {
+		method, path, body string
+		code               int
+		mention, allow     string
+	}{
+		{"POST", "/vastai/pools/llm/instances", `{"offer_id": 5, "count": 2}`, 400, "offer_id", ""},
+		{"POST", "/vastai/pools/llm/instances", `{"COUNT": 40}`, 400, `unknown field "COUNT"`, ""},
+		{"POST", "/vastai/pools/llm/instances", `{"Count": 1}`, 400, `unknown field "Count"`, ""},
+		{"POST", "/vastai/pools/llm/instances", `{"count": 1, "count": 2}`, 400, `"count" appears twice`, ""},
+		{"POST", "/vastai/pools/llm/instances", `[1, 2]`, 400, obj, ""},
+		{"POST", "/vastai/pools/llm/instances", `"two"`, 400, obj, ""},
+		{"POST", "/vastai/pools/llm/instances", `null`, 400, obj, ""},
+		{"POST", "/vastai/pools/static/instances", ``, 409, `pool "static" has no provision block`, ""},
+		{"POST", "/vastai/pools/nope/instances", ``, 404, `unknown pool "nope"`, ""},
+		{"GET", "/vastai/offers?pool=static", ``, 409, `pool "static" has no provision block`, ""},
+		{"GET", "/vastai/offers?pool=nope", ``, 404, `unknown pool "nope"`, ""},
+		{"GET", "/vastai/offers?pool=llm&verified=maybe", ``, 400, "verified", ""},
+		{"GET", "/vastai/offers?pool=llm&num_gpus=1&num_gpus=2", ``, 400, "num_gpus", ""},
+		{"GET", "/vastai/offers?pool=llm&countries=US,,CA", ``, 400, "countries", ""},
+		{"GET", "/vastai/offers?pool=llm&gpu_name=", ``, 400, "gpu_name", ""},
+		{"DELETE", "/vastai/instances/5?force=yes", ``, 400, "force", ""},
+		{"POST", "/vastai/instances/5/drain?force=2", ``, 400, "force", ""},
+		{"GET", "/vastai/operations/abc/extra", ``, 404, "no such endpoint", ""},
+		{"POST", "/vastai/reconcile/now", ``, 404, "no such endpoint", ""},
+		{"GET", "/vastai/pools/llm/nothing", ``, 404, "no such endpoint", ""},
+		{"GET", "/vastai/instances/5/drain", ``, 405, "not allowed", "POST"},
+		{"GET", "/vastai/pools/llm/instances", ``, 405, "not allowed", "POST"},
+		{"PUT", "/vastai/instances/5", ``, 405, "not allowed", "DELETE, GET"},
+		{"POST", "/vastai/status", ``, 405, "not allowed", "GET"},
+		{"DELETE", "/vastai/operations", ``, 405, "not allowed", "GET"},
+		{"GET", "/vastai/reconcile", ``, 405, "not allowed", "POST"},
+		{"POST", "/vastai/pools", ``, 405, "not allowed", "GET"},
+	}
+	for _, c := range cases {
+		req, _ := http.NewRequest(c.method, testAdminURL+c.path, strings.NewReader(c.body))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		msg := adminError(t, body)
+		if resp.StatusCode != c.code || !strings.Contains(msg, c.mention) || resp.Header.Get("Allow") != c.allow {
+			t.Errorf("%s %s %s: %d %s (Allow %q); want %d mentioning %q (Allow %q)",
+				c.method, c.path, c.body, resp.StatusCode, body, resp.Header.Get("Allow"), c.code, c.mention, c.allow)
+		}
+	}
+	if n := len(ours(sim)); n != 0 {
+		t.Errorf("bad requests created %d instances", n)
+	}
+}
+
+// TestAdminErrorsAndLoggerNamesSayThingsOnce checks exact messages: no
+// "lifecycle:" prefixes in admin answers, no doubled logger name.
+func TestAdminErrorsAndLoggerNamesSayThingsOnce(t *testing.T) {
+	sim := newSim(t, vastsim.Options{})
+	other := launch(t, sim, 1, "batch-")
+	pooled := launch(t, sim, 1, "llm-")
+	cfg, logPath := withLogFile(t, lifecycleConfig(t, sim.URL(), llmPool, `	vastai_proxy llm`))
+	startCaddy(t, cfg)
+	waitRoutable(t, pooled, 10*time.Second)
+
+	cases := []struct {
+		method, path, body string
+		code               int
+		want               string
+	}{
+		{"GET", "/vastai/operations/nope", ``, 404, `operation not found: "nope"`},
+		{"DELETE", fmt.Sprintf("/vastai/instances/%d", other[0]), ``, 403,
+			fmt.Sprintf(`instance %d is labelled "batch-1": not created or adopted by this gateway; add ?force=1 to destroy it anyway`, other[0])},
+		{"DELETE", "/vastai/instances/999999999", ``, 404, "instance not found: 999999999"},
+	}
+	for _, c := range cases {
+		code, body := adminDo(t, c.method, c.path, c.body)
+		if got := adminError(t, body); code != c.code || got != c.want {
+			t.Errorf("%s %s: %d %q; want %d %q", c.method, c.path, code, got, c.code, c.want)
+		}
+	}
+	// A destroy makes the lifecycle manager log.
+	if code, body := adminDo(t, http.MethodDelete, fmt.Sprintf("/vastai/instances/%d", pooled[0]), ""); code != http.StatusAccepted {
+		t.Fatalf("DELETE pooled: %d %s", code, body)
+	}
+	waitFor(t, 30*time.Second, "the lifecycle manager's log lines", func() bool {
+		entries, _ := readLog(t, logPath)
+		found := false
+		for _, e := range entries {
+			if strings.Contains(e.Logger, "lifecycle") && e.Logger != "vastai.lifecycle" {
+				t.Fatalf("lifecycle logger named %q, want vastai.lifecycle", e.Logger)
+			}
+			found = found || (e.Logger == "vastai.lifecycle" && e.Msg == "destroying instance")
+		}
+		return found
+	})
+}

@@ -208,7 +208,7 @@ func TestAdminAPIRefusesBadInput(t *testing.T) {
 		{"POST", "/vastai/pools/llm/instances", `{"offer_id": 1.5}`, 400, "offer_id"},
 		{"POST", "/vastai/pools/llm/instances", `{"count": 1, "gpu": "a100"}`, 400, "unknown field"},
 		{"POST", "/vastai/pools/llm/instances", `{"count": 1}{"count": 2}`, 400, "after the JSON"},
-		{"POST", "/vastai/pools/llm/instances", `[1, 2]`, 400, "expected"},
+		{"POST", "/vastai/pools/llm/instances", `[1, 2]`, 400, "must be a JSON object"},
 		{"POST", "/vastai/pools/llm/instances", `{not json`, 400, "not valid JSON"},
 		{"POST", "/vastai/pools/llm/instances", `{"count": -1}`, 400, "count"},
 		{"POST", "/vastai/pools/llm/instances", `{"count": 99}`, 400, "count"},

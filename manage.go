@@ -149,7 +149,10 @@ func (f fleetAdapter) Exclude(id int64, reason string) {
 func (f fleetAdapter) Listing() (lifecycle.Listing, bool) {
 	snap := f.s.watcher.Snapshot()
 	at := snap.Poll.LastSuccess
-	if at.IsZero() {
+	// A listing narrowed to the pools' exact labels lacks the cv: rows
+	// reconcile must see; offering it would make every record whose
+	// instance it omits look like a ghost.
+	if at.IsZero() || snap.Poll.LabelFilter != nil {
 		return lifecycle.Listing{}, false
 	}
 	rows := make([]vastclient.Instance, 0, len(snap.Members))
@@ -158,7 +161,11 @@ func (f fleetAdapter) Listing() (lifecycle.Listing, bool) {
 			rows = append(rows, snap.Members[i].Instance)
 		}
 	}
-	return lifecycle.Listing{Rows: rows, Started: at, Skipped: snap.Poll.Skipped}, true
+	started := snap.Poll.DataTime
+	if started.IsZero() {
+		started = at
+	}
+	return lifecycle.Listing{Rows: rows, Started: started, Skipped: snap.Poll.Skipped}, true
 }
 
 func (f fleetAdapter) Instances() ([]vastclient.Instance, time.Time, bool) {

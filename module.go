@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"regexp"
 	"sort"
 	"strings"
 	"time"
@@ -101,12 +102,23 @@ type App struct {
 	// Default: 5s.
 	ProvisionPollInterval caddy.Duration `json:"provision_poll_interval,omitempty"`
 
-	storage   caddyStorage
-	apiKey    string
-	specs     []fleet.PoolSpec
-	lifecycle lifecycle.Config
-	state     *state
-	logger    *zap.Logger
+	// Refuse to load a config that holds a secret (api_key, a static
+	// token, a provision env value) literally instead of as {env.NAME} or
+	// {file.PATH} placeholders. Caddy serves the config as written at GET
+	// /config/, so only those placeholders keep a secret out of it; a
+	// Caddyfile {$VAR} is expanded when the Caddyfile is adapted and is
+	// literal too. Without this option each literal secret is logged as a
+	// warning naming the field, and the config loads.
+	RefuseLiteralSecrets bool `json:"refuse_literal_secrets,omitempty"`
+
+	storage caddyStorage
+	apiKey  string
+	// literalSecrets names the fields that hold a literal secret.
+	literalSecrets []string
+	specs          []fleet.PoolSpec
+	lifecycle      lifecycle.Config
+	state          *state
+	logger         *zap.Logger
 }
 
 // Pool selects instances of the account and says how to reach their engine.
@@ -220,6 +232,13 @@ var (
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
 	a.storage = ctx.Storage()
+	a.literalSecrets = a.literalSecretFields()
+	if !a.RefuseLiteralSecrets {
+		for _, f := range a.literalSecrets {
+			a.logger.Warn("literal secret in the config: GET /config/ serves it to anyone who can reach the admin endpoint; write it as {env.NAME} or {file.PATH}",
+				zap.String("field", f))
+		}
+	}
 	repl := caddy.NewReplacer()
 	a.apiKey = strings.TrimSpace(repl.ReplaceAll(a.APIKey, ""))
 	a.specs = a.specs[:0]
@@ -250,7 +269,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return newState(), nil
 	})
 	if err != nil {
-		return fmt.Errorf("vastai: loading shared state: %w", err)
+		return fmt.Errorf("loading shared state: %w", err)
 	}
 	a.state = st.(*state)
 	return a.state.registerMetrics(ctx)
@@ -260,34 +279,106 @@ func (a *App) Provision(ctx caddy.Context) error {
 func (a *App) Validate() error {
 	if a.apiKey == "" {
 		if a.APIKey != "" {
-			return fmt.Errorf("vastai: api_key: %q resolved to an empty value: %w", a.APIKey, ErrMissingAPIKey)
+			return fmt.Errorf("%w: %q resolved to an empty value", ErrMissingAPIKey, a.APIKey)
 		}
-		return fmt.Errorf("vastai: api_key: %w", ErrMissingAPIKey)
+		return ErrMissingAPIKey
+	}
+	if a.RefuseLiteralSecrets && len(a.literalSecrets) > 0 {
+		return fmt.Errorf("%s: a literal secret, which GET /config/ would serve; write it as {env.NAME} or {file.PATH} (refuse_literal_secrets is on)",
+			strings.Join(a.literalSecrets, ", "))
 	}
 	if _, err := a.apiURL(); err != nil {
 		return err
 	}
 	if a.PollInterval < 0 {
-		return fmt.Errorf("vastai: poll_interval: must not be negative, got %s", time.Duration(a.PollInterval))
+		return fmt.Errorf("poll_interval: must not be negative, got %s", time.Duration(a.PollInterval))
 	}
 	if err := a.SSH.validate(); err != nil {
 		return err
 	}
 	if err := a.lifecycle.Validate(); err != nil {
-		return fmt.Errorf("vastai: %w", err)
+		return withoutSentinel(err, lifecycle.ErrInvalidConfig)
 	}
 	if a.MaxConcurrentProbes < 0 {
-		return fmt.Errorf("vastai: max_concurrent_probes: must not be negative")
+		return errors.New("max_concurrent_probes: must not be negative")
 	}
 	if a.PollInterval > 0 && time.Duration(a.PollInterval) < 500*time.Millisecond {
-		return fmt.Errorf("vastai: poll_interval: %s is below the minimum of 500ms", time.Duration(a.PollInterval))
+		return fmt.Errorf("poll_interval: %s is below the minimum of 500ms", time.Duration(a.PollInterval))
 	}
 	for _, spec := range a.specs {
 		if err := spec.Validate(); err != nil {
-			return fmt.Errorf("vastai: pools: %w", err)
+			return err
 		}
 	}
 	return nil
+}
+
+// secretPlaceholder matches the placeholders that are resolved when the
+// config is loaded and never stored in it.
+var secretPlaceholder = regexp.MustCompile(`\{(env|file)\.[^{}]+\}`)
+
+// isLiteralSecret reports whether a secret-bearing value holds anything
+// but {env.NAME} and {file.PATH} placeholders (and spaces).
+func isLiteralSecret(v string) bool {
+	return strings.TrimSpace(secretPlaceholder.ReplaceAllString(v, "")) != ""
+}
+
+// literalSecretFields names the secret-bearing fields written literally:
+// api_key, static tokens and provision env values (Docker options such as
+// "-p 8000:8000" excepted). New secret fields belong here.
+func (a *App) literalSecretFields() []string {
+	var out []string
+	if isLiteralSecret(a.APIKey) {
+		out = append(out, "api_key")
+	}
+	names := make([]string, 0, len(a.Pools))
+	for n := range a.Pools {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		p := a.Pools[name]
+		if p == nil {
+			continue
+		}
+		if p.Token != nil && p.Token.Source == fleet.TokenStatic && isLiteralSecret(p.Token.Value) {
+			out = append(out, "pools."+name+".token.value")
+		}
+		if p.Provision == nil {
+			continue
+		}
+		keys := make([]string, 0, len(p.Provision.Env))
+		for k := range p.Provision.Env {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			if !strings.HasPrefix(k, "-") && isLiteralSecret(p.Provision.Env[k]) {
+				out = append(out, "pools."+name+".provision.env."+k)
+			}
+		}
+	}
+	return out
+}
+
+// withoutSentinel drops sentinel from an error made with
+// fmt.Errorf("%w: %w", sentinel, detail): Caddy already reports
+// "invalid configuration", so only the detail is worth saying.
+func withoutSentinel(err, sentinel error) error {
+	u, ok := err.(interface{ Unwrap() []error })
+	if !ok {
+		return err
+	}
+	var rest []error
+	for _, e := range u.Unwrap() {
+		if e != sentinel {
+			rest = append(rest, e)
+		}
+	}
+	if len(rest) == 0 {
+		return err
+	}
+	return errors.Join(rest...)
 }
 
 func (a *App) apiURL() (string, error) {
@@ -297,7 +388,7 @@ func (a *App) apiURL() (string, error) {
 	}
 	u, err := url.Parse(raw)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return "", fmt.Errorf("vastai: api_url: %q is not an absolute http(s) URL", raw)
+		return "", fmt.Errorf("api_url: %q is not an absolute http(s) URL", raw)
 	}
 	return strings.TrimRight(raw, "/"), nil
 }

@@ -25,6 +25,17 @@ func init() {
 // served a request (useful for debugging and for KV-cache affinity).
 const InstanceHeader = "X-Vastai-Instance"
 
+// Keep-alive pool defaults of the vastai transport, used unless the config
+// sets keepalive_idle_conns_per_host / keepalive_idle_conns (JSON
+// keep_alive.max_idle_conns_per_host / max_idle_conns). One instance serves
+// many concurrent streams; with Caddy's default of 32 idle connections per
+// host, 256 concurrent clients kept opening new upstream connections (see
+// BenchmarkKeepAlivePool).
+const (
+	DefaultIdleConnsPerHost = 512
+	DefaultMaxIdleConns     = 4096
+)
+
 // errNoRoute means the selected upstream left the fleet between selection
 // and dialing; it is reported as a dial error so reverse_proxy retries on
 // another instance instead of sending a request without credentials.
@@ -34,6 +45,10 @@ var errNoRoute = errors.New("upstream is no longer routable")
 // attempt it sets "Authorization: Bearer <that instance's token>", replacing
 // whatever the client sent, and adds an X-Vastai-Instance response header.
 // Every option of the http transport (timeouts, TLS, versions...) works.
+// Its keep-alive pool defaults to 512 idle connections per instance and
+// 4096 in all (DefaultIdleConnsPerHost, DefaultMaxIdleConns), sized for
+// many concurrent streams per instance; keepalive_idle_conns_per_host and
+// keepalive_idle_conns override them.
 //
 // It also feeds passive health: connection failures, 5xx responses and
 // portal placeholders count toward an instance becoming unhealthy; requests
@@ -68,27 +83,28 @@ func (Transport) CaddyModule() caddy.ModuleInfo {
 func (t *Transport) Provision(ctx caddy.Context) error {
 	app, err := lookupApp(ctx)
 	if err != nil {
-		return fmt.Errorf("vastai transport: %w", err)
+		return err
 	}
 	t.st = app.state
 	switch t.Tunnel {
 	case "":
 	case "ssh":
 		if app.SSH == nil {
-			return fmt.Errorf("vastai transport: tunnel ssh needs SSH access: add ssh { key <file> } to the vastai app")
+			return errors.New("tunnel ssh needs SSH access: add ssh { key <file> } to the vastai app")
 		}
 		// Counted so the app turns tunnel mode on when it starts, and off
 		// when the last tunnelling config is unloaded.
 		t.st.tunnels.Add(1)
 		t.registered = true
 	default:
-		return fmt.Errorf("vastai transport: tunnel: %q is not supported (use ssh)", t.Tunnel)
+		return fmt.Errorf("tunnel: %q is not supported (use ssh)", t.Tunnel)
 	}
 	if t.HTTPTransport == nil {
 		t.HTTPTransport = new(reverseproxy.HTTPTransport)
 	}
+	t.keepAliveDefaults()
 	if err := t.HTTPTransport.Provision(ctx); err != nil {
-		return fmt.Errorf("vastai transport: %w", err)
+		return err
 	}
 	// Every vastai transport can reach tunnel addresses, whatever its own
 	// tunnel setting: during a reload an old transport may still receive
@@ -110,7 +126,24 @@ func (t *Transport) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-// Cleanup releases this transport's claim on tunnel mode.
+// keepAliveDefaults sizes the idle pool for inference traffic where the
+// config leaves it to the default.
+func (t *Transport) keepAliveDefaults() {
+	if t.KeepAlive == nil {
+		t.KeepAlive = new(reverseproxy.KeepAlive)
+	}
+	if t.KeepAlive.MaxIdleConnsPerHost == 0 {
+		t.KeepAlive.MaxIdleConnsPerHost = DefaultIdleConnsPerHost
+	}
+	if t.KeepAlive.MaxIdleConns == 0 {
+		t.KeepAlive.MaxIdleConns = DefaultMaxIdleConns
+	}
+}
+
+// Cleanup releases this transport's claim on tunnel mode and closes its
+// idle upstream connections. It must call the embedded transport's
+// Cleanup: defining this method shadows it, and without the call every
+// reload left the old transport's keep-alive connections open.
 func (t *Transport) Cleanup() error {
 	if t.st != nil {
 		t.st.transports.Delete(t)
@@ -121,7 +154,10 @@ func (t *Transport) Cleanup() error {
 			t.st.watcher.SetTunnel(false)
 		}
 	}
-	return nil
+	if t.HTTPTransport == nil {
+		return nil
+	}
+	return t.HTTPTransport.Cleanup()
 }
 
 // RoundTrip sends one attempt to the upstream chosen by reverse_proxy.
@@ -204,6 +240,7 @@ func (b *trackedRWBody) Write(p []byte) (int, error) { return b.w.Write(p) }
 //	transport vastai {
 //		tunnel ssh    # optional: carry requests over the instances' SSH connections
 //		<any option of the http transport>
+//		# keepalive_idle_conns_per_host defaults to 512, keepalive_idle_conns to 4096
 //	}
 func (t *Transport) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if t.HTTPTransport == nil {

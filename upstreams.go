@@ -1,6 +1,7 @@
 package vastai
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 
@@ -38,14 +39,14 @@ func (Upstreams) CaddyModule() caddy.ModuleInfo {
 // Provision finds the vastai app and checks that the pool exists.
 func (u *Upstreams) Provision(ctx caddy.Context) error {
 	if u.Pool == "" {
-		return fmt.Errorf("vastai upstreams: pool: a pool name is required")
+		return errors.New("pool: a pool name is required")
 	}
 	app, err := lookupApp(ctx)
 	if err != nil {
-		return fmt.Errorf("vastai upstreams: %w", err)
+		return err
 	}
 	if _, ok := app.Pools[u.Pool]; !ok {
-		return fmt.Errorf("vastai upstreams: pool: %w %q (configured pools: %s)", ErrUnknownPool, u.Pool, app.poolNames())
+		return fmt.Errorf("pool: %w %q (configured pools: %s)", ErrUnknownPool, u.Pool, app.poolNames())
 	}
 	u.watcher = app.state.watcher
 	return nil

@@ -40,15 +40,15 @@ type BudgetError struct {
 func (e *BudgetError) Error() string {
 	switch e.Scope {
 	case ScopeCredit:
-		return fmt.Sprintf("lifecycle: account credit $%.2f is below min_credit $%.2f", e.Current, e.Limit)
+		return fmt.Sprintf("account credit $%.2f is below min_credit $%.2f", e.Current, e.Limit)
 	case ScopeInstance:
-		return fmt.Sprintf("lifecycle: pool %q: instance price $%.4f/h exceeds max_price_per_hour $%.4f/h",
+		return fmt.Sprintf("pool %q: instance price $%.4f/h exceeds max_price_per_hour $%.4f/h",
 			e.Pool, e.Requested, e.Limit)
 	case ScopePool:
-		return fmt.Sprintf("lifecycle: pool %q spends $%.4f/h; $%.4f/h more would exceed its max_spend_per_hour $%.4f/h",
+		return fmt.Sprintf("pool %q spends $%.4f/h; $%.4f/h more would exceed its max_spend_per_hour $%.4f/h",
 			e.Pool, e.Current, e.Requested, e.Limit)
 	default:
-		return fmt.Sprintf("lifecycle: the gateway spends $%.4f/h; $%.4f/h more would exceed max_spend_per_hour $%.4f/h",
+		return fmt.Sprintf("the gateway spends $%.4f/h; $%.4f/h more would exceed max_spend_per_hour $%.4f/h",
 			e.Current, e.Requested, e.Limit)
 	}
 }

@@ -68,27 +68,41 @@ const (
 // Sentinel errors for expected conditions. Test with errors.Is.
 var (
 	// ErrUnknownPool means the pool name is not configured.
-	ErrUnknownPool = errors.New("lifecycle: unknown pool")
+	ErrUnknownPool = errors.New("unknown pool")
 	// ErrMaxInstances means the request would take a pool beyond its
 	// MaxInstances.
-	ErrMaxInstances = errors.New("lifecycle: max_instances reached")
+	ErrMaxInstances = errors.New("max_instances reached")
 	// ErrBudget is matched by every *BudgetError.
-	ErrBudget = errors.New("lifecycle: budget exceeded")
+	ErrBudget = errors.New("budget exceeded")
 	// ErrNoOffers means no offer matches the pool's filter, price cap and
 	// blocklist.
-	ErrNoOffers = errors.New("lifecycle: no matching offer")
+	ErrNoOffers = errors.New("no matching offer")
 	// ErrNotOwned means the instance is not this gateway's (no record and no
 	// "cv:<gateway>:" label); destroying it needs Force.
-	ErrNotOwned = errors.New("lifecycle: instance not owned by this gateway")
+	ErrNotOwned = errors.New("not created or adopted by this gateway")
 	// ErrInstanceNotFound means vast.ai does not know the instance.
-	ErrInstanceNotFound = errors.New("lifecycle: instance not found")
+	ErrInstanceNotFound = errors.New("instance not found")
 	// ErrOperationNotFound means no operation has that id.
-	ErrOperationNotFound = errors.New("lifecycle: operation not found")
+	ErrOperationNotFound = errors.New("operation not found")
 	// ErrStopped means the Manager was stopped; it accepts no new work.
-	ErrStopped = errors.New("lifecycle: manager stopped")
+	ErrStopped = errors.New("manager stopped")
 	// ErrInvalidConfig wraps configuration mistakes.
-	ErrInvalidConfig = errors.New("lifecycle: invalid configuration")
+	ErrInvalidConfig = errors.New("invalid configuration")
+	// ErrInvalidRequest is matched by every *ValidationError: the request
+	// itself is wrong (a caller's mistake, not vast.ai's).
+	ErrInvalidRequest = errors.New("invalid request")
 )
+
+// ValidationError is a mistake in a request, naming the field.
+type ValidationError struct {
+	Field   string
+	Problem string
+}
+
+func (e *ValidationError) Error() string { return e.Field + ": " + e.Problem }
+
+// Is makes errors.Is(err, ErrInvalidRequest) hold.
+func (e *ValidationError) Is(target error) bool { return target == ErrInvalidRequest }
 
 // OfferFilter selects offers. Zero fields do not filter. All filters are
 // sent to vast.ai (unfiltered searches return a capped subset) and checked
@@ -207,7 +221,8 @@ type Config struct {
 	DestroyVerifyAttempts int
 	// Now is the clock (default time.Now).
 	Now func() time.Time
-	// Logger receives structured logs (default: none).
+	// Logger receives structured logs (default: none); the caller names it
+	// (the Caddy app uses "vastai.lifecycle").
 	Logger *zap.Logger
 
 	// PollInterval is how often a provisioning checks the routing side's

@@ -32,9 +32,15 @@ func (m *Manager) Drain(ctx context.Context, id int64, reason string) (*Operatio
 	return m.requestDestroy(ctx, id, reason, false, true)
 }
 
+// ForceDrain drains and destroys any instance of the account, owned or
+// not, like ForceDestroy; it is otherwise like Drain.
+func (m *Manager) ForceDrain(ctx context.Context, id int64, reason string) (*Operation, error) {
+	return m.requestDestroy(ctx, id, reason, true, true)
+}
+
 func (m *Manager) requestDestroy(ctx context.Context, id int64, reason string, force, drain bool) (*Operation, error) {
 	if id <= 0 {
-		return nil, fmt.Errorf("lifecycle: invalid instance id %d", id)
+		return nil, &ValidationError{"id", fmt.Sprintf("%d is not a positive instance id", id)}
 	}
 	if m.isStopped() {
 		return nil, ErrStopped
@@ -67,7 +73,7 @@ func (m *Manager) requestDestroy(ctx context.Context, id int64, reason string, f
 				owned = true
 				p.pool, p.label = l.Pool, row.Label
 			} else if !force {
-				return nil, fmt.Errorf("%w: instance %d is labelled %q", ErrNotOwned, id, row.Label)
+				return nil, fmt.Errorf("instance %d is labelled %q: %w", id, row.Label, ErrNotOwned)
 			} else {
 				p.label = row.Label
 			}

@@ -27,7 +27,7 @@ const (
 )
 
 // ErrBadLabel means a label is not of the form cv:<gateway>:<pool>:<op>.
-var ErrBadLabel = errors.New("lifecycle: not a caddy-vastai label")
+var ErrBadLabel = errors.New("not a caddy-vastai label")
 
 // Label is a parsed instance label.
 type Label struct {

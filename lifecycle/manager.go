@@ -159,7 +159,7 @@ func New(cfg Config, api API, store Store, fleet Fleet) (*Manager, error) {
 		api:        api,
 		store:      store,
 		fleet:      fleet,
-		log:        cfg.Logger.Named("vastai.lifecycle").With(zap.String("gateway", cfg.GatewayID)),
+		log:        cfg.Logger.With(zap.String("gateway", cfg.GatewayID)),
 		owner:      fmt.Sprintf("%s/%d/%s", host, os.Getpid(), newOpID()),
 		ops:        map[string]*Operation{},
 		insts:      map[int64]*InstanceRecord{},
@@ -189,7 +189,7 @@ func (m *Manager) Run(ctx context.Context) error {
 	m.mu.Lock()
 	if m.running || m.stopped {
 		m.mu.Unlock()
-		return errors.New("lifecycle: Run called twice or after Close")
+		return errors.New("Run called twice or after Close")
 	}
 	m.running = true
 	m.mu.Unlock()

@@ -42,10 +42,13 @@ func (m *Manager) Provision(ctx context.Context, pool string, req ProvisionReque
 		n = 1
 	}
 	if n < 0 || n > maxProvisionCount {
-		return nil, fmt.Errorf("lifecycle: count %d must be between 1 and %d", req.Count, maxProvisionCount)
+		return nil, &ValidationError{"count", fmt.Sprintf("%d is out of range 1-%d", req.Count, maxProvisionCount)}
 	}
-	if req.OfferID < 0 || (req.OfferID > 0 && n != 1) {
-		return nil, errors.New("lifecycle: offer_id must be positive and needs count 1 (an offer can be rented once)")
+	if req.OfferID < 0 {
+		return nil, &ValidationError{"offer_id", fmt.Sprintf("%d is not a valid offer id", req.OfferID)}
+	}
+	if req.OfferID > 0 && n != 1 {
+		return nil, &ValidationError{"offer_id", fmt.Sprintf("needs count 1, got %d (an offer can be rented once)", n)}
 	}
 	if m.isStopped() {
 		return nil, ErrStopped

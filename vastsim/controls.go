@@ -311,7 +311,9 @@ func (s *Sim) Engine(id int64) EngineStats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if in := s.instances[id]; in != nil {
-		return in.stats
+		st := in.stats
+		st.OpenConns, st.ConnsOpened = in.conns.open.Load(), in.conns.opened.Load()
+		return st
 	}
 	return EngineStats{}
 }

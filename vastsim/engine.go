@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -19,9 +20,6 @@ import (
 type EngineStats struct {
 	// Requests counts every HTTP request that reached the engine's port.
 	Requests int64
-	// Connections counts the TCP connections the engine accepted (through
-	// a tunnel or directly): fewer than Requests means keep-alive reuse.
-	Connections int64
 	// Unauthorized counts 401 answers (missing or wrong token).
 	Unauthorized int64
 	// NotReady counts portal placeholder answers (engine not ready).
@@ -38,6 +36,10 @@ type EngineStats struct {
 	GenerationTokens int64
 	// LastPath is the path of the most recent request.
 	LastPath string
+	// OpenConns is the number of TCP connections open at the engine's
+	// ports right now; ConnsOpened counts every connection ever accepted.
+	// They show how a client pools its keep-alive connections.
+	OpenConns, ConnsOpened int64
 }
 
 // engine is one running incarnation of an instance's container: a listener
@@ -75,14 +77,7 @@ func (s *Sim) startEngineLocked(in *instance, reuse bool) error {
 		return nil
 	}
 	e := &engine{closed: make(chan struct{})}
-	e.srv = &http.Server{Handler: s.engineHandler(in, e), ReadHeaderTimeout: 10 * time.Second,
-		ConnState: func(_ net.Conn, st http.ConnState) {
-			if st == http.StateNew {
-				s.mu.Lock()
-				in.stats.Connections++
-				s.mu.Unlock()
-			}
-		}}
+	e.srv = &http.Server{Handler: s.engineHandler(in, e), ReadHeaderTimeout: 10 * time.Second, ConnState: in.conns.track}
 	newPorts := map[string]int{}
 	for _, p := range in.ports {
 		prev := in.hostPorts[p.key()]
@@ -579,4 +574,21 @@ func (s *Sim) serveMetrics(w http.ResponseWriter, in *instance, model string) {
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 	w.WriteHeader(http.StatusOK)
 	_, _ = io.WriteString(w, b.String())
+}
+
+// connCounter counts an engine's TCP connections with atomics: the
+// http.Server reports connection states from its Serve loop, which must not
+// wait for s.mu (stopEngineLocked holds it while closing the server).
+type connCounter struct {
+	open, opened atomic.Int64
+}
+
+func (c *connCounter) track(_ net.Conn, st http.ConnState) {
+	switch st {
+	case http.StateNew:
+		c.open.Add(1)
+		c.opened.Add(1)
+	case http.StateClosed, http.StateHijacked:
+		c.open.Add(-1)
+	}
 }

@@ -77,6 +77,7 @@ type instance struct {
 	hung          bool
 	unhang        chan struct{}
 	stats         EngineStats
+	conns         connCounter // outside mu: http.Server.Close waits for Serve, which reports new conns
 	sshKeys       []sshKeyRec
 	ssh           *sshState // nil until the instance first uses SSH
 }
