@@ -842,6 +842,13 @@ func (c *Client) CreateInstance(ctx context.Context, offerID int64, req CreateRe
 	if err := req.validate(); err != nil {
 		return nil, err
 	}
+	// vast.ai echoes the request's env (WEB_PASSWORD, HF_TOKEN, ...) in
+	// messages that are not always JSON: know the values before sending.
+	for k, v := range req.Env {
+		if !strings.HasPrefix(k, "-") {
+			c.red.add(false, v)
+		}
+	}
 	body, err := json.Marshal(req)
 	if err != nil {
 		return nil, fmt.Errorf("vastclient: encoding create request: %w", err)

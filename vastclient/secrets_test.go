@@ -168,3 +168,29 @@ func FuzzErrorScrubbing(f *testing.F) {
 		}
 	})
 }
+
+// TestCreateEnvValuesAreRedactedWithoutRegistration: a create's own env
+// values (a generated WEB_PASSWORD, an HF_TOKEN) echoed in a plain-text
+// error never come out, although nobody called AddSecrets.
+func TestCreateEnvValuesAreRedactedWithoutRegistration(t *testing.T) {
+	f := newFake(t, func(w http.ResponseWriter, r *http.Request, _ []byte, _ int) {
+		w.Header().Set("Content-Type", "text/plain")
+		w.WriteHeader(http.StatusBadRequest)
+		_, _ = w.Write([]byte("rejected: HF_TOKEN=" + secHFToken + " WEB_PASSWORD " + secWebPassword))
+	})
+	logger, logs := observedLogger()
+	cfg := testConfig(f.URL)
+	cfg.Logger = logger
+	c := newTestClient(t, cfg)
+	_, err := c.CreateInstance(testCtx(t), 1, CreateRequest{Image: "i", Env: map[string]string{
+		"HF_TOKEN": secHFToken, "WEB_PASSWORD": secWebPassword, "-p 8000:8000": "1",
+	}})
+	if err == nil {
+		t.Fatal("create succeeded on a 400")
+	}
+	for _, sec := range []string{secHFToken, secWebPassword} {
+		if strings.Contains(fmt.Sprintf("%+v", err), sec) || strings.Contains(logs.String(), sec) {
+			t.Errorf("create env value %.8s… leaks: %v", sec, err)
+		}
+	}
+}
