@@ -119,7 +119,9 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		if err := onlyGET(r); err != nil {
 			return err
 		}
-		return writeJSON(w, http.StatusOK, newStatusView(snap, a.app.state.watcher.Running(), time.Now()))
+		v := newStatusView(snap, a.app.state.watcher.Running(), time.Now())
+		v.addProbeFailing(a.app.state.probeFailingPools(snap))
+		return writeJSON(w, http.StatusOK, v)
 	}
 	return apiError(http.StatusNotFound, fmt.Errorf("no such endpoint: %s %s (see /vastai/instances, /vastai/pools, /vastai/operations, /vastai/offers, /vastai/status)", r.Method, r.URL.Path))
 }
@@ -333,10 +335,14 @@ type statusView struct {
 	ListingLabels []string `json:"listing_labels"`
 	// DataAgeSeconds is the age of the oldest routing data: the time since
 	// the last successful listing started (null before the first).
-	DataAgeSeconds  *float64 `json:"data_age_seconds"`
-	SkippedRows     int      `json:"skipped_rows"`
-	Instances       int      `json:"instances"`
-	WatchersRunning int      `json:"watchers_running"`
+	DataAgeSeconds *float64 `json:"data_age_seconds"`
+	// ProbeFailingPools are pools whose every instance fails its health
+	// probe although vast.ai reports them running: usually a config
+	// change (probe path, model, token). They are not replaced.
+	ProbeFailingPools []string `json:"probe_failing_pools,omitempty"`
+	SkippedRows       int      `json:"skipped_rows"`
+	Instances         int      `json:"instances"`
+	WatchersRunning   int      `json:"watchers_running"`
 }
 
 func newStatusView(snap *fleet.Snapshot, running int, now time.Time) statusView {
@@ -365,6 +371,15 @@ func newStatusView(snap *fleet.Snapshot, running int, now time.Time) statusView 
 		v.Problem = "listings fail; routing uses the last successful listing (see last_error and stale_seconds)"
 	}
 	return v
+}
+
+// addProbeFailing names the pools whose every instance fails its probe;
+// a listing problem, when there is one, stays the headline.
+func (v *statusView) addProbeFailing(pools []string) {
+	v.ProbeFailingPools = pools
+	if len(pools) > 0 && v.Problem == "" {
+		v.Problem = fmt.Sprintf("every instance of pool(s) %s fails its health probe: check the health block (path, model, token); they are kept, not replaced", strings.Join(pools, ", "))
+	}
 }
 
 func timePtr(t time.Time) *time.Time {

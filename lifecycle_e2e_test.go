@@ -379,3 +379,71 @@ func TestDestroyTakesTheInstanceOutOfRoutingAtOnce(t *testing.T) {
 	}
 	waitFor(t, 30*time.Second, "the instance to be destroyed", func() bool { return len(ours(sim)) == 0 })
 }
+
+// TestRestartWithABrokenProbeKeepsTheReadyFleet: after a restart whose new
+// config probes a path the engine does not serve, the instance that was
+// ready before is kept (not destroyed, not replaced), and /vastai/status
+// and the metrics say loudly that the whole pool fails its probe.
+func TestRestartWithABrokenProbeKeepsTheReadyFleet(t *testing.T) {
+	sim := newSim(t, vastsim.Options{LoadingDelay: 300 * time.Millisecond})
+	cfg := lifecycleConfig(t, sim.URL(), provisionPool, `	vastai_proxy llm`)
+	tc := startCaddy(t, cfg)
+	done := waitOperation(t, provisionOne(t, "llm").ID, "succeeded", 30*time.Second)
+	waitRoutable(t, []int64{done.InstanceID}, 10*time.Second)
+
+	// A clean stop, then a start with a probe that can never pass and a
+	// fast reconcile: the old code destroyed the instance as dead.
+	tc.InitServer(idleConfig, "caddyfile")
+	broken := strings.Replace(cfg, "interval 200ms", "interval 200ms\n\t\t\t\tpath /no-such-health\n\t\t\t\tgrace 1s", 1)
+	broken = strings.Replace(broken, "lease_ttl 3s", "lease_ttl 3s\n\t\treconcile_interval 500ms", 1)
+	if broken == cfg {
+		t.Fatal("the broken config is the same as the original")
+	}
+	tc.InitServer(broken, "caddyfile")
+
+	var st struct {
+		ProbeFailingPools []string `json:"probe_failing_pools"`
+		Problem           string   `json:"problem"`
+	}
+	waitFor(t, 60*time.Second, "status to report pool llm failing its probe", func() bool {
+		adminGET(t, "/vastai/status", &st)
+		return len(st.ProbeFailingPools) == 1 && st.ProbeFailingPools[0] == "llm"
+	})
+	if !strings.Contains(st.Problem, "health probe") {
+		t.Errorf("status problem %q does not explain the failing probes", st.Problem)
+	}
+	_, metrics := adminGET(t, "/metrics", nil)
+	if !bytes.Contains(metrics, []byte(`caddy_vastai_pool_probe_failing{pool="llm"} 1`)) {
+		t.Errorf("metrics lack caddy_vastai_pool_probe_failing{pool=\"llm\"} 1")
+	}
+	// Reconcile rounds are the events that used to destroy it: wait for
+	// three more of them after the pool was reported.
+	reconciles := func() float64 {
+		_, m := adminGET(t, "/metrics", nil)
+		var n float64
+		for _, line := range strings.Split(string(m), "\n") {
+			if strings.HasPrefix(line, `caddy_vastai_lifecycle_events_total{event="reconcile"}`) {
+				fmt.Sscanf(strings.Fields(line)[1], "%g", &n)
+			}
+		}
+		return n
+	}
+	base := reconciles()
+	waitFor(t, 60*time.Second, "three more reconcile rounds", func() bool { return reconciles() >= base+3 })
+	live := ours(sim)
+	if len(live) != 1 || live[0].ID != done.InstanceID {
+		t.Fatalf("live instances %+v; want instance %d kept and nothing new", live, done.InstanceID)
+	}
+	creates := 0
+	for _, c := range sim.APICalls() {
+		if c.Method == http.MethodDelete {
+			t.Fatalf("a destroy was sent: %+v", c)
+		}
+		if c.Method == http.MethodPut && strings.Contains(c.Path, "/asks/") {
+			creates++
+		}
+	}
+	if creates != 1 {
+		t.Fatalf("%d creates, want only the first one (no replacement)", creates)
+	}
+}

@@ -3,6 +3,7 @@ package vastai
 import (
 	"context"
 	"fmt"
+	"sort"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -182,3 +183,21 @@ func (f fleetAdapter) Instances() ([]vastclient.Instance, time.Time, bool) {
 
 // Interface guards
 var _ lifecycle.Fleet = fleetAdapter{}
+
+// probeFailingPools lists, sorted, the configured pools whose every
+// instance fails its probe (lifecycle.Manager.ProbeFailing); none without
+// a lifecycle manager.
+func (s *state) probeFailingPools(snap *fleet.Snapshot) []string {
+	rt := s.lifecycle.Load()
+	if rt == nil {
+		return nil
+	}
+	var out []string
+	for name := range snap.Pools {
+		if rt.mgr.ProbeFailing(name) {
+			out = append(out, name)
+		}
+	}
+	sort.Strings(out)
+	return out
+}

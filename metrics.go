@@ -23,6 +23,7 @@ type collector struct {
 	routable       *prometheus.Desc
 	price          *prometheus.Desc
 	poolRoutable   *prometheus.Desc
+	probeFailing   *prometheus.Desc
 	lastSuccess    *prometheus.Desc
 	failures       *prometheus.Desc
 	stale          *prometheus.Desc
@@ -65,6 +66,7 @@ func newCollector(w *fleet.Watcher, ssh func() *sshRuntime, lc func() *lifecycle
 		routable:       d("instance_routable", "1 if the instance receives traffic, else 0.", "pool", "instance"),
 		price:          d("instance_price_dollars_per_hour", "The instance's dph_total in USD per hour.", "pool", "instance"),
 		poolRoutable:   d("pool_routable_instances", "Routable instances per pool.", "pool"),
+		probeFailing:   d("pool_probe_failing", "1 while every instance of the pool fails its health probe although vast.ai reports it running (kept, not replaced).", "pool"),
 		lastSuccess:    d("watch_last_success_timestamp_seconds", "Unix time of the last successful instance listing."),
 		failures:       d("watch_consecutive_failures", "Failed instance listings since the last success."),
 		stale:          d("watch_stale_seconds", "Seconds since the last successful listing (or since the first attempt if none succeeded) while listings fail, else 0."),
@@ -78,7 +80,7 @@ func newCollector(w *fleet.Watcher, ssh func() *sshRuntime, lc func() *lifecycle
 // Describe implements prometheus.Collector.
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.instances, c.routable, c.price, c.poolRoutable, c.lastSuccess, c.failures, c.stale, c.watcherRunning,
-		c.authFailed, c.listingSecs, c.dataAge, c.gpuUtil, c.gpuMemUsed, c.gpuMemTotal, c.gpuTemp, c.gpuPower, c.sshPath, c.accrued, c.poolSpend, c.destroyFailed, c.lcCounters} {
+		c.authFailed, c.listingSecs, c.dataAge, c.gpuUtil, c.gpuMemUsed, c.gpuMemTotal, c.gpuTemp, c.gpuPower, c.sshPath, c.accrued, c.poolSpend, c.destroyFailed, c.lcCounters, c.probeFailing} {
 		ch <- d
 	}
 }
@@ -116,10 +118,13 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	if rt := c.lc(); rt != nil {
 		st := rt.mgr.Stats()
 		ch <- prometheus.MustNewConstMetric(c.destroyFailed, prometheus.GaugeValue, float64(st.DestroyFailedNow))
+		for name := range snap.Pools {
+			ch <- prometheus.MustNewConstMetric(c.probeFailing, prometheus.GaugeValue, boolFloat(rt.mgr.ProbeFailing(name)), name)
+		}
 		for event, n := range map[string]uint64{
 			"provision_started": st.ProvisionsStarted, "provision_succeeded": st.ProvisionsSucceeded, "provision_failed": st.ProvisionsFailed,
 			"attempt_failed": st.AttemptsFailed, "destroy_confirmed": st.DestroysConfirmed, "destroy_failed": st.DestroyFailed,
-			"orphan_adopted": st.OrphansAdopted, "orphan_destroyed": st.OrphansDestroyed, "ghost": st.Ghosts,
+			"orphan_adopted": st.OrphansAdopted, "orphan_destroyed": st.OrphansDestroyed, "ghost": st.Ghosts, "duplicate_destroyed": st.DuplicatesDestroyed,
 			"budget_refusal": st.BudgetRefusals, "reconcile": st.Reconciles, "reconcile_error": st.ReconcileErrors,
 		} {
 			ch <- prometheus.MustNewConstMetric(c.lcCounters, prometheus.CounterValue, float64(n), event)
