@@ -78,11 +78,11 @@ type entry struct {
 
 // document is what is stored per gateway.
 type document struct {
-	Version  int                `json:"version"`
-	Gateway  string             `json:"gateway"`
-	SavedAt  time.Time          `json:"saved_at"`
-	Entries  []*entry           `json:"instances"`
-	Pruned   map[string]float64 `json:"pruned_dollars,omitempty"`
+	Version int                `json:"version"`
+	Gateway string             `json:"gateway"`
+	SavedAt time.Time          `json:"saved_at"`
+	Entries []*entry           `json:"instances"`
+	Pruned  map[string]float64 `json:"pruned_dollars,omitempty"`
 }
 
 // Options configures a Ledger.
