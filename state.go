@@ -36,6 +36,7 @@ type state struct {
 	// transports are the provisioned vastai transports (*Transport keys).
 	transports sync.Map
 	lifecycle  atomic.Pointer[lifecycleRuntime]
+	ledger     atomic.Pointer[ledgerRuntime] // costs.go
 
 	mu       sync.Mutex // guards the fields below
 	settings clientSettings
@@ -79,6 +80,7 @@ func (s *state) apply(log *zap.Logger, settings clientSettings, cfg fleet.Config
 	if err := s.applyLifecycleLocked(log, lc, store); err != nil {
 		return err
 	}
+	s.applyLedgerLocked(log, lc.GatewayID, store)
 	if s.cancel == nil {
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
@@ -103,6 +105,7 @@ func (s *state) Destruct() error {
 		<-done
 	}
 	s.mu.Lock()
+	s.stopLedgerLocked() // flushes the cost ledger
 	s.stopLifecycleLocked()
 	s.stopSSHLocked()
 	s.mu.Unlock()
@@ -111,7 +114,10 @@ func (s *state) Destruct() error {
 
 // registerMetrics adds the state's collectors to this config's registry.
 func (s *state) registerMetrics(ctx caddy.Context) error {
-	return s.metrics.register(ctx.GetMetricsRegistry())
+	if err := s.metrics.register(ctx.GetMetricsRegistry()); err != nil {
+		return err
+	}
+	return s.registerCostMetrics(ctx.GetMetricsRegistry())
 }
 
 // inflightCounter counts proxied requests in flight per instance, for

@@ -180,8 +180,9 @@ func (l *Ledger) Loaded() bool {
 // Observe accrues a listing. obs are the gateway's instances in it; when
 // complete (a successful listing), instances it does not show are closed:
 // they accrue nothing more until they reappear. Between two observations
-// an instance accrues at the rate of the earlier one: a change counts from
-// the listing that showed it.
+// an instance accrues at the rate of the earlier one, except when the later
+// one shows a new rate: the change then counts from halfway between the two
+// listings, so the error is at most half a listing interval.
 func (l *Ledger) Observe(obs []Observation, complete bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -219,8 +220,16 @@ func (l *Ledger) observeLocked(o Observation) {
 		l.entries[o.ID] = e
 		l.changed = true
 	}
+	changed := o.Rate != e.Rate || o.Status != e.Status
+	switchAt := o.At
 	if o.At.After(e.Through) {
-		e.accrue(e.Through, o.At, e.Rate)
+		if changed {
+			// The change happened somewhere since the previous listing:
+			// halfway is the guess with the smallest worst-case error.
+			switchAt = e.Through.Add(o.At.Sub(e.Through) / 2)
+		}
+		e.accrue(e.Through, switchAt, e.Rate)
+		e.accrue(switchAt, o.At, o.Rate)
 		e.Through = o.At
 		l.dirty = true
 	}
@@ -229,9 +238,9 @@ func (l *Ledger) observeLocked(o Observation) {
 		l.changed = true
 	}
 	e.Pool, e.Label = o.Pool, o.Label
-	if o.Rate != e.Rate || o.Status != e.Status {
+	if changed {
 		e.Rate, e.Status = o.Rate, o.Status
-		e.History = append(e.History, RateChange{At: o.At, Rate: o.Rate, Status: o.Status})
+		e.History = append(e.History, RateChange{At: switchAt, Rate: o.Rate, Status: o.Status})
 		if len(e.History) > maxHistory {
 			// Keep the first (how it started) and the latest changes.
 			e.History = append(e.History[:1], e.History[len(e.History)-maxHistory+1:]...)

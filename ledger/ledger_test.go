@@ -174,7 +174,7 @@ func assertRows(t *testing.T, what string, got Report, want []Row, total float64
 	}
 }
 
-func TestEachIntervalAccruesAtTheRateSeenAtItsStart(t *testing.T) {
+func TestAChangeCountsFromHalfwayBetweenTheListings(t *testing.T) {
 	c := &clock{t: at("2026-06-01T10:00:00Z")}
 	l := newLoaded(t, newMemStore(), c, "gw")
 	start := c.now()
@@ -184,21 +184,27 @@ func TestEachIntervalAccruesAtTheRateSeenAtItsStart(t *testing.T) {
 		rate   float64
 	}{
 		{0, "loading", 0.5},
-		{time.Hour, "running", 2},     // the loading hour: $0.50
-		{2 * time.Hour, "stopped", 0}, // two running hours: $4
-		{time.Hour, "running", 2},     // a stopped hour: $0
-		{time.Hour, "gone", 0},        // a running hour: $2
+		{time.Hour, "running", 2},     // loading until +30m: $0.25, running: $1
+		{2 * time.Hour, "stopped", 0}, // running until +2h: $2
+		{time.Hour, "running", 2},     // stopped until +3h30: $0, running: $1
+		{time.Hour, "gone", 0},        // running until +4h30: $1
 		{time.Hour, "gone", 0},        // gone: nothing more
 	}
 	for _, s := range steps {
 		l.Observe([]Observation{obs(1, "gen", s.status, s.rate, c.add(s.after))}, true)
 	}
 	inst, ok := l.Instance(1)
-	if !ok || !near(inst.Dollars, 6.5) || !near(inst.Hours, 4) {
-		t.Fatalf("instance %+v, want $6.50 over 4 billed hours", inst)
+	if !ok || !near(inst.Dollars, 5.25) || !near(inst.Hours, 3) {
+		t.Fatalf("instance %+v, want $5.25 over 3 billed hours", inst)
 	}
-	if len(inst.History) != 5 || !inst.History[0].At.Equal(start) || inst.History[4].Status != "gone" {
-		t.Fatalf("history %+v, want loading, running, stopped, running, gone from %s", inst.History, start)
+	wantAt := []time.Duration{0, 30 * time.Minute, 2 * time.Hour, 210 * time.Minute, 270 * time.Minute}
+	if len(inst.History) != len(wantAt) || inst.History[4].Status != "gone" {
+		t.Fatalf("history %+v, want loading, running, stopped, running, gone", inst.History)
+	}
+	for i, d := range wantAt {
+		if !inst.History[i].At.Equal(start.Add(d)) {
+			t.Errorf("history[%d] at %s, want %s", i, inst.History[i].At, start.Add(d))
+		}
 	}
 }
 
@@ -207,7 +213,7 @@ func TestTheLedgerSurvivesARestartAndFillsTheGapAtTheLastRate(t *testing.T) {
 	c := &clock{t: at("2026-03-01T08:00:00Z")}
 	l := newLoaded(t, st, c, "gw")
 	l.Observe([]Observation{obs(1, "gen", "running", 1.0, c.now()), obs(2, "gen", "running", 3.0, c.now())}, true)
-	l.Observe([]Observation{obs(1, "gen", "running", 1.0, c.add(time.Hour)), obs(2, "gen", "gone", 0, c.now())}, true)
+	l.Observe([]Observation{obs(1, "gen", "running", 1.0, c.add(time.Hour)), obs(2, "gen", "gone", 0, c.now())}, true) // 2 ran 30m
 	if err := l.Save(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -215,7 +221,7 @@ func TestTheLedgerSurvivesARestartAndFillsTheGapAtTheLastRate(t *testing.T) {
 
 	// A new process on the same storage.
 	l2 := newLoaded(t, st, c, "gw")
-	assertRows(t, "reloaded", l2.Report(Query{By: ByInstance, Period: Day}), before.Rows, 4)
+	assertRows(t, "reloaded", l2.Report(Query{By: ByInstance, Period: Day}), before.Rows, 2.5)
 	// Instance 2 (destroyed) no longer appears; instance 1 ran through the
 	// 30 minutes the gateway was down.
 	l2.Observe([]Observation{obs(1, "gen", "running", 1.0, c.add(30*time.Minute))}, true)
@@ -224,8 +230,8 @@ func TestTheLedgerSurvivesARestartAndFillsTheGapAtTheLastRate(t *testing.T) {
 		t.Fatalf("instance 1 after restart: $%v, want $1.50", got.Dollars)
 	}
 	gone, _ := l2.Instance(2)
-	if !gone.Closed || !near(gone.Dollars, 3) {
-		t.Fatalf("instance 2 after restart: %+v, want closed at $3", gone)
+	if !gone.Closed || !near(gone.Dollars, 1.5) {
+		t.Fatalf("instance 2 after restart: %+v, want closed at $1.50", gone)
 	}
 	// Another gateway on the same storage has its own ledger.
 	other := newLoaded(t, st, c, "other")
@@ -290,7 +296,7 @@ func TestStepSavesOnEveryStateChangeAndOtherwiseOnceAMinute(t *testing.T) {
 
 	l2 := newLoaded(t, st, c, "gw")
 	inst, _ := l2.Instance(1)
-	want := 0.1*20/3600 + 61.0/3600
+	want := 0.1*15/3600 + 66.0/3600 // the switch to running counts from +15s
 	if !inst.Closed || !near(inst.Dollars, want) || inst.Status != "running" {
 		t.Fatalf("stored %+v, want closed at $%v", inst, want)
 	}
