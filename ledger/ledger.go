@@ -131,8 +131,10 @@ func New(opts Options) *Ledger {
 	return &Ledger{opts: opts, log: opts.Logger, entries: map[int64]*entry{}, pruned: map[string]float64{}}
 }
 
-func (l *Ledger) key() string  { return "vastai/ledger/" + l.opts.Gateway + "/ledger.json" }
-func (l *Ledger) lock() string { return "vastai/ledger/" + l.opts.Gateway }
+// The ledger lives in the gateway's own storage folder, next to the
+// lifecycle's records ("vastai/<gateway>/operations/...").
+func (l *Ledger) key() string  { return "vastai/" + l.opts.Gateway + "/ledger.json" }
+func (l *Ledger) lock() string { return "vastai/" + l.opts.Gateway + "/ledger" }
 
 // Load reads the stored ledger. A missing one is an empty ledger; any other
 // error leaves the ledger unloaded (and unsavable), so a storage hiccup

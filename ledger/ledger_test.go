@@ -28,7 +28,7 @@ func newMemStore() *memStore { return &memStore{data: map[string][]byte{}, locke
 func (s *memStore) Store(_ context.Context, k string, v []byte) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if !s.locked["vastai/ledger/"+strings.Split(strings.TrimPrefix(k, "vastai/ledger/"), "/")[0]] {
+	if !s.locked[strings.TrimSuffix(k, ".json")] {
 		return fmt.Errorf("store of %s without its lock", k)
 	}
 	s.data[k] = append([]byte(nil), v...)
