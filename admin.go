@@ -14,6 +14,7 @@ import (
 
 	"github.com/caddy-vastai/caddy-vastai/fleet"
 	"github.com/caddy-vastai/caddy-vastai/gpumetrics"
+	"github.com/caddy-vastai/caddy-vastai/ledger"
 	"github.com/caddy-vastai/caddy-vastai/lifecycle"
 	"github.com/caddy-vastai/caddy-vastai/vastclient"
 )
@@ -115,12 +116,16 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		}
 		return writeJSON(w, http.StatusOK, a.poolViews(snap, parts[1])[0])
 
+	case len(parts) == 1 && parts[0] == "costs":
+		return a.serveCosts(w, r, snap) // costs.go
+
 	case len(parts) == 1 && parts[0] == "status":
 		if err := onlyGET(r); err != nil {
 			return err
 		}
 		v := newStatusView(snap, a.app.state.watcher.Running(), time.Now())
 		v.addProbeFailing(a.app.state.probeFailingPools(snap))
+		v.SpendPerHour = spendPerHour(snap)
 		return writeJSON(w, http.StatusOK, v)
 	}
 	return apiError(http.StatusNotFound, fmt.Errorf("no such endpoint: %s %s (see /vastai/instances, /vastai/pools, /vastai/operations, /vastai/offers, /vastai/status)", r.Method, r.URL.Path))
@@ -235,6 +240,8 @@ type poolView struct {
 	Routable  []int64        `json:"routable"`
 	States    map[string]int `json:"states"`
 	SpendRate float64        `json:"spend_rate_dollars_per_hour"`
+	// SpendPerHour is the same rate under the name /vastai/status uses.
+	SpendPerHour float64 `json:"spend_per_hour"`
 	// Accrued is what the pool's instances have cost so far (from
 	// start_date at their current rates), in dollars.
 	Accrued float64 `json:"accrued_dollars"`
@@ -285,19 +292,15 @@ func newPoolView(snap *fleet.Snapshot, name string) poolView {
 	for _, t := range pv.Targets {
 		v.Routable = append(v.Routable, t.ID)
 	}
+	v.SpendPerHour = v.SpendRate
 	return v
 }
 
-// instanceCost returns an instance's current rate ($/h: dph_total while it
-// holds a GPU, its storage rate while stopped) and what it has cost since
-// vast.ai's start_date at that rate.
+// instanceCost returns an instance's current rate (ledger.Rate, the one
+// billing rule) and what it has cost since vast.ai's start_date at that
+// rate.
 func instanceCost(in *vastclient.Instance, now time.Time) (rate, accrued float64) {
-	switch in.ActualStatus {
-	case "stopped", "exited":
-		rate = in.StorageTotalCost
-	default:
-		rate = in.DPHTotal
-	}
+	rate = ledger.Rate(in)
 	if in.StartDate > 0 {
 		if secs := float64(now.UnixNano())/1e9 - in.StartDate; secs > 0 {
 			accrued = rate * secs / 3600
@@ -343,6 +346,8 @@ type statusView struct {
 	SkippedRows       int      `json:"skipped_rows"`
 	Instances         int      `json:"instances"`
 	WatchersRunning   int      `json:"watchers_running"`
+	// SpendPerHour is the fleet-wide billing rate now, in $/h (costs.go).
+	SpendPerHour float64 `json:"spend_per_hour"`
 }
 
 func newStatusView(snap *fleet.Snapshot, running int, now time.Time) statusView {

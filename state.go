@@ -36,7 +36,8 @@ type state struct {
 	// transports are the provisioned vastai transports (*Transport keys).
 	transports sync.Map
 	lifecycle  atomic.Pointer[lifecycleRuntime]
-	dash       dashboard // the web dashboard's sampler and streams (dashboard.go)
+	dash       dashboard                     // the web dashboard's sampler and streams (dashboard.go)
+	ledger     atomic.Pointer[ledgerRuntime] // costs.go
 
 	mu       sync.Mutex // guards the fields below
 	settings clientSettings
@@ -80,6 +81,7 @@ func (s *state) apply(log *zap.Logger, settings clientSettings, cfg fleet.Config
 	if err := s.applyLifecycleLocked(log, lc, store); err != nil {
 		return err
 	}
+	s.applyLedgerLocked(log, lc.GatewayID, store)
 	if s.cancel == nil {
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
@@ -106,6 +108,7 @@ func (s *state) Destruct() error {
 	}
 	s.mu.Lock()
 	s.stopDashboardLocked()
+	s.stopLedgerLocked() // flushes the cost ledger
 	s.stopLifecycleLocked()
 	s.stopSSHLocked()
 	s.mu.Unlock()
@@ -114,7 +117,10 @@ func (s *state) Destruct() error {
 
 // registerMetrics adds the state's collectors to this config's registry.
 func (s *state) registerMetrics(ctx caddy.Context) error {
-	return s.metrics.register(ctx.GetMetricsRegistry())
+	if err := s.metrics.register(ctx.GetMetricsRegistry()); err != nil {
+		return err
+	}
+	return s.registerCostMetrics(ctx.GetMetricsRegistry())
 }
 
 // inflightCounter counts proxied requests in flight per instance, for

@@ -220,6 +220,19 @@ func (s *Sim) SetFaults(f Faults) {
 	}
 }
 
+// CurrentFaults returns the injected API faults in force.
+func (s *Sim) CurrentFaults() Faults {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f := s.faults
+	f.OmitFromList = append([]int64(nil), f.OmitFromList...)
+	f.Routes = append([]string(nil), f.Routes...)
+	if s.faultsLeft > 0 {
+		f.Count = s.faultsLeft
+	}
+	return f
+}
+
 // RemoveOffer withdraws an offer from the marketplace (rented elsewhere);
 // a later create on it gets no_such_ask.
 func (s *Sim) RemoveOffer(id int64) {

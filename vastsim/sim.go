@@ -354,6 +354,10 @@ func route(method, path string) (name string, h handlerFunc, ids []string, allow
 
 // ServeHTTP serves the simulated REST API.
 func (s *Sim) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if strings.HasPrefix(r.URL.Path, ControlPrefix) {
+		s.serveControl(w, r) // control_http.go: never faulty, never logged as an API call
+		return
+	}
 	start := time.Now()
 	rec := &statusRecorder{ResponseWriter: w}
 	name, h, ids, allowed := route(r.Method, r.URL.Path)

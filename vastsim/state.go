@@ -80,6 +80,9 @@ type instance struct {
 	conns         connCounter // outside mu: http.Server.Close waits for Serve, which reports new conns
 	sshKeys       []sshKeyRec
 	ssh           *sshState // nil until the instance first uses SSH
+
+	billed, billedSecs float64   // charges booked up to billedThrough (billing.go)
+	billedThrough      time.Time // zero: nothing booked since created
 }
 
 func (in *instance) destroyed() bool { return !in.destroyedAt.IsZero() }
@@ -511,6 +514,8 @@ func (s *Sim) lookupLocked(id int64, now time.Time) *instance {
 	if in == nil || in.gone(now) {
 		return nil
 	}
+	// Callers may change the instance next: book its charges so far.
+	in.billLocked(now)
 	return in
 }
 

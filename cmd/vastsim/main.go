@@ -15,6 +15,13 @@
 //
 // Any key is accepted unless -ssh-authorized-keys names an authorized_keys
 // file; -ssh=false turns SSH off.
+//
+// The simulator's fault controls are served under /_sim/ next to the API
+// (see vastsim.ControlPrefix): make an engine hang or fail, an instance
+// exit, the API fail or rate-limit, and recover, e.g.
+//
+//	curl -s -X POST http://127.0.0.1:8787/_sim/instances/<id>/hang
+//	curl -s -X PUT http://127.0.0.1:8787/_sim/faults -d '{"status":500}'
 package main
 
 import (
@@ -109,9 +116,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 			}
 		}
 	}
+	fmt.Fprint(stdout, controlLines(url))
 	<-ctx.Done()
 	fmt.Fprintln(stdout, "vastsim: shutting down")
 	return nil
+}
+
+// controlLines lists the fault controls served next to the API.
+func controlLines(url string) string {
+	return fmt.Sprintf(`fault controls: %[1]s%[2]s (GET lists them; no API key needed)
+  curl -s -X POST %[1]s%[2]sinstances/<id>/hang|kill|unready|exit|recover
+  curl -s -X PUT %[1]s%[2]sfaults -d '{"status":500}'   (or {"rate_limit":true}, {"latency":"3s"})
+  curl -s -X DELETE %[1]s%[2]sfaults
+  curl -s %[1]s%[2]sinstances   (states and what each instance has billed)
+`, url, vastsim.ControlPrefix)
 }
 
 // sshSummary describes an instance's SSH addresses and host key for the

@@ -112,3 +112,85 @@ func TestRunRejectsBadFlags(t *testing.T) {
 		}
 	}
 }
+
+func TestRunPrintsAndServesTheFaultControls(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		err := run(ctx, []string{"-listen", "127.0.0.1:0", "-instances", "1", "-ssh=false"}, pw, io.Discard, func(string) string { return "" })
+		pw.CloseWithError(io.EOF)
+		done <- err
+	}()
+	sc := bufio.NewScanner(pr)
+	var base, id, controls string
+	for controls == "" && sc.Scan() {
+		l := sc.Text()
+		if m := regexp.MustCompile(`^vastsim API: (\S+) `).FindStringSubmatch(l); m != nil {
+			base = m[1]
+		}
+		if m := regexp.MustCompile(`^instance (\d+) `).FindStringSubmatch(l); m != nil {
+			id = m[1]
+		}
+		if m := regexp.MustCompile(`^fault controls: (\S+) `).FindStringSubmatch(l); m != nil {
+			controls = m[1]
+		}
+	}
+	go func() { _, _ = io.Copy(io.Discard, pr) }()
+	if base == "" || id == "" || controls != base+"/_sim/" {
+		t.Fatalf("api %q, instance %q, controls %q", base, id, controls)
+	}
+	do := func(method, path, body string) int {
+		t.Helper()
+		req, _ := http.NewRequest(method, base+path, strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer demo-key")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	listStatus := func() string {
+		req, _ := http.NewRequest("GET", base+"/api/v1/instances/", nil)
+		req.Header.Set("Authorization", "Bearer demo-key")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var body struct {
+			Instances []struct {
+				Status string `json:"actual_status"`
+			} `json:"instances"`
+		}
+		_ = json.NewDecoder(resp.Body).Decode(&body)
+		if resp.StatusCode != 200 || len(body.Instances) != 1 {
+			return "http " + http.StatusText(resp.StatusCode)
+		}
+		return body.Instances[0].Status
+	}
+	steps := []struct {
+		method, path, body string
+		want               string
+	}{
+		{"PUT", "/_sim/faults", `{"status":500}`, "http " + http.StatusText(500)},
+		{"PUT", "/_sim/faults", `{"rate_limit":true}`, "http " + http.StatusText(429)},
+		{"DELETE", "/_sim/faults", "", "running"},
+		{"POST", "/_sim/instances/" + id + "/exit", "", "exited"},
+		{"POST", "/_sim/instances/" + id + "/recover", "", "running"},
+	}
+	for _, s := range steps {
+		if code := do(s.method, s.path, s.body); code != 200 {
+			t.Fatalf("%s %s: %d", s.method, s.path, code)
+		}
+		if got := listStatus(); got != s.want {
+			t.Fatalf("after %s %s %s the API answers %q, want %q", s.method, s.path, s.body, got, s.want)
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
