@@ -7,6 +7,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/caddy-vastai/caddy-vastai/internal/ctxutil"
 	"github.com/caddy-vastai/caddy-vastai/vastclient"
 )
 
@@ -251,7 +252,7 @@ func (m *Manager) runDestroy(ctx context.Context, h *opHandle, limit int) bool {
 	backoff := m.cfg.DestroyBackoff
 	for rounds := 1; ; rounds++ {
 		if !h.mayCall(ctx) {
-			if h.crashed.Load() || sleepCtx(ctx, backoff) != nil {
+			if h.crashed.Load() || ctxutil.Sleep(ctx, backoff) != nil {
 				return false
 			}
 			continue
@@ -265,7 +266,7 @@ func (m *Manager) runDestroy(ctx context.Context, h *opHandle, limit int) bool {
 			// may still have been applied.
 			m.log.Warn("DELETE failed", logInst(id), logOp(op.ID), logErr(err))
 		}
-		if sleepCtx(ctx, backoff) != nil {
+		if ctxutil.Sleep(ctx, backoff) != nil {
 			return false
 		}
 		gone, verr := m.verifyGone(ctx, id)

@@ -9,6 +9,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/caddy-vastai/caddy-vastai/internal/ctxutil"
 	"github.com/caddy-vastai/caddy-vastai/vastclient"
 )
 
@@ -269,7 +270,7 @@ func (m *Manager) startAttempt(ctx context.Context, h *opHandle, tpl PoolTemplat
 			break
 		}
 		m.log.Warn("offer search failed; retrying", logOp(op.ID), logErr(err))
-		if sleepCtx(ctx, m.cfg.PollInterval) != nil {
+		if ctxutil.Sleep(ctx, m.cfg.PollInterval) != nil {
 			return
 		}
 	}
@@ -430,7 +431,7 @@ func (m *Manager) create(ctx context.Context, h *opHandle, tpl PoolTemplate, off
 				}
 				op.State = StatePending
 			})
-			_ = sleepCtx(ctx, m.cfg.PollInterval)
+			_ = ctxutil.Sleep(ctx, m.cfg.PollInterval)
 		}
 		return
 	}
@@ -519,7 +520,7 @@ func (m *Manager) resolveCreate(ctx context.Context, h *opHandle) {
 		if err != nil {
 			// Never create again before a listing succeeded.
 			m.log.Warn("listing by label failed; retrying", logOp(op.ID), logErr(err))
-			if sleepCtx(ctx, backoff) != nil {
+			if ctxutil.Sleep(ctx, backoff) != nil {
 				return
 			}
 			backoff = min(backoff*2, m.cfg.DestroyBackoffMax)
@@ -553,7 +554,7 @@ func (m *Manager) resolveCreate(ctx context.Context, h *opHandle) {
 			return
 		}
 		misses++
-		if misses < lostCreateListings && sleepCtx(ctx, max(m.cfg.PollInterval, lostCreateSpacing)) != nil {
+		if misses < lostCreateListings && ctxutil.Sleep(ctx, max(m.cfg.PollInterval, lostCreateSpacing)) != nil {
 			return
 		}
 	}
@@ -707,7 +708,7 @@ func (m *Manager) waitReady(ctx context.Context, h *opHandle, tpl PoolTemplate) 
 				}
 			}
 		}
-		if sleepCtx(ctx, m.cfg.PollInterval) != nil {
+		if ctxutil.Sleep(ctx, m.cfg.PollInterval) != nil {
 			return
 		}
 	}
@@ -758,7 +759,7 @@ func (m *Manager) cleanupAttempt(ctx context.Context, h *opHandle) {
 		if err != nil {
 			m.log.Error("could not start destroying a failed attempt's instance", logOp(op.ID),
 				logInst(cur.InstanceID), logErr(err))
-			if sleepCtx(ctx, m.cfg.PollInterval) != nil {
+			if ctxutil.Sleep(ctx, m.cfg.PollInterval) != nil {
 				return
 			}
 			return // the loop retries the clean-up
@@ -807,7 +808,7 @@ func (m *Manager) cleanupAttempt(ctx context.Context, h *opHandle) {
 // waitDestroyed waits for a destroy operation of this process to end.
 func (m *Manager) waitDestroyed(ctx context.Context, opID string) bool {
 	for m.isActive(opID) {
-		if sleepCtx(ctx, m.cfg.PollInterval) != nil {
+		if ctxutil.Sleep(ctx, m.cfg.PollInterval) != nil {
 			return false
 		}
 	}
@@ -838,7 +839,7 @@ func (m *Manager) succeed(ctx context.Context, h *opHandle) {
 	})
 	if err != nil {
 		m.log.Error("could not record a ready instance; will retry", logOp(op.ID), logInst(id), logErr(err))
-		_ = sleepCtx(ctx, m.cfg.PollInterval)
+		_ = ctxutil.Sleep(ctx, m.cfg.PollInterval)
 		return
 	}
 	if rec.State != InstanceActive {
