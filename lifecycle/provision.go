@@ -967,8 +967,9 @@ func (m *Manager) failAttempt(ctx context.Context, h *opHandle, next afterFailur
 			op.State = StateCleaningUp
 			return
 		case cur != nil:
-			cur.State, cur.Error, cur.Ended = AttemptFailed, reason, m.now()
+			cur.Error = reason
 		}
+		op.endAttempt(AttemptFailed, m.now())
 		if next == thenRetry {
 			op.State = StatePending
 		}
@@ -980,10 +981,7 @@ func (m *Manager) failAttempt(ctx context.Context, h *opHandle, next afterFailur
 // the background); the next attempt may start.
 func (m *Manager) closeAttempt(ctx context.Context, h *opHandle, state string) {
 	_ = h.update(ctx, func(op *Operation) {
-		if c := op.current(); c != nil {
-			c.State = state
-			c.Ended = m.now()
-		}
+		op.endAttempt(state, m.now())
 		op.State = StatePending
 	})
 }
@@ -991,11 +989,15 @@ func (m *Manager) closeAttempt(ctx context.Context, h *opHandle, state string) {
 // markReady ends the attempt and binds the operation to its instance.
 func (m *Manager) markReady(ctx context.Context, h *opHandle, id int64) {
 	_ = h.update(ctx, func(op *Operation) {
-		if c := op.current(); c != nil {
-			c.State = AttemptReady
-			c.Ended = m.now()
-		}
+		op.endAttempt(AttemptReady, m.now())
 		op.InstanceID = id
 		op.Error = ""
 	})
+}
+
+// endAttempt ends the attempt in progress, if any, in state at when.
+func (o *Operation) endAttempt(state string, when time.Time) {
+	if c := o.current(); c != nil {
+		c.State, c.Ended = state, when
+	}
 }
