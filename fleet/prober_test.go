@@ -2,7 +2,6 @@ package fleet
 
 import (
 	"context"
-	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -95,100 +94,12 @@ func TestHealthStateMachine(t *testing.T) {
 	}
 }
 
-// engine is a fake inference engine on loopback whose behaviour tests change.
-type engine struct {
-	srv      *httptest.Server
-	mode     atomic.Value // "ok", "placeholder", "fail", "hang"
-	requests atomic.Int64
-	mu       sync.Mutex
-	auth     []string
-	bodies   []string
-	methods  []string
-	release  chan struct{}
-}
-
-func newEngine(t *testing.T, mode string) *engine {
-	e := &engine{release: make(chan struct{})}
-	e.mode.Store(mode)
-	e.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		e.requests.Add(1)
-		b, _ := io.ReadAll(r.Body)
-		e.mu.Lock()
-		e.auth = append(e.auth, r.Header.Get("Authorization"))
-		e.bodies = append(e.bodies, string(b))
-		e.methods = append(e.methods, r.Method)
-		e.mu.Unlock()
-		switch e.mode.Load().(string) {
-		case "ok":
-			w.WriteHeader(http.StatusOK)
-		case "placeholder":
-			w.Header().Set(PlaceholderHeader, "true")
-			w.WriteHeader(http.StatusOK) // even a 200 placeholder is not ready
-		case "fail":
-			w.WriteHeader(http.StatusServiceUnavailable)
-		case "hang":
-			select {
-			case <-r.Context().Done():
-			case <-e.release:
-			}
-		}
-	}))
-	t.Cleanup(func() { close(e.release); e.srv.Close() })
-	return e
-}
-
-func (e *engine) port() int {
-	_, p, _ := net.SplitHostPort(e.srv.Listener.Addr().String())
-	n, _ := strconv.Atoi(p)
-	return n
-}
-
-func engineInstance(id int64, e *engine) vastclient.Instance {
-	in := running(id, "llm-"+strconv.FormatInt(id, 10), e.port())
-	in.PublicIPAddr = "127.0.0.1"
-	return in
-}
-
-// runWatcher starts a watcher over fixed instances with the given health
-// settings and stops it when the test ends.
-func runWatcher(t *testing.T, health HealthSpec, ins ...vastclient.Instance) *Watcher {
-	t.Helper()
-	l := &scriptedLister{}
-	l.push(result(ins...), nil)
-	w := NewWatcher(nil)
-	w.Configure(l, Config{Pools: []PoolSpec{{Name: "llm", LabelPrefix: "llm-", Health: health}}, PollInterval: time.Hour})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); w.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	return w
-}
-
-func stateOf(w *Watcher, id int64) string {
-	m, _ := w.Snapshot().Member(id)
-	return m.State
-}
-
-func waitState(t *testing.T, w *Watcher, id int64, want string, within time.Duration) time.Duration {
-	t.Helper()
-	start := time.Now()
-	deadline := start.Add(within)
-	for stateOf(w, id) != want {
-		if time.Now().After(deadline) {
-			m, _ := w.Snapshot().Member(id)
-			t.Fatalf("instance %d: state %q (%s) after %s, want %q", id, m.State, m.Reason, within, want)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	return time.Since(start)
-}
-
 func TestProbeCarriesTokenMethodAndBodyAndGatesRouting(t *testing.T) {
 	e := newEngine(t, "placeholder")
 	health := HealthSpec{Method: http.MethodPost, Path: "/v1/completions", Body: `{"model":"m","prompt":"hi","max_tokens":1}`, Interval: 50 * time.Millisecond, Timeout: time.Second}
 	w := runWatcher(t, health, engineInstance(1, e))
 
-	waitFor(t, func() bool { return e.requests.Load() >= 3 }, "three probes")
+	waitFor(t, 5*time.Second, "three probes", func() bool { return e.requests.Load() >= 3 })
 	if s := stateOf(w, 1); s != StateStarting || len(targets(w.Snapshot(), "llm")) != 0 {
 		t.Fatalf("placeholder engine: state %q, targets %v; want starting and unroutable", s, targets(w.Snapshot(), "llm"))
 	}
@@ -197,7 +108,7 @@ func TestProbeCarriesTokenMethodAndBodyAndGatesRouting(t *testing.T) {
 		t.Errorf("last probe = %+v, want a placeholder failure", lp)
 	}
 	e.mode.Store("ok")
-	waitState(t, w, 1, StateReady, 5*time.Second)
+	waitState(t, 5*time.Second, w, 1, StateReady)
 	if got := targets(w.Snapshot(), "llm"); len(got) != 1 {
 		t.Fatalf("ready instance not routable: %v", got)
 	}
@@ -214,35 +125,35 @@ func TestHungEngineIsDrainedWithinTimeoutPlusThresholdIntervals(t *testing.T) {
 	e := newEngine(t, "ok")
 	health := HealthSpec{Interval: 100 * time.Millisecond, Timeout: 300 * time.Millisecond, UnhealthyThreshold: 2}
 	w := runWatcher(t, health, engineInstance(1, e))
-	waitState(t, w, 1, StateReady, 5*time.Second)
+	waitState(t, 5*time.Second, w, 1, StateReady)
 
 	e.mode.Store("hang") // accepts connections, never answers
 	bound := health.Timeout + time.Duration(health.UnhealthyThreshold)*health.Interval
-	took := waitState(t, w, 1, StateUnhealthy, bound+2*time.Second)
+	took := waitState(t, bound+2*time.Second, w, 1, StateUnhealthy)
 	t.Logf("hung engine drained after %s (bound %s)", took, bound)
 	if len(targets(w.Snapshot(), "llm")) != 0 {
 		t.Fatal("unhealthy instance still routable")
 	}
 	e.mode.Store("ok")
-	waitState(t, w, 1, StateReady, 5*time.Second)
+	waitState(t, 5*time.Second, w, 1, StateReady)
 }
 
 func TestGraceExpiryReportsFailedAndALateEngineRecovers(t *testing.T) {
 	e := newEngine(t, "fail")
 	w := runWatcher(t, HealthSpec{Interval: 30 * time.Millisecond, Timeout: time.Second, Grace: 300 * time.Millisecond}, engineInstance(1, e))
-	waitState(t, w, 1, StateFailed, 5*time.Second)
+	waitState(t, 5*time.Second, w, 1, StateFailed)
 	m, _ := w.Snapshot().Member(1)
 	if !strings.Contains(m.Reason, "grace") {
 		t.Errorf("reason %q does not mention the grace", m.Reason)
 	}
 	e.mode.Store("ok")
-	waitState(t, w, 1, StateReady, 5*time.Second)
+	waitState(t, 5*time.Second, w, 1, StateReady)
 }
 
 func TestPassiveFailuresMarkUnhealthyButSuccessesDoNotRecover(t *testing.T) {
 	e := newEngine(t, "ok")
 	w := runWatcher(t, HealthSpec{Interval: time.Hour, Timeout: time.Second, UnhealthyThreshold: 2}, engineInstance(1, e))
-	waitState(t, w, 1, StateReady, 5*time.Second)
+	waitState(t, 5*time.Second, w, 1, StateReady)
 
 	w.ReportTraffic(1, false)
 	w.ReportTraffic(1, true) // resets the streak
@@ -252,7 +163,7 @@ func TestPassiveFailuresMarkUnhealthyButSuccessesDoNotRecover(t *testing.T) {
 		t.Fatalf("state %q after non-consecutive failures, want ready", s)
 	}
 	w.ReportTraffic(1, false)
-	waitState(t, w, 1, StateUnhealthy, 5*time.Second)
+	waitState(t, 5*time.Second, w, 1, StateUnhealthy)
 	for i := 0; i < 5; i++ {
 		w.ReportTraffic(1, true)
 	}
@@ -276,7 +187,7 @@ func TestOneHungEngineDoesNotDelayTheOthers(t *testing.T) {
 	// With a 10 s timeout the hung probe is still in flight; the others
 	// must become ready long before it ends.
 	for id := int64(2); id <= 6; id++ {
-		waitState(t, w, id, StateReady, 3*time.Second)
+		waitState(t, 3*time.Second, w, id, StateReady)
 	}
 	if s := stateOf(w, 1); s != StateStarting {
 		t.Errorf("hung engine state %q, want starting", s)
@@ -322,7 +233,7 @@ func TestProbeConcurrencyIsBounded(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); w.Run(ctx) }()
-	waitFor(t, func() bool { return inflight.Load() == 3 }, "three probes in flight")
+	waitFor(t, 5*time.Second, "three probes in flight", func() bool { return inflight.Load() == 3 })
 	time.Sleep(200 * time.Millisecond) // ten more ticks: none may start a fourth probe
 	cancel()
 	<-done
@@ -346,12 +257,12 @@ func TestEngineWithoutHealthIsJudgedByItsModelList(t *testing.T) {
 	port, _ := strconv.Atoi(p)
 	in := running(1, "llm-1", port)
 	w := runWatcher(t, HealthSpec{Interval: 50 * time.Millisecond, Timeout: time.Second}, in)
-	waitState(t, w, 1, StateReady, 5*time.Second)
+	waitState(t, 5*time.Second, w, 1, StateReady)
 	if _, ok := paths.Load("/health"); !ok {
 		t.Error("/health was not tried first")
 	}
 
 	// An explicitly configured path has no fallback: a 404 is a failure.
 	w2 := runWatcher(t, HealthSpec{Path: "/health", Interval: 50 * time.Millisecond, Timeout: time.Second, Grace: 200 * time.Millisecond}, in)
-	waitState(t, w2, 1, StateFailed, 5*time.Second)
+	waitState(t, 5*time.Second, w2, 1, StateFailed)
 }

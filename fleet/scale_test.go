@@ -53,7 +53,7 @@ func TestScaleProbing(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); w.Run(ctx) }()
-	waitFor(t, func() bool { return len(targets(w.Snapshot(), "llm")) == n }, "all instances ready")
+	waitFor(t, 5*time.Second, "all instances ready", func() bool { return len(targets(w.Snapshot(), "llm")) == n })
 
 	runtime.GC()
 	var before syscall.Rusage

@@ -3,87 +3,11 @@ package fleet
 import (
 	"context"
 	"errors"
-	"strconv"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/caddy-vastai/caddy-vastai/vastclient"
 )
-
-// scriptedLister answers ListInstances from a queue of results; the last
-// one repeats.
-type scriptedLister struct {
-	mu    sync.Mutex
-	steps []listStep
-	calls int
-}
-
-type listStep struct {
-	res *vastclient.ListResult
-	err error
-}
-
-func (s *scriptedLister) ListInstances(ctx context.Context, _ vastclient.ListOptions) (*vastclient.ListResult, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	i := s.calls
-	if i >= len(s.steps) {
-		i = len(s.steps) - 1
-	}
-	s.calls++
-	return s.steps[i].res, s.steps[i].err
-}
-
-func (s *scriptedLister) push(res *vastclient.ListResult, err error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.steps = append(s.steps, listStep{res, err})
-}
-
-func running(id int64, label string, hostPort int) vastclient.Instance {
-	return vastclient.Instance{
-		ID: id, Label: label, ActualStatus: "running", PublicIPAddr: "127.0.0.1",
-		JupyterToken: "tok-" + strconv.FormatInt(id, 10),
-		ExtraEnv:     vastclient.Env{"WEB_PASSWORD": "pw-" + strconv.FormatInt(id, 10)},
-		Ports: vastclient.Ports{"8000/tcp": {
-			{HostIP: "::", HostPort: strconv.Itoa(hostPort)},
-			{HostIP: "0.0.0.0", HostPort: strconv.Itoa(hostPort)},
-		}},
-	}
-}
-
-func result(ins ...vastclient.Instance) *vastclient.ListResult {
-	return &vastclient.ListResult{Instances: ins, Pages: 1}
-}
-
-func newTestWatcher(l Lister, pools ...PoolSpec) *Watcher {
-	w := NewWatcher(nil)
-	w.Configure(l, Config{Pools: pools, PollInterval: time.Hour})
-	return w
-}
-
-// pollReady polls once and then marks every running instance's engine as
-// having passed a probe, standing in for the prober in tests of listing
-// semantics (the prober itself is tested in prober_test.go).
-func pollReady(t *testing.T, w *Watcher) error {
-	t.Helper()
-	err := w.Poll(context.Background())
-	for _, m := range w.Snapshot().Members {
-		if m.Instance.ActualStatus == "running" && m.State != StateReady {
-			w.observe(m.Instance.ID, true, nil)
-		}
-	}
-	return err
-}
-
-func targets(s *Snapshot, pool string) []Target {
-	if pv := s.Pools[pool]; pv != nil {
-		return pv.Targets
-	}
-	return nil
-}
 
 func TestPoolAssignmentPrefersTheMostSpecificSelector(t *testing.T) {
 	pools := []PoolSpec{
@@ -153,8 +77,6 @@ func TestPoolSpecValidateNamesTheField(t *testing.T) {
 		t.Errorf("valid spec: %v", err)
 	}
 }
-
-func contains(s, sub string) bool { return strings.Contains(s, sub) }
 
 func TestRoutabilityRules(t *testing.T) {
 	loading := running(2, "llm-b", 4002)
@@ -325,7 +247,7 @@ func TestRunStopsOnCancelAndPollsOnKick(t *testing.T) {
 	done := make(chan struct{})
 	go func() { defer close(done); w.Run(ctx) }()
 
-	waitFor(t, func() bool { return len(w.Snapshot().Members) == 1 }, "first poll")
+	waitFor(t, 5*time.Second, "first poll", func() bool { return len(w.Snapshot().Members) == 1 })
 	if w.Running() != 1 {
 		t.Errorf("running = %d", w.Running())
 	}
@@ -333,7 +255,7 @@ func TestRunStopsOnCancelAndPollsOnKick(t *testing.T) {
 	before := l.calls
 	l.mu.Unlock()
 	w.PollSoon()
-	waitFor(t, func() bool { l.mu.Lock(); defer l.mu.Unlock(); return l.calls > before }, "kicked poll")
+	waitFor(t, 5*time.Second, "kicked poll", func() bool { l.mu.Lock(); defer l.mu.Unlock(); return l.calls > before })
 
 	cancel()
 	select {
@@ -343,17 +265,6 @@ func TestRunStopsOnCancelAndPollsOnKick(t *testing.T) {
 	}
 	if w.Running() != 0 {
 		t.Errorf("running = %d after stop", w.Running())
-	}
-}
-
-func waitFor(t *testing.T, cond func() bool, what string) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 

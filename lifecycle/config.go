@@ -386,12 +386,10 @@ func (c Config) Validate() error {
 	default:
 		bad("orphans %q must be adopt, destroy or ignore", c.Orphans)
 	}
-	for name, v := range map[string]float64{
+	for _, msg := range notNonNegative(map[string]float64{
 		"max_spend_per_hour": c.MaxSpendPerHour, "min_credit": c.MinCredit,
-	} {
-		if v < 0 || math.IsNaN(v) || math.IsInf(v, 0) {
-			bad("%s %v must be a non-negative number", name, v)
-		}
+	}) {
+		bad("%s", msg)
 	}
 	if c.GhostConfirmations < 0 || c.DestroyVerifyAttempts < 0 {
 		bad("ghost_confirmations and destroy_verify_attempts must not be negative")
@@ -464,14 +462,12 @@ func validatePool(name string, p PoolTemplate) error {
 	if p.MaxInstances > 0 && p.MinInstances > p.MaxInstances {
 		bad("min_instances %d exceeds max_instances %d", p.MinInstances, p.MaxInstances)
 	}
-	for fname, v := range map[string]float64{
+	for _, msg := range notNonNegative(map[string]float64{
 		"max_price_per_hour": p.MaxPricePerHour, "max_spend_per_hour": p.MaxSpendPerHour,
 		"offer.max_dph": p.Offer.MaxDPH, "offer.min_gpu_ram_gb": p.Offer.MinGPURAMGB,
 		"offer.min_cuda": p.Offer.MinCUDA,
-	} {
-		if v < 0 || math.IsNaN(v) || math.IsInf(v, 0) {
-			bad("%s %v must be a non-negative number", fname, v)
-		}
+	}) {
+		bad("%s", msg)
 	}
 	if p.Offer.MinReliability < 0 || p.Offer.MinReliability > 1 {
 		bad("offer.min_reliability %v must be between 0 and 1", p.Offer.MinReliability)
@@ -493,4 +489,21 @@ func validatePool(name string, p PoolTemplate) error {
 		bad("max_lifetime and ready_timeout must not be negative")
 	}
 	return errors.Join(errs...)
+}
+
+// notNonNegative names each of the fields (money figures) that is negative,
+// NaN or infinite, in field order.
+func notNonNegative(fields map[string]float64) []string {
+	names := make([]string, 0, len(fields))
+	for name := range fields {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	var out []string
+	for _, name := range names {
+		if v := fields[name]; v < 0 || math.IsNaN(v) || math.IsInf(v, 0) {
+			out = append(out, fmt.Sprintf("%s %v must be a non-negative number", name, v))
+		}
+	}
+	return out
 }

@@ -7,6 +7,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/caddy-vastai/caddy-vastai/internal/ctxutil"
 	"github.com/caddy-vastai/caddy-vastai/vastclient"
 )
 
@@ -233,17 +234,8 @@ func (m *Manager) runDestroy(ctx context.Context, h *opHandle, limit int) bool {
 	// Also when resuming another process's destruction: this process's
 	// routing side must not send new requests to it either.
 	m.fleet.Exclude(id, RoutingReasonDestroying)
-	if op.Drain && (op.State == StatePending || op.State == StateDraining) {
-		_ = h.update(ctx, func(op *Operation) { op.State = StateDraining })
-		dctx, cancel := context.WithTimeout(ctx, m.cfg.DrainTimeout)
-		err := m.fleet.Drain(dctx, id)
-		cancel()
-		if ctx.Err() != nil {
-			return false // the next owner drains again
-		}
-		if err != nil {
-			m.log.Warn("drain incomplete; destroying anyway", logInst(id), logOp(op.ID), logErr(err))
-		}
+	if op.Drain && (op.State == StatePending || op.State == StateDraining) && !m.drain(ctx, h, op) {
+		return false // the next owner drains again
 	}
 	if op.State != StateDestroyFailed {
 		_ = h.update(ctx, func(op *Operation) { op.State = StateDestroying })
@@ -251,7 +243,7 @@ func (m *Manager) runDestroy(ctx context.Context, h *opHandle, limit int) bool {
 	backoff := m.cfg.DestroyBackoff
 	for rounds := 1; ; rounds++ {
 		if !h.mayCall(ctx) {
-			if h.crashed.Load() || sleepCtx(ctx, backoff) != nil {
+			if h.crashed.Load() || ctxutil.Sleep(ctx, backoff) != nil {
 				return false
 			}
 			continue
@@ -265,7 +257,7 @@ func (m *Manager) runDestroy(ctx context.Context, h *opHandle, limit int) bool {
 			// may still have been applied.
 			m.log.Warn("DELETE failed", logInst(id), logOp(op.ID), logErr(err))
 		}
-		if sleepCtx(ctx, backoff) != nil {
+		if ctxutil.Sleep(ctx, backoff) != nil {
 			return false
 		}
 		gone, verr := m.verifyGone(ctx, id)
@@ -280,35 +272,59 @@ func (m *Manager) runDestroy(ctx context.Context, h *opHandle, limit int) bool {
 		if verr != nil {
 			msg = "could not verify: " + verr.Error()
 		}
-		markFailed := false
-		_ = h.update(ctx, func(op *Operation) {
-			op.DestroyAttempts++
-			op.Error = msg
-			if op.DestroyAttempts >= m.cfg.DestroyVerifyAttempts && op.State != StateDestroyFailed {
-				op.State = StateDestroyFailed
-				markFailed = true
-			}
-		})
-		if markFailed {
-			m.stats.destroyFailed.Add(1)
-			cur := h.get()
-			m.log.Error("destruction not verified; the instance may still bill. Retrying until confirmed",
-				logInst(id), logOp(cur.ID), zap.Int("verifications", cur.DestroyAttempts), logReason(msg))
-			pctx, cancel := persistCtx(ctx)
-			_, _ = m.updateInst(pctx, id, func(rec *InstanceRecord) *InstanceRecord {
-				if rec == nil {
-					rec = &InstanceRecord{ID: id, Pool: cur.Pool, Label: cur.Label, DestroyOp: cur.ID}
-				}
-				rec.State = InstanceDestroyFailed
-				return rec
-			})
-			cancel()
-		}
+		m.noteUnverified(ctx, h, id, msg)
 		if limit > 0 && rounds >= limit {
 			return false
 		}
 		backoff = min(backoff*2, m.cfg.DestroyBackoffMax)
 	}
+}
+
+// drain stops routing to the instance and waits, at most DrainTimeout,
+// for its requests in flight. false means the worker is stopping.
+func (m *Manager) drain(ctx context.Context, h *opHandle, op *Operation) bool {
+	_ = h.update(ctx, func(op *Operation) { op.State = StateDraining })
+	dctx, cancel := context.WithTimeout(ctx, m.cfg.DrainTimeout)
+	err := m.fleet.Drain(dctx, op.InstanceID)
+	cancel()
+	if ctx.Err() != nil {
+		return false
+	}
+	if err != nil {
+		m.log.Warn("drain incomplete; destroying anyway", logInst(op.InstanceID), logOp(op.ID), logErr(err))
+	}
+	return true
+}
+
+// noteUnverified counts a round whose destruction could not be verified;
+// after DestroyVerifyAttempts the operation and the record are marked
+// "destroy_failed" (the instance may still bill), and retrying goes on.
+func (m *Manager) noteUnverified(ctx context.Context, h *opHandle, id int64, msg string) {
+	markFailed := false
+	_ = h.update(ctx, func(op *Operation) {
+		op.DestroyAttempts++
+		op.Error = msg
+		if op.DestroyAttempts >= m.cfg.DestroyVerifyAttempts && op.State != StateDestroyFailed {
+			op.State = StateDestroyFailed
+			markFailed = true
+		}
+	})
+	if !markFailed {
+		return
+	}
+	m.stats.destroyFailed.Add(1)
+	cur := h.get()
+	m.log.Error("destruction not verified; the instance may still bill. Retrying until confirmed",
+		logInst(id), logOp(cur.ID), zap.Int("verifications", cur.DestroyAttempts), logReason(msg))
+	pctx, cancel := persistCtx(ctx)
+	defer cancel()
+	_, _ = m.updateInst(pctx, id, func(rec *InstanceRecord) *InstanceRecord {
+		if rec == nil {
+			rec = &InstanceRecord{ID: id, Pool: cur.Pool, Label: cur.Label, DestroyOp: cur.ID}
+		}
+		rec.State = InstanceDestroyFailed
+		return rec
+	})
 }
 
 // verifyGone reports whether the instance is destroyed: the show endpoint

@@ -10,20 +10,6 @@ import (
 	"github.com/caddy-vastai/caddy-vastai/vastsim"
 )
 
-// provisionOne provisions an instance and waits until it is ready.
-func provisionOne(t *testing.T, m *Manager) Operation {
-	t.Helper()
-	ops, err := m.Provision(ctxT(t), "p", ProvisionRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	op := waitOp(t, m, ops[0].ID, 10*time.Second)
-	if op.State != StateSucceeded {
-		t.Fatalf("provisioning %s: %s", op.State, op.Error)
-	}
-	return op
-}
-
 func TestDestroyVerified(t *testing.T) {
 	t.Parallel()
 	cases := []struct {
@@ -63,7 +49,7 @@ func TestDestroyVerified(t *testing.T) {
 			if dop.Kind != KindDestroy || dop.InstanceID != id || dop.Final() {
 				t.Fatalf("Destroy returned %+v", dop)
 			}
-			op := waitOp(t, m, dop.ID, 15*time.Second)
+			op := waitOp(t, 15*time.Second, m, dop.ID)
 			if op.State != StateSucceeded {
 				t.Fatalf("destroy operation %s: %s", op.State, op.Error)
 			}
@@ -103,7 +89,7 @@ func TestDestroyFailedKeepsRetrying(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	failed := waitOp(t, m, dop.ID, 10*time.Second, StateDestroyFailed)
+	failed := waitOp(t, 10*time.Second, m, dop.ID, StateDestroyFailed)
 	if failed.DestroyAttempts < 3 {
 		t.Errorf("destroy_failed after %d verifications", failed.DestroyAttempts)
 	}
@@ -118,7 +104,7 @@ func TestDestroyFailedKeepsRetrying(t *testing.T) {
 		}
 		return false
 	})
-	op := waitOp(t, m, dop.ID, 10*time.Second)
+	op := waitOp(t, 10*time.Second, m, dop.ID)
 	if op.State != StateSucceeded {
 		t.Fatalf("destroy ended %s", op.State)
 	}
@@ -160,7 +146,7 @@ func TestDestroyOwnership(t *testing.T) {
 	if dop.State != StateDraining {
 		t.Errorf("drain operation state %q", dop.State)
 	}
-	if op := waitOp(t, m, dop.ID, 10*time.Second); op.State != StateSucceeded {
+	if op := waitOp(t, 10*time.Second, m, dop.ID); op.State != StateSucceeded {
 		t.Fatalf("drain+destroy: %s %s", op.State, op.Error)
 	}
 	if d := h.fleet.drainedIDs(); len(d) != 1 || d[0] != mine {
@@ -172,7 +158,7 @@ func TestDestroyOwnership(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if op := waitOp(t, m, fop.ID, 10*time.Second); op.State != StateSucceeded || !op.Force {
+	if op := waitOp(t, 10*time.Second, m, fop.ID); op.State != StateSucceeded || !op.Force {
 		t.Fatalf("forced destroy: %+v", op)
 	}
 	if !h.simInstance(other).Gone || h.simInstance(bare).Destroyed {
@@ -194,7 +180,7 @@ func TestDrainTimeoutStillDestroys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if op := waitOp(t, m, dop.ID, 10*time.Second); op.State != StateSucceeded {
+	if op := waitOp(t, 10*time.Second, m, dop.ID); op.State != StateSucceeded {
 		t.Fatalf("%s %s", op.State, op.Error)
 	}
 }
@@ -220,7 +206,7 @@ func TestDestroyDuringProvisioningStopsIt(t *testing.T) {
 	if _, err := m.Destroy(ctxT(t), id, "operator"); err != nil {
 		t.Fatal(err)
 	}
-	op := waitOp(t, m, ops[0].ID, 10*time.Second)
+	op := waitOp(t, 10*time.Second, m, ops[0].ID)
 	if op.State != StateFailed || len(op.Attempts) != 1 || !strings.Contains(op.Error, "operator") {
 		t.Fatalf("provisioning = %s %q with %d attempts", op.State, op.Error, len(op.Attempts))
 	}

@@ -6,7 +6,8 @@
 // routing side's health view.
 //
 // Money is on the line, so the package is built around a few rules learnt
-// from public incidents (see /work/shared/reference/lessons-from-peers.md):
+// from public bug reports against other vast.ai tooling, where each was
+// broken and cost money:
 //
 //   - Every instance is labelled "cv:<gateway>:<pool>:<operation>" at
 //     creation, and an operation record is written to the Store before the

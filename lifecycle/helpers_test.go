@@ -347,6 +347,8 @@ func (h *harness) deletes() int {
 	return n
 }
 
+// waitFor polls cond until it holds, failing the test after timeout. It is
+// the package's only polling loop.
 func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
@@ -358,8 +360,10 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 	}
 }
 
-// waitOp waits until the operation is final (or in one of states).
-func waitOp(t *testing.T, m *Manager, id string, timeout time.Duration, states ...string) Operation {
+// waitOp waits until the operation is final (or in one of states). Like
+// every wait helper of this package it is waitFor underneath, with the
+// timeout right after t.
+func waitOp(t *testing.T, timeout time.Duration, m *Manager, id string, states ...string) Operation {
 	t.Helper()
 	var op Operation
 	waitFor(t, timeout, "operation "+id, func() bool {
@@ -443,4 +447,44 @@ func (h *harness) fullLists() int {
 		}
 	}
 	return n
+}
+
+// provisionOne provisions an instance and waits until it is ready.
+func provisionOne(t *testing.T, m *Manager) Operation {
+	t.Helper()
+	ops, err := m.Provision(ctxT(t), "p", ProvisionRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	op := waitOp(t, 10*time.Second, m, ops[0].ID)
+	if op.State != StateSucceeded {
+		t.Fatalf("provisioning %s: %s", op.State, op.Error)
+	}
+	return op
+}
+
+// recordOf returns the Manager's copy of an instance record, or nil.
+func recordOf(m *Manager, id int64) *InstanceRecord {
+	for _, r := range m.Instances() {
+		if r.ID == id {
+			return &r
+		}
+	}
+	return nil
+}
+
+// launchForeign puts instances on the account that the gateway must never
+// touch: another gateway's, an unlabelled one, and a label that only looks
+// like ours.
+func launchForeign(t *testing.T, h *harness) []int64 {
+	t.Helper()
+	var ids []int64
+	for _, l := range []string{"cv:other:p:0123456789", "", "cv:gw:bad", "cv:gw2:p:0123456789", "training-job"} {
+		id, err := h.sim.Launch(vastsim.LaunchSpec{Label: l, Running: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	return ids
 }

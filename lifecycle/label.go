@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/caddy-vastai/caddy-vastai/fleet"
 )
 
 // Label format and limits.
@@ -19,7 +21,8 @@ const (
 	// per-instance secret. The Instance Portal in vast.ai images accepts it
 	// as the Bearer token, and it is readable back from extra_env, so the
 	// routing side recovers it after a restart without any stored secret.
-	EnvToken = "WEB_PASSWORD"
+	// The routing side reads it, so its home is there.
+	EnvToken = fleet.ManagedTokenVar
 	// TokenLen is the length of generated tokens.
 	TokenLen = 32
 	// opIDLen is the length of operation ids (hex characters).

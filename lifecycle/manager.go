@@ -12,6 +12,8 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/caddy-vastai/caddy-vastai/fleet"
+	"github.com/caddy-vastai/caddy-vastai/internal/ctxutil"
 	"github.com/caddy-vastai/caddy-vastai/vastclient"
 )
 
@@ -28,16 +30,18 @@ type API interface {
 // *vastclient.Client is the production API.
 var _ API = (*vastclient.Client)(nil)
 
-// Health states reported by Fleet.State.
+// Health states reported by Fleet.State. Their home is package fleet, the
+// routing side that assigns them; the names here keep the Fleet interface
+// readable without it.
 const (
-	FleetProvisioning = "provisioning"
-	FleetLoading      = "loading"
-	FleetStarting     = "starting"
-	FleetReady        = "ready"
-	FleetUnhealthy    = "unhealthy"
-	FleetFailed       = "failed"
-	FleetStopped      = "stopped"
-	FleetGone         = "gone"
+	FleetProvisioning = fleet.StateProvisioning
+	FleetLoading      = fleet.StateLoading
+	FleetStarting     = fleet.StateStarting
+	FleetReady        = fleet.StateReady
+	FleetUnhealthy    = fleet.StateUnhealthy
+	FleetFailed       = fleet.StateFailed
+	FleetStopped      = fleet.StateStopped
+	FleetGone         = fleet.StateGone
 )
 
 // Fleet is the routing side's view of the instances, implemented by the
@@ -493,7 +497,7 @@ func (h *opHandle) update(ctx context.Context, fn func(op *Operation)) error {
 			h.cancel()
 			return err
 		}
-		if sleepCtx(pctx, 200*time.Millisecond) != nil {
+		if ctxutil.Sleep(pctx, 200*time.Millisecond) != nil {
 			break
 		}
 	}
@@ -648,19 +652,4 @@ func (m *Manager) latestListing() ([]vastclient.Instance, time.Time, bool) {
 		return own, ownAt, true
 	}
 	return rows, at, ok
-}
-
-// sleepCtx waits for d or until ctx ends.
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }

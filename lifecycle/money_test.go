@@ -125,7 +125,7 @@ func TestStalledWorkerNeverCreatesAfterTakeover(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, stopB := run(t, b)
-	op := waitOp(t, b, ops[0].ID, 30*time.Second)
+	op := waitOp(t, 30*time.Second, b, ops[0].ID)
 	waitFor(t, 20*time.Second, "the stalled worker to stop", func() bool { return !a.isActive(op.ID) })
 	stopB()
 	if op.State != StateSucceeded {
@@ -237,7 +237,7 @@ func TestLostCreateAndLateListingStayWithinMaxInstances(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	op := waitOp(t, m, ops[0].ID, 30*time.Second)
+	op := waitOp(t, 30*time.Second, m, ops[0].ID)
 	if op.State != StateSucceeded {
 		t.Fatalf("operation %s: %s", op.State, op.Error)
 	}
@@ -354,7 +354,7 @@ func TestReadyInstanceNotDestroyedForFailingProbes(t *testing.T) {
 	if err != nil || len(rep.ProvisionsStarted) != 1 {
 		t.Fatalf("%+v %v", rep, err)
 	}
-	id := waitOp(t, a, rep.ProvisionsStarted[0], 10*time.Second).InstanceID
+	id := waitOp(t, 10*time.Second, a, rep.ProvisionsStarted[0]).InstanceID
 	a.Close()
 
 	// The restart: a new manager; the new probe fails on the instance.
@@ -479,7 +479,7 @@ func TestConcurrentDestroysShareOneOperation(t *testing.T) {
 			t.Errorf("Destroy %d returned operation %s, want %s", i, ids[i], ids[0])
 		}
 	}
-	waitOp(t, m, ids[0], 15*time.Second)
+	waitOp(t, 15*time.Second, m, ids[0])
 }
 
 // TestMaxLifetimeReplacementsRespectMaxInstances (issue 7, defect 8): two

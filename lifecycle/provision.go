@@ -9,6 +9,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/caddy-vastai/caddy-vastai/internal/ctxutil"
 	"github.com/caddy-vastai/caddy-vastai/vastclient"
 )
 
@@ -177,7 +178,7 @@ func (m *Manager) runProvision(ctx context.Context, h *opHandle) {
 			// exists (destroying an instance still loading) and stop.
 			tpl = PoolTemplate{}.withDefaults()
 			if cur := op.current(); cur != nil && cur.InstanceID > 0 && cur.State != AttemptDestroying {
-				m.failAttempt(ctx, h, "pool no longer configured")
+				m.failAttempt(ctx, h, thenCleanUp, "pool no longer configured")
 				continue
 			}
 			if op.current() == nil {
@@ -209,7 +210,7 @@ func (m *Manager) runProvision(ctx context.Context, h *opHandle) {
 			m.succeed(ctx, h)
 		default:
 			m.log.Error("unknown attempt state; failing the attempt", logOp(op.ID), logState(cur.State))
-			m.failAttempt(ctx, h, "unknown attempt state "+cur.State)
+			m.failAttempt(ctx, h, thenCleanUp, "unknown attempt state "+cur.State)
 		}
 	}
 }
@@ -245,18 +246,82 @@ func (m *Manager) finish(ctx context.Context, h *opHandle, state, msg string) {
 	}
 }
 
-// startAttempt picks an offer, reserves it under the Store lock after the
-// budget checks, records the attempt and only then creates the instance.
+// startAttempt runs the first steps of one attempt, each of which persists
+// before the next one acts: choose the offers (chooseOffers), check the
+// account credit, check the budgets and record the attempt under the Store
+// lock (recordAttempt), and only then create the instance (create).
 func (m *Manager) startAttempt(ctx context.Context, h *opHandle, tpl PoolTemplate) {
-	op := h.get()
-	exclude := map[int64]bool{}
-	for _, a := range op.Attempts {
-		exclude[a.MachineID] = true // never the same machine twice
+	usable, ok := m.chooseOffers(ctx, h, tpl)
+	if !ok {
+		return
 	}
+	if err := m.checkCredit(ctx, h.get().Pool); err != nil {
+		m.refuseAttempt(ctx, h, err)
+		return
+	}
+	offer, err := m.recordAttempt(ctx, h, tpl, usable)
+	if err != nil {
+		m.refuseAttempt(ctx, h, err)
+		return
+	}
+	defer m.unreserve(offer.ID)
+	m.create(ctx, h, tpl, offer)
+}
 
-	var candidates []vastclient.Offer
-	var err error
+// refuseAttempt fails the operation on a refusal made before anything was
+// created (credit, budget, offers taken), unless the worker is stopping.
+func (m *Manager) refuseAttempt(ctx context.Context, h *opHandle, err error) {
+	if ctx.Err() != nil {
+		return
+	}
+	m.noteRefusal(err)
+	m.finish(ctx, h, StateFailed, err.Error())
+}
+
+// chooseOffers returns the offers this attempt may rent: on machines the
+// operation has not tried yet (never the same machine twice). false means
+// it ended the attempt or the operation, or the worker is stopping.
+func (m *Manager) chooseOffers(ctx context.Context, h *opHandle, tpl PoolTemplate) ([]vastclient.Offer, bool) {
+	op := h.get()
+	candidates, err := m.searchAttemptOffers(ctx, op, tpl)
+	if ctx.Err() != nil {
+		return nil, false
+	}
+	if err != nil {
+		if errors.Is(err, ErrNoOffers) && op.OfferID > 0 && len(op.Attempts) == 0 {
+			// The requested offer is gone: the next attempt searches the
+			// pool's filter.
+			m.requestedOfferGone(ctx, h)
+			return nil, false
+		}
+		m.finish(ctx, h, StateFailed, err.Error())
+		return nil, false
+	}
+	tried := map[int64]bool{}
+	for _, a := range op.Attempts {
+		tried[a.MachineID] = true
+	}
+	usable := candidates[:0]
+	for _, o := range candidates {
+		if !tried[o.MachineID] {
+			usable = append(usable, o)
+		}
+	}
+	if len(usable) == 0 {
+		m.finish(ctx, h, StateFailed, fmt.Sprintf("%v: every matching offer is on a machine this operation already tried", ErrNoOffers))
+		return nil, false
+	}
+	return usable, true
+}
+
+// searchAttemptOffers looks the candidates up: the requested offer on the
+// first attempt, the pool's filter otherwise. A failed search is retried
+// twice, a poll interval apart; finding nothing is an answer, not a
+// failure.
+func (m *Manager) searchAttemptOffers(ctx context.Context, op *Operation, tpl PoolTemplate) ([]vastclient.Offer, error) {
 	for try := 0; ; try++ {
+		var candidates []vastclient.Offer
+		var err error
 		if len(op.Attempts) == 0 && op.OfferID > 0 {
 			var o *vastclient.Offer
 			if o, err = m.findOffer(ctx, op.OfferID); err == nil {
@@ -266,58 +331,30 @@ func (m *Manager) startAttempt(ctx context.Context, h *opHandle, tpl PoolTemplat
 			candidates, err = m.searchOffers(ctx, tpl, nil)
 		}
 		if err == nil || errors.Is(err, ErrNoOffers) || ctx.Err() != nil || try >= 2 {
-			break
+			return candidates, err
 		}
 		m.log.Warn("offer search failed; retrying", logOp(op.ID), logErr(err))
-		if sleepCtx(ctx, m.cfg.PollInterval) != nil {
-			return
+		if err := ctxutil.Sleep(ctx, m.cfg.PollInterval); err != nil {
+			return nil, err
 		}
 	}
-	if ctx.Err() != nil {
-		return
-	}
-	if err != nil {
-		if errors.Is(err, ErrNoOffers) && op.OfferID > 0 && len(op.Attempts) == 0 {
-			// The requested offer is gone: record it as a failed attempt
-			// and let the next one search the pool's filter.
-			now := m.now()
-			_ = h.update(ctx, func(op *Operation) {
-				op.Attempts = append(op.Attempts, Attempt{OfferID: op.OfferID, Started: now, Ended: now,
-					State: AttemptFailed, Error: "requested offer no longer available"})
-			})
-			return
-		}
-		m.finish(ctx, h, StateFailed, err.Error())
-		return
-	}
-	usable := candidates[:0]
-	for _, o := range candidates {
-		if !exclude[o.MachineID] {
-			usable = append(usable, o)
-		}
-	}
-	if len(usable) == 0 {
-		m.finish(ctx, h, StateFailed, fmt.Sprintf("%v: every matching offer is on a machine this operation already tried", ErrNoOffers))
-		return
-	}
-	if err := m.checkCredit(ctx, op.Pool); err != nil {
-		if ctx.Err() != nil {
-			return
-		}
-		m.noteRefusal(err)
-		m.finish(ctx, h, StateFailed, err.Error())
-		return
-	}
+}
 
-	var chosen *vastclient.Offer
-	err = m.withLock(ctx, func(lctx context.Context) error {
+// recordAttempt takes the first usable offer that no other operation is
+// renting and that fits the price cap, checks the pool and gateway budgets
+// with its price and records the attempt, all under the Store lock, so
+// that processes sharing the Store never overspend together. The offer
+// stays reserved in this process until unreserve.
+func (m *Manager) recordAttempt(ctx context.Context, h *opHandle, tpl PoolTemplate, usable []vastclient.Offer) (vastclient.Offer, error) {
+	op := h.get()
+	var chosen vastclient.Offer
+	err := m.withLock(ctx, func(lctx context.Context) error {
 		recs, err := m.loadAll(lctx)
 		if err != nil {
 			return err
 		}
 		inUse := m.offersInUse(recs, op.ID)
-		for i := range usable {
-			o := usable[i]
+		for _, o := range usable {
 			if inUse[o.ID] {
 				continue
 			}
@@ -328,38 +365,30 @@ func (m *Manager) startAttempt(ctx context.Context, h *opHandle, tpl PoolTemplat
 			if err := m.checkSpend(recs, op.Pool, tpl, price, op.ID); err != nil {
 				return err
 			}
-			now := m.now()
-			if err := h.update(lctx, func(op *Operation) {
-				op.State = StateCreating
-				op.Attempts = append(op.Attempts, Attempt{
-					OfferID: o.ID, MachineID: o.MachineID, GPUName: o.GPUName, Price: price,
-					Started: now, State: AttemptCreating,
-				})
-			}); err != nil {
+			if err := m.beginAttempt(lctx, h, o, price); err != nil {
 				return err
 			}
-			chosen = &o
-			m.mu.Lock()
-			m.reserved[o.ID] = op.ID
-			m.mu.Unlock()
+			chosen = o
+			m.reserve(o.ID, op.ID)
 			return nil
 		}
 		return fmt.Errorf("%w: all matching offers are being rented by other operations", ErrNoOffers)
 	})
-	if err != nil {
-		if ctx.Err() != nil {
-			return
-		}
-		m.noteRefusal(err)
-		m.finish(ctx, h, StateFailed, err.Error())
-		return
-	}
-	defer func() {
-		m.mu.Lock()
-		delete(m.reserved, chosen.ID)
-		m.mu.Unlock()
-	}()
-	m.create(ctx, h, tpl, *chosen)
+	return chosen, err
+}
+
+// reserve and unreserve mark an offer as being created from by this
+// process (see offersInUse).
+func (m *Manager) reserve(offerID int64, opID string) {
+	m.mu.Lock()
+	m.reserved[offerID] = opID
+	m.mu.Unlock()
+}
+
+func (m *Manager) unreserve(offerID int64) {
+	m.mu.Lock()
+	delete(m.reserved, offerID)
+	m.mu.Unlock()
 }
 
 // offersInUse returns the offers other operations are creating from, so
@@ -410,7 +439,7 @@ func (m *Manager) createRequest(tpl PoolTemplate, label string) vastclient.Creat
 	return req
 }
 
-// create calls the API and routes every outcome.
+// create calls the API, after the fencing check, and routes the outcome.
 func (m *Manager) create(ctx context.Context, h *opHandle, tpl PoolTemplate, offer vastclient.Offer) {
 	op := h.get()
 	m.log.Info("creating instance", logOp(op.ID), logPool(op.Pool), logOffer(offer.ID),
@@ -424,13 +453,8 @@ func (m *Manager) create(ctx context.Context, h *opHandle, tpl PoolTemplate, off
 		if !h.crashed.Load() {
 			// The owner could not be re-checked: the create was not sent,
 			// so the attempt never happened.
-			_ = h.update(ctx, func(op *Operation) {
-				if cur := op.current(); cur != nil && cur.State == AttemptCreating && cur.InstanceID == 0 {
-					op.Attempts = op.Attempts[:len(op.Attempts)-1]
-				}
-				op.State = StatePending
-			})
-			_ = sleepCtx(ctx, m.cfg.PollInterval)
+			m.withdrawAttempt(ctx, h)
+			_ = ctxutil.Sleep(ctx, m.cfg.PollInterval)
 		}
 		return
 	}
@@ -439,6 +463,13 @@ func (m *Manager) create(ctx context.Context, h *opHandle, tpl PoolTemplate, off
 	if m.runHook(h, "after-create") {
 		return
 	}
+	m.routeCreate(ctx, h, res, err)
+}
+
+// routeCreate takes the create's answer to the next step: waiting for the
+// instance, resolving an uncertain outcome by label, or ending the attempt.
+func (m *Manager) routeCreate(ctx context.Context, h *opHandle, res *vastclient.CreateResult, err error) {
+	op := h.get()
 	switch {
 	case res != nil && res.InstanceID > 0:
 		// success:false with an id still means an instance exists.
@@ -451,46 +482,25 @@ func (m *Manager) create(ctx context.Context, h *opHandle, tpl PoolTemplate, off
 		m.log.Warn("create outcome unknown; looking the label up before anything else",
 			logOp(op.ID), logErr(err))
 		m.resolveCreate(ctx, h)
-	case ctx.Err() != nil && res == nil && !errors.Is(err, vastclient.ErrCreateUncertain):
+	case ctx.Err() != nil && res == nil:
 		// Stopped before the request could reach vast.ai (the client
 		// reports any create that may have been sent as uncertain): the
 		// attempt never happened, so the next owner need not resolve it.
-		_ = h.update(ctx, func(op *Operation) {
-			if cur := op.current(); cur != nil && cur.State == AttemptCreating && cur.InstanceID == 0 {
-				op.Attempts = op.Attempts[:len(op.Attempts)-1]
-			}
-			op.State = StatePending
-		})
+		m.withdrawAttempt(ctx, h)
 	case ctx.Err() != nil:
 		// Stopping with an uncertain create. The attempt stays "creating"
 		// without an id, so the next owner resolves it by label before
 		// creating again.
 	case errors.Is(err, vastclient.ErrNoSuchAsk):
-		m.endAttempt(ctx, h, AttemptFailed, "no_such_ask: the offer was rented by someone else")
+		m.failAttempt(ctx, h, thenRetry, "no_such_ask: the offer was rented by someone else")
 	case errors.Is(err, vastclient.ErrAuth):
-		m.endAttempt(ctx, h, AttemptFailed, err.Error())
+		m.failAttempt(ctx, h, thenFail, err.Error())
 		m.finish(ctx, h, StateFailed, "vast.ai rejected the API key: "+err.Error())
 	case err != nil:
-		m.endAttempt(ctx, h, AttemptFailed, "create failed: "+err.Error())
+		m.failAttempt(ctx, h, thenRetry, "create failed: "+err.Error())
 	default:
-		m.endAttempt(ctx, h, AttemptFailed, "create returned no instance id")
+		m.failAttempt(ctx, h, thenRetry, "create returned no instance id")
 	}
-}
-
-// endAttempt closes the current attempt (no instance to clean up).
-func (m *Manager) endAttempt(ctx context.Context, h *opHandle, state, msg string) {
-	m.stats.attemptsFailed.Add(1)
-	op := h.get()
-	m.log.Warn("provisioning attempt failed", logOp(op.ID), logPool(op.Pool),
-		logAttempt(len(op.Attempts)), logReason(msg))
-	_ = h.update(ctx, func(op *Operation) {
-		if cur := op.current(); cur != nil {
-			cur.State = state
-			cur.Error = msg
-			cur.Ended = m.now()
-		}
-		op.State = StatePending
-	})
 }
 
 // A create whose outcome is unknown is concluded to have created nothing
@@ -519,7 +529,7 @@ func (m *Manager) resolveCreate(ctx context.Context, h *opHandle) {
 		if err != nil {
 			// Never create again before a listing succeeded.
 			m.log.Warn("listing by label failed; retrying", logOp(op.ID), logErr(err))
-			if sleepCtx(ctx, backoff) != nil {
+			if ctxutil.Sleep(ctx, backoff) != nil {
 				return
 			}
 			backoff = min(backoff*2, m.cfg.DestroyBackoffMax)
@@ -553,11 +563,11 @@ func (m *Manager) resolveCreate(ctx context.Context, h *opHandle) {
 			return
 		}
 		misses++
-		if misses < lostCreateListings && sleepCtx(ctx, max(m.cfg.PollInterval, lostCreateSpacing)) != nil {
+		if misses < lostCreateListings && ctxutil.Sleep(ctx, max(m.cfg.PollInterval, lostCreateSpacing)) != nil {
 			return
 		}
 	}
-	m.endAttempt(ctx, h, AttemptFailed, "create outcome unknown and no instance with the label appeared")
+	m.failAttempt(ctx, h, thenRetry, "create outcome unknown and no instance with the label appeared")
 }
 
 // recordCreated persists a new instance id: the instance record first (so
@@ -584,13 +594,7 @@ func (m *Manager) recordCreated(ctx context.Context, h *opHandle, id int64) {
 		// The label still identifies it; reconciliation is the backstop.
 		m.log.Error("could not record a new instance", logOp(op.ID), logInst(id), logErr(err))
 	}
-	_ = h.update(ctx, func(op *Operation) {
-		if cur := op.current(); cur != nil {
-			cur.InstanceID = id
-			cur.State = AttemptLoading
-		}
-		op.State = StateWaiting
-	})
+	m.markCreated(ctx, h, id)
 	m.log.Info("instance created; waiting until it is ready", logOp(op.ID), logPool(op.Pool), logInst(id))
 }
 
@@ -608,109 +612,139 @@ func terminalStatus(status string) (immediate, ifRepeated bool) {
 }
 
 // waitReady waits until the routing side reports the instance ready, or a
-// failure: a dead status, intended_status flipped to stopped, the instance
-// disappearing, a destruction requested by someone else, or ReadyTimeout in
-// one state.
+// failure: a destruction requested by someone else (the operation fails),
+// or one of pollReady's reasons (the attempt is cleaned up).
 func (m *Manager) waitReady(ctx context.Context, h *opHandle, tpl PoolTemplate) {
-	op := h.get()
-	cur := op.current()
-	id, created := cur.InstanceID, cur.Started
+	cur := h.get().current()
 	if m.runHook(h, "waiting") {
 		return
 	}
-	hardCap := 3 * tpl.ReadyTimeout // a state that keeps flapping
-	var lastObs time.Time
-	suspect := 0
+	w := &readyWatch{id: cur.InstanceID, created: cur.Started, hardCap: 3 * tpl.ReadyTimeout}
 	for {
-		if rec, err := m.loadInst(ctx, id); err == nil && rec != nil && (rec.destroying() || !rec.Live()) {
-			msg := "instance " + rec.State
-			if rec.DestroyReason != "" {
-				msg += ": " + rec.DestroyReason
-			}
-			m.stats.attemptsFailed.Add(1)
-			_ = h.update(ctx, func(op *Operation) {
-				if cur := op.current(); cur != nil {
-					cur.State, cur.Error, cur.Ended = AttemptFailed, msg, m.now()
-				}
-			})
+		if msg := m.destroyRequested(ctx, w.id); msg != "" {
+			m.failAttempt(ctx, h, thenFail, msg)
 			m.finish(ctx, h, StateFailed, msg)
 			return
 		}
 		if ctx.Err() != nil {
 			return
 		}
-		state, since, known := m.fleet.State(id)
-		if !known {
-			state, since = "unknown to the routing side", created
-		}
-		switch state {
-		case FleetReady:
+		ready, fail := m.pollReady(ctx, w, tpl)
+		switch {
+		case ready:
 			m.succeed(ctx, h)
 			return
-		case FleetFailed:
-			m.failAttempt(ctx, h, "the routing side reports the instance failed")
-			return
-		case FleetStopped:
-			m.failAttempt(ctx, h, "the instance stopped")
-			return
-		case FleetGone:
-			// The routing side no longer lists it; a listing glitch must not
-			// cost a healthy instance, so the show endpoint decides.
-			if _, err := m.api.ShowInstance(ctx, id); errors.Is(err, vastclient.ErrNotFound) {
-				m.failAttempt(ctx, h, "the instance disappeared")
-				return
-			}
-		}
-		if since.Before(created) {
-			since = created
-		}
-		now := m.now()
-		if now.Sub(since) > tpl.ReadyTimeout {
-			m.failAttempt(ctx, h, fmt.Sprintf("not ready within %s (state %q since %s)",
-				tpl.ReadyTimeout, state, since.UTC().Format(time.RFC3339)))
+		case fail != "":
+			m.failAttempt(ctx, h, thenCleanUp, fail)
 			return
 		}
-		if now.Sub(created) > hardCap {
-			m.failAttempt(ctx, h, fmt.Sprintf("not ready within %s of creation", hardCap))
-			return
-		}
-		if now.Sub(lastObs) >= m.cfg.StatusPollInterval {
-			lastObs = now
-			row, err := m.observe(ctx, id, lastObs)
-			switch {
-			case errors.Is(err, vastclient.ErrNotFound):
-				m.failAttempt(ctx, h, "the instance disappeared (show: not found)")
-				return
-			case err != nil:
-				if ctx.Err() != nil {
-					return
-				}
-				m.log.Debug("could not observe instance", logInst(id), logErr(err))
-			default:
-				imm, rep := terminalStatus(row.ActualStatus)
-				switch {
-				case imm:
-					m.failAttempt(ctx, h, "actual_status "+row.ActualStatus)
-					return
-				case rep:
-					suspect++
-					if suspect >= 2 {
-						m.failAttempt(ctx, h, "actual_status "+row.ActualStatus)
-						return
-					}
-				default:
-					suspect = 0
-				}
-				if row.IntendedStatus == "stopped" || row.ActualStatus == "stopped" {
-					m.failAttempt(ctx, h, "vast.ai set intended_status stopped (stuck or unschedulable)")
-					return
-				}
-			}
-		}
-		if sleepCtx(ctx, m.cfg.PollInterval) != nil {
+		if ctxutil.Sleep(ctx, m.cfg.PollInterval) != nil {
 			return
 		}
 	}
+}
+
+// readyWatch is what waitReady carries from one look at an instance to the
+// next.
+type readyWatch struct {
+	id      int64
+	created time.Time     // the attempt's start: no clock runs from earlier
+	hardCap time.Duration // bounds a state that keeps flapping
+	lastObs time.Time     // the last look at the instance row
+	suspect int           // consecutive rows with a possibly terminal status
+}
+
+// destroyRequested says why the instance will not be provisioned when its
+// record was marked for destruction (or is no longer live), or "".
+func (m *Manager) destroyRequested(ctx context.Context, id int64) string {
+	rec, err := m.loadInst(ctx, id)
+	if err != nil || rec == nil || (!rec.destroying() && rec.Live()) {
+		return ""
+	}
+	msg := "instance " + rec.State
+	if rec.DestroyReason != "" {
+		msg += ": " + rec.DestroyReason
+	}
+	return msg
+}
+
+// pollReady takes one look: the routing side's state, then ReadyTimeout in
+// one state and the hard cap since creation, then (every
+// StatusPollInterval) the instance row. It reports ready, or why the
+// attempt is given up, or neither (look again later).
+func (m *Manager) pollReady(ctx context.Context, w *readyWatch, tpl PoolTemplate) (ready bool, fail string) {
+	state, since, known := m.fleet.State(w.id)
+	if !known {
+		state, since = "unknown to the routing side", w.created
+	}
+	if ready, fail = m.fleetVerdict(ctx, w.id, state); ready || fail != "" {
+		return ready, fail
+	}
+	if since.Before(w.created) {
+		since = w.created
+	}
+	now := m.now()
+	if now.Sub(since) > tpl.ReadyTimeout {
+		return false, fmt.Sprintf("not ready within %s (state %q since %s)",
+			tpl.ReadyTimeout, state, since.UTC().Format(time.RFC3339))
+	}
+	if now.Sub(w.created) > w.hardCap {
+		return false, fmt.Sprintf("not ready within %s of creation", w.hardCap)
+	}
+	if now.Sub(w.lastObs) < m.cfg.StatusPollInterval {
+		return false, ""
+	}
+	w.lastObs = now
+	return false, m.rowVerdict(ctx, w)
+}
+
+// fleetVerdict reads the routing side's health state of the instance.
+func (m *Manager) fleetVerdict(ctx context.Context, id int64, state string) (ready bool, fail string) {
+	switch state {
+	case FleetReady:
+		return true, ""
+	case FleetFailed:
+		return false, "the routing side reports the instance failed"
+	case FleetStopped:
+		return false, "the instance stopped"
+	case FleetGone:
+		// The routing side no longer lists it; a listing glitch must not
+		// cost a healthy instance, so the show endpoint decides.
+		if _, err := m.api.ShowInstance(ctx, id); errors.Is(err, vastclient.ErrNotFound) {
+			return false, "the instance disappeared"
+		}
+	}
+	return false, ""
+}
+
+// rowVerdict reads vast.ai's own view of the instance: a terminal
+// actual_status (see terminalStatus), or intended_status stopped.
+func (m *Manager) rowVerdict(ctx context.Context, w *readyWatch) string {
+	row, err := m.observe(ctx, w.id, w.lastObs)
+	switch {
+	case errors.Is(err, vastclient.ErrNotFound):
+		return "the instance disappeared (show: not found)"
+	case err != nil:
+		if ctx.Err() == nil {
+			m.log.Debug("could not observe instance", logInst(w.id), logErr(err))
+		}
+		return ""
+	}
+	immediate, ifRepeated := terminalStatus(row.ActualStatus)
+	switch {
+	case immediate:
+		return "actual_status " + row.ActualStatus
+	case ifRepeated:
+		if w.suspect++; w.suspect >= 2 {
+			return "actual_status " + row.ActualStatus
+		}
+	default:
+		w.suspect = 0
+	}
+	if row.IntendedStatus == "stopped" || row.ActualStatus == "stopped" {
+		return "vast.ai set intended_status stopped (stuck or unschedulable)"
+	}
+	return ""
 }
 
 // observe returns the instance's row: from the routing side's listing when
@@ -725,21 +759,6 @@ func (m *Manager) observe(ctx context.Context, id int64, since time.Time) (*vast
 		}
 	}
 	return m.api.ShowInstance(ctx, id)
-}
-
-// failAttempt marks the current attempt for clean-up.
-func (m *Manager) failAttempt(ctx context.Context, h *opHandle, reason string) {
-	m.stats.attemptsFailed.Add(1)
-	op := h.get()
-	m.log.Warn("provisioning attempt failed; destroying its instance", logOp(op.ID), logPool(op.Pool),
-		logAttempt(len(op.Attempts)), logReason(reason))
-	_ = h.update(ctx, func(op *Operation) {
-		if cur := op.current(); cur != nil {
-			cur.State = AttemptDestroying
-			cur.Error = reason
-		}
-		op.State = StateCleaningUp
-	})
 }
 
 // cleanupAttempt destroys a failed attempt's instance with verification,
@@ -758,7 +777,7 @@ func (m *Manager) cleanupAttempt(ctx context.Context, h *opHandle) {
 		if err != nil {
 			m.log.Error("could not start destroying a failed attempt's instance", logOp(op.ID),
 				logInst(cur.InstanceID), logErr(err))
-			if sleepCtx(ctx, m.cfg.PollInterval) != nil {
+			if ctxutil.Sleep(ctx, m.cfg.PollInterval) != nil {
 				return
 			}
 			return // the loop retries the clean-up
@@ -795,19 +814,13 @@ func (m *Manager) cleanupAttempt(ctx context.Context, h *opHandle) {
 	if !confirmed {
 		state = AttemptDestroyFailed
 	}
-	_ = h.update(ctx, func(op *Operation) {
-		if c := op.current(); c != nil {
-			c.State = state
-			c.Ended = m.now()
-		}
-		op.State = StatePending
-	})
+	m.closeAttempt(ctx, h, state)
 }
 
 // waitDestroyed waits for a destroy operation of this process to end.
 func (m *Manager) waitDestroyed(ctx context.Context, opID string) bool {
 	for m.isActive(opID) {
-		if sleepCtx(ctx, m.cfg.PollInterval) != nil {
+		if ctxutil.Sleep(ctx, m.cfg.PollInterval) != nil {
 			return false
 		}
 	}
@@ -838,26 +851,15 @@ func (m *Manager) succeed(ctx context.Context, h *opHandle) {
 	})
 	if err != nil {
 		m.log.Error("could not record a ready instance; will retry", logOp(op.ID), logInst(id), logErr(err))
-		_ = sleepCtx(ctx, m.cfg.PollInterval)
+		_ = ctxutil.Sleep(ctx, m.cfg.PollInterval)
 		return
 	}
 	if rec.State != InstanceActive {
-		_ = h.update(ctx, func(op *Operation) {
-			if c := op.current(); c != nil {
-				c.State, c.Error, c.Ended = AttemptFailed, "instance "+rec.State, m.now()
-			}
-		})
+		m.failAttempt(ctx, h, thenFail, "instance "+rec.State)
 		m.finish(ctx, h, StateFailed, "the instance was destroyed while provisioning")
 		return
 	}
-	_ = h.update(ctx, func(op *Operation) {
-		if c := op.current(); c != nil {
-			c.State = AttemptReady
-			c.Ended = m.now()
-		}
-		op.InstanceID = id
-		op.Error = ""
-	})
+	m.markReady(ctx, h, id)
 	m.finish(ctx, h, StateSucceeded, "")
 	m.stats.provisionsSucceeded.Add(1)
 	m.log.Info("instance ready", logOp(op.ID), logPool(op.Pool), logInst(id),
@@ -879,5 +881,123 @@ func (m *Manager) retire(ctx context.Context, old int64, byOp string) {
 	}); err != nil {
 		m.log.Error("could not retire a replaced instance; reconciliation will retry",
 			logInst(old), logErr(err))
+	}
+}
+
+// The changes a provisioning makes to its attempts. Each persists through
+// opHandle.update (a compare-and-set on owner and version) before the next
+// step acts.
+
+// beginAttempt records a new attempt on offer, in state "creating" without
+// an instance id: from here on the label is looked up before any new
+// create.
+func (m *Manager) beginAttempt(ctx context.Context, h *opHandle, o vastclient.Offer, price float64) error {
+	now := m.now()
+	return h.update(ctx, func(op *Operation) {
+		op.State = StateCreating
+		op.Attempts = append(op.Attempts, Attempt{
+			OfferID: o.ID, MachineID: o.MachineID, GPUName: o.GPUName, Price: price,
+			Started: now, State: AttemptCreating,
+		})
+	})
+}
+
+// requestedOfferGone records the caller's offer as a failed attempt.
+func (m *Manager) requestedOfferGone(ctx context.Context, h *opHandle) {
+	now := m.now()
+	_ = h.update(ctx, func(op *Operation) {
+		op.Attempts = append(op.Attempts, Attempt{OfferID: op.OfferID, Started: now, Ended: now,
+			State: AttemptFailed, Error: "requested offer no longer available"})
+	})
+}
+
+// withdrawAttempt removes an attempt whose create was never sent: it did
+// not happen, so nobody needs to resolve it by label.
+func (m *Manager) withdrawAttempt(ctx context.Context, h *opHandle) {
+	_ = h.update(ctx, func(op *Operation) {
+		if cur := op.current(); cur != nil && cur.State == AttemptCreating && cur.InstanceID == 0 {
+			op.Attempts = op.Attempts[:len(op.Attempts)-1]
+		}
+		op.State = StatePending
+	})
+}
+
+// markCreated binds the attempt to its instance and starts waiting.
+func (m *Manager) markCreated(ctx context.Context, h *opHandle, id int64) {
+	_ = h.update(ctx, func(op *Operation) {
+		if cur := op.current(); cur != nil {
+			cur.InstanceID = id
+			cur.State = AttemptLoading
+		}
+		op.State = StateWaiting
+	})
+}
+
+// afterFailure is what follows a failed attempt.
+type afterFailure int
+
+const (
+	// thenCleanUp: the attempt's instance is destroyed first
+	// (cleanupAttempt), then the next attempt may start.
+	thenCleanUp afterFailure = iota
+	// thenRetry: there is no instance to clean up; the next attempt may
+	// start.
+	thenRetry
+	// thenFail: the operation fails with the attempt; the caller finishes
+	// it.
+	thenFail
+)
+
+// failAttempt records why the current attempt failed and what follows.
+func (m *Manager) failAttempt(ctx context.Context, h *opHandle, next afterFailure, reason string) {
+	m.stats.attemptsFailed.Add(1)
+	op := h.get()
+	msg := "provisioning attempt failed"
+	if next == thenCleanUp {
+		msg += "; destroying its instance"
+	}
+	m.log.Warn(msg, logOp(op.ID), logPool(op.Pool), logAttempt(len(op.Attempts)), logReason(reason))
+	_ = h.update(ctx, func(op *Operation) {
+		cur := op.current()
+		switch {
+		case next == thenCleanUp:
+			if cur != nil {
+				cur.State, cur.Error = AttemptDestroying, reason
+			}
+			op.State = StateCleaningUp
+			return
+		case cur != nil:
+			cur.Error = reason
+		}
+		op.endAttempt(AttemptFailed, m.now())
+		if next == thenRetry {
+			op.State = StatePending
+		}
+	})
+}
+
+// closeAttempt ends a failed attempt once its clean-up is done (state is
+// AttemptFailed, or AttemptDestroyFailed while the destruction goes on in
+// the background); the next attempt may start.
+func (m *Manager) closeAttempt(ctx context.Context, h *opHandle, state string) {
+	_ = h.update(ctx, func(op *Operation) {
+		op.endAttempt(state, m.now())
+		op.State = StatePending
+	})
+}
+
+// markReady ends the attempt and binds the operation to its instance.
+func (m *Manager) markReady(ctx context.Context, h *opHandle, id int64) {
+	_ = h.update(ctx, func(op *Operation) {
+		op.endAttempt(AttemptReady, m.now())
+		op.InstanceID = id
+		op.Error = ""
+	})
+}
+
+// endAttempt ends the attempt in progress, if any, in state at when.
+func (o *Operation) endAttempt(state string, when time.Time) {
+	if c := o.current(); c != nil {
+		c.State, c.Ended = state, when
 	}
 }

@@ -25,7 +25,7 @@ func TestProvisionBringsInstanceToReady(t *testing.T) {
 	if len(ops) != 1 || ops[0].State != StatePending || ops[0].Kind != KindProvision {
 		t.Fatalf("Provision returned %+v, want one pending provisioning", ops)
 	}
-	op := waitOp(t, m, ops[0].ID, 10*time.Second)
+	op := waitOp(t, 10*time.Second, m, ops[0].ID)
 	if op.State != StateSucceeded || op.InstanceID == 0 || len(op.Attempts) != 1 {
 		t.Fatalf("operation = %+v, want succeeded with one attempt", op)
 	}
@@ -144,7 +144,7 @@ func TestProvisionReplacesFailedAttempts(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			op := waitOp(t, m, ops[0].ID, 15*time.Second)
+			op := waitOp(t, 15*time.Second, m, ops[0].ID)
 			if op.State != StateSucceeded || len(op.Attempts) != 2 {
 				t.Fatalf("operation = %s (%s) with %d attempts, want succeeded after 2: %+v", op.State, op.Error, len(op.Attempts), op.Attempts)
 			}
@@ -205,7 +205,7 @@ func TestProvisionGivesUpAfterMaxAttempts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	op := waitOp(t, m, ops[0].ID, 20*time.Second)
+	op := waitOp(t, 20*time.Second, m, ops[0].ID)
 	if op.State != StateFailed || len(op.Attempts) != 3 || !strings.Contains(op.Error, "all 3 attempts failed") {
 		t.Fatalf("operation = %s %q with %d attempts", op.State, op.Error, len(op.Attempts))
 	}
@@ -244,7 +244,7 @@ func TestCreateSuccessFalseIsTracked(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	op := waitOp(t, m, ops[0].ID, 10*time.Second)
+	op := waitOp(t, 10*time.Second, m, ops[0].ID)
 	if op.State != StateSucceeded || len(op.Attempts) != 1 || op.InstanceID == 0 {
 		t.Fatalf("operation = %+v", op)
 	}
@@ -274,7 +274,7 @@ func TestCreateUncertainResolvedByLabel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	op := waitOp(t, m, ops[0].ID, 10*time.Second)
+	op := waitOp(t, 10*time.Second, m, ops[0].ID)
 	if op.State != StateSucceeded || len(op.Attempts) != 1 {
 		t.Fatalf("operation = %s %q, %d attempts: %+v", op.State, op.Error, len(op.Attempts), op.Attempts)
 	}
@@ -302,7 +302,7 @@ func TestProvisionWithOfferID(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	op := waitOp(t, m, ops[0].ID, 10*time.Second)
+	op := waitOp(t, 10*time.Second, m, ops[0].ID)
 	if op.State != StateSucceeded || op.Attempts[0].OfferID != 29911230 {
 		t.Fatalf("operation = %+v", op)
 	}
@@ -452,7 +452,7 @@ func TestBudgetRechecksBeforeCreate(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, o := range ops {
-		waitOp(t, m, o.ID, 10*time.Second)
+		waitOp(t, 10*time.Second, m, o.ID)
 	}
 	if _, err := m.Provision(ctxT(t), "p", ProvisionRequest{}); !errors.Is(err, ErrBudget) {
 		t.Fatalf("third instance: %v, want a budget refusal", err)
@@ -616,7 +616,7 @@ func TestNeverReadyReplacedOnAnotherMachine(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	op := waitOp(t, m, ops[0].ID, 15*time.Second)
+	op := waitOp(t, 15*time.Second, m, ops[0].ID)
 	if op.State != StateSucceeded || len(op.Attempts) != 2 {
 		t.Fatalf("operation %s %q, attempts %+v", op.State, op.Error, op.Attempts)
 	}

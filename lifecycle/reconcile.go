@@ -226,6 +226,14 @@ func (m *Manager) resumeLocked(ctx context.Context, recs *records, rep *Report) 
 		}
 		out = append(out, op)
 	}
+	return append(out, m.repairRecords(ctx, recs, rep)...)
+}
+
+// repairRecords finishes the bookkeeping of records whose operation ended
+// without it (a lost write) and restarts destructions that lost their
+// operation. It returns the destroy operations to start.
+func (m *Manager) repairRecords(ctx context.Context, recs *records, rep *Report) []*Operation {
+	var out []*Operation
 	for id, rec := range recs.insts {
 		if rec.State == InstanceProvisioning {
 			// A provisioning record outlives its operation only if a write
@@ -315,37 +323,69 @@ func (m *Manager) startDestroyLocked(ctx context.Context, rec *InstanceRecord, r
 	return op, nil
 }
 
-// reconcileListing handles orphans, ghosts and dead instances. It returns
-// the instances considered dead (not counted towards min_instances).
+// listingView is the listing reconciliation acts on.
+type listingView struct {
+	res   *vastclient.ListResult
+	start time.Time // when the listing began
+	now   time.Time // when this reconciliation looked at it
+	// fresh is false when an earlier reconciliation already counted
+	// sightings and misses in this listing.
+	fresh bool
+	byID  map[int64]*vastclient.Instance
+}
+
+// reconcileListing handles, in order, duplicates and orphans (listed
+// instances of ours without a live record), ghosts (live records missing
+// from the listings) and dead instances (active and listed, but dead). It
+// returns the instances considered dead (not counted towards
+// min_instances).
 func (m *Manager) reconcileListing(ctx context.Context, recs *records, st *reconcileState,
 	res *vastclient.ListResult, listStart time.Time, rep *Report) map[int64]bool {
-	now := m.now()
-	byID := make(map[int64]*vastclient.Instance, len(res.Instances))
+	l := &listingView{res: res, start: listStart, now: m.now(), fresh: listStart.After(st.ListedAt),
+		byID: make(map[int64]*vastclient.Instance, len(res.Instances))}
 	for i := range res.Instances {
-		byID[res.Instances[i].ID] = &res.Instances[i]
+		l.byID[res.Instances[i].ID] = &res.Instances[i]
 	}
+	m.reconcileOrphans(ctx, recs, st, l, rep)
+	ids := make([]int64, 0, len(recs.insts))
+	for id := range recs.insts {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	for _, id := range ids {
+		m.checkGhost(ctx, recs.insts[id], st, l, rep)
+	}
+	dead := m.reconcileDead(ctx, recs, st, l, ids, rep)
+	m.reportUnmanaged(recs, ids, rep)
+	forgetSettled(recs, st)
+	return dead
+}
 
-	fresh := listStart.After(st.ListedAt)
-	// Orphans: our label, no live record, no operation still working on it.
+// reconcileOrphans counts the instances this gateway owns and handles the
+// listed ones of ours that are duplicates (retireDuplicate) or orphans
+// (handleOrphan). Sightings must be consecutive: counters of instances
+// not seen this time are dropped.
+func (m *Manager) reconcileOrphans(ctx context.Context, recs *records, st *reconcileState, l *listingView, rep *Report) {
 	orphanSeen, dupSeen := map[int64]bool{}, map[int64]bool{}
-	for i := range res.Instances {
-		row := &res.Instances[i]
-		l, ours := ownedLabel(m.cfg.GatewayID, row.Label)
+	for i := range l.res.Instances {
+		row := &l.res.Instances[i]
+		lbl, ours := ownedLabel(m.cfg.GatewayID, row.Label)
 		rec := recs.insts[row.ID]
 		if ours || (rec != nil && rec.Live()) {
 			rep.Owned++
 		}
 		if ours && row.CurState != "unloaded" {
-			if bound := boundElsewhere(recs, byID, l.OpID, row.ID); bound > 0 {
+			if bound := boundElsewhere(recs, l.byID, lbl.OpID, row.ID); bound > 0 {
 				dupSeen[row.ID] = true
-				m.retireDuplicate(ctx, recs, st, row, l, bound, fresh, rep)
+				m.retireDuplicate(ctx, recs, st, row, lbl, bound, l.fresh, rep)
 				continue
 			}
 		}
+		// Orphans: our label, no live record, no operation still working on it.
 		if !ours || (rec != nil && rec.Live()) || row.CurState == "unloaded" {
 			continue
 		}
-		if op := recs.ops[l.OpID]; op != nil && !op.Final() {
+		if op := recs.ops[lbl.OpID]; op != nil && !op.Final() {
 			continue // its operation will record it
 		}
 		if rec != nil && rec.State == InstanceDestroyed {
@@ -354,60 +394,11 @@ func (m *Manager) reconcileListing(ctx context.Context, recs *records, st *recon
 			m.log.Warn("an instance confirmed destroyed is listed again", logInst(row.ID))
 		}
 		orphanSeen[row.ID] = true
-		switch m.cfg.Orphans {
-		case OrphansAdopt:
-			if why := m.adoptionRefused(recs, l.Pool); why != "" {
-				m.log.Error("orphan instance not adopted; it keeps billing: destroy it or raise the limit",
-					logInst(row.ID), logPool(l.Pool), logReason(why))
-				rep.OrphansOverCap = append(rep.OrphansOverCap, row.ID)
-				continue
-			}
-			start := time.Time{}
-			if row.StartDate > 0 {
-				start = time.Unix(0, int64(row.StartDate*1e9))
-			}
-			adopted := &InstanceRecord{
-				ID: row.ID, Pool: l.Pool, Label: row.Label, OpID: l.OpID, MachineID: row.MachineID,
-				Price: rowRate(row), State: InstanceActive, Adopted: true, Created: now, Started: start,
-			}
-			if err := m.saveInst(ctx, adopted); err != nil {
-				rep.errorf("adopting orphan %d: %v", row.ID, err)
-				continue
-			}
-			recs.insts[row.ID] = adopted
-			if _, ok := m.cfg.Pools[l.Pool]; !ok {
-				m.log.Warn("adopted an orphan of a pool that is not configured", logInst(row.ID), logPool(l.Pool))
-			}
-			m.stats.orphansAdopted.Add(1)
-			m.log.Warn("adopted orphan instance", logInst(row.ID), logPool(l.Pool), zap.String("label", row.Label))
-			rep.OrphansAdopted = append(rep.OrphansAdopted, row.ID)
-		case OrphansDestroy:
-			if fresh || st.Orphans[row.ID] == 0 {
-				st.Orphans[row.ID]++
-			}
-			if st.Orphans[row.ID] < 2 {
-				rep.OrphansPending = append(rep.OrphansPending, row.ID)
-				continue
-			}
-			orphan := &InstanceRecord{ID: row.ID, Pool: l.Pool, Label: row.Label, OpID: l.OpID,
-				MachineID: row.MachineID, Price: rowRate(row)}
-			op, err := m.startDestroyLocked(ctx, orphan, "orphan: labelled "+row.Label+" without a record")
-			if err != nil {
-				rep.errorf("destroying orphan %d: %v", row.ID, err)
-				continue
-			}
-			recs.ops[op.ID] = op
-			delete(st.Orphans, row.ID)
-			m.stats.orphansDestroyed.Add(1)
-			m.startWorker(op)
-			rep.OrphansDestroyed = append(rep.OrphansDestroyed, row.ID)
-		default:
-			rep.OrphansIgnored = append(rep.OrphansIgnored, row.ID)
-		}
+		m.handleOrphan(ctx, recs, st, row, lbl, l, rep)
 	}
 	for id := range st.Orphans {
 		if !orphanSeen[id] {
-			delete(st.Orphans, id) // sightings must be consecutive
+			delete(st.Orphans, id)
 		}
 	}
 	for id := range st.Duplicates {
@@ -415,68 +406,126 @@ func (m *Manager) reconcileListing(ctx context.Context, recs *records, st *recon
 			delete(st.Duplicates, id)
 		}
 	}
+}
 
-	// Ghosts: live records missing from consecutive successful listings,
-	// confirmed by the show endpoint.
-	ids := make([]int64, 0, len(recs.insts))
-	for id := range recs.insts {
-		ids = append(ids, id)
+// handleOrphan applies the orphan policy to one orphan.
+func (m *Manager) handleOrphan(ctx context.Context, recs *records, st *reconcileState,
+	row *vastclient.Instance, lbl Label, l *listingView, rep *Report) {
+	switch m.cfg.Orphans {
+	case OrphansAdopt:
+		m.adoptOrphan(ctx, recs, row, lbl, l.now, rep)
+	case OrphansDestroy:
+		if l.fresh || st.Orphans[row.ID] == 0 {
+			st.Orphans[row.ID]++
+		}
+		if st.Orphans[row.ID] < 2 {
+			rep.OrphansPending = append(rep.OrphansPending, row.ID)
+			return
+		}
+		orphan := &InstanceRecord{ID: row.ID, Pool: lbl.Pool, Label: row.Label, OpID: lbl.OpID,
+			MachineID: row.MachineID, Price: rowRate(row)}
+		op, err := m.startDestroyLocked(ctx, orphan, "orphan: labelled "+row.Label+" without a record")
+		if err != nil {
+			rep.errorf("destroying orphan %d: %v", row.ID, err)
+			return
+		}
+		recs.ops[op.ID] = op
+		delete(st.Orphans, row.ID)
+		m.stats.orphansDestroyed.Add(1)
+		m.startWorker(op)
+		rep.OrphansDestroyed = append(rep.OrphansDestroyed, row.ID)
+	default:
+		rep.OrphansIgnored = append(rep.OrphansIgnored, row.ID)
 	}
-	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
-	for _, id := range ids {
-		rec := recs.insts[id]
-		if !rec.Live() {
-			delete(st.Misses, id)
-			continue
-		}
-		if _, listed := byID[id]; listed {
-			delete(st.Misses, id)
-			continue
-		}
-		if !rec.Created.Before(listStart) || res.Skipped > 0 {
-			// Created after the listing began, or the listing had rows
-			// without a usable id (one of them might be this instance).
-			continue
-		}
-		if fresh {
-			st.Misses[id]++
-		}
-		if st.Misses[id] < m.cfg.GhostConfirmations {
-			rep.GhostSuspects = append(rep.GhostSuspects, id)
-			continue
-		}
-		_, err := m.api.ShowInstance(ctx, id)
-		switch {
-		case errors.Is(err, vastclient.ErrNotFound):
-			delete(st.Misses, id)
-			if rec.destroying() {
-				continue // its destroy worker confirms and records it
-			}
-			rec.State = InstanceGone
-			if err := m.saveInst(ctx, rec); err != nil {
-				rep.errorf("marking %d gone: %v", id, err)
-				continue
-			}
-			m.stats.ghosts.Add(1)
-			m.log.Warn("instance gone (missing from listings and show)", logInst(id), logPool(rec.Pool),
-				zap.Int("listings", m.cfg.GhostConfirmations))
-			rep.Ghosts = append(rep.Ghosts, id)
-		case err == nil:
-			// The listing omits it but it exists: a listing glitch.
-			st.Misses[id] = 0
-			rep.GhostSuspects = append(rep.GhostSuspects, id)
-		default:
-			rep.errorf("confirming ghost %d: %v", id, err)
-		}
-	}
+}
 
-	// Dead instances: active, listed, and dead for longer than the pool's
-	// ready_timeout. They bill without serving.
+// adoptOrphan writes an active record for an orphan, unless that would
+// exceed its pool's max_instances or a budget.
+func (m *Manager) adoptOrphan(ctx context.Context, recs *records, row *vastclient.Instance, lbl Label,
+	now time.Time, rep *Report) {
+	if why := m.adoptionRefused(recs, lbl.Pool); why != "" {
+		m.log.Error("orphan instance not adopted; it keeps billing: destroy it or raise the limit",
+			logInst(row.ID), logPool(lbl.Pool), logReason(why))
+		rep.OrphansOverCap = append(rep.OrphansOverCap, row.ID)
+		return
+	}
+	start := time.Time{}
+	if row.StartDate > 0 {
+		start = time.Unix(0, int64(row.StartDate*1e9))
+	}
+	adopted := &InstanceRecord{
+		ID: row.ID, Pool: lbl.Pool, Label: row.Label, OpID: lbl.OpID, MachineID: row.MachineID,
+		Price: rowRate(row), State: InstanceActive, Adopted: true, Created: now, Started: start,
+	}
+	if err := m.saveInst(ctx, adopted); err != nil {
+		rep.errorf("adopting orphan %d: %v", row.ID, err)
+		return
+	}
+	recs.insts[row.ID] = adopted
+	if _, ok := m.cfg.Pools[lbl.Pool]; !ok {
+		m.log.Warn("adopted an orphan of a pool that is not configured", logInst(row.ID), logPool(lbl.Pool))
+	}
+	m.stats.orphansAdopted.Add(1)
+	m.log.Warn("adopted orphan instance", logInst(row.ID), logPool(lbl.Pool), zap.String("label", row.Label))
+	rep.OrphansAdopted = append(rep.OrphansAdopted, row.ID)
+}
+
+// checkGhost counts a live record missing from a successful listing; after
+// GhostConfirmations consecutive misses the show endpoint confirms that it
+// is gone before the record is marked so.
+func (m *Manager) checkGhost(ctx context.Context, rec *InstanceRecord, st *reconcileState, l *listingView, rep *Report) {
+	id := rec.ID
+	if _, listed := l.byID[id]; listed || !rec.Live() {
+		delete(st.Misses, id)
+		return
+	}
+	if !rec.Created.Before(l.start) || l.res.Skipped > 0 {
+		// Created after the listing began, or the listing had rows
+		// without a usable id (one of them might be this instance).
+		return
+	}
+	if l.fresh {
+		st.Misses[id]++
+	}
+	if st.Misses[id] < m.cfg.GhostConfirmations {
+		rep.GhostSuspects = append(rep.GhostSuspects, id)
+		return
+	}
+	_, err := m.api.ShowInstance(ctx, id)
+	switch {
+	case errors.Is(err, vastclient.ErrNotFound):
+		delete(st.Misses, id)
+		if rec.destroying() {
+			return // its destroy worker confirms and records it
+		}
+		rec.State = InstanceGone
+		if err := m.saveInst(ctx, rec); err != nil {
+			rep.errorf("marking %d gone: %v", id, err)
+			return
+		}
+		m.stats.ghosts.Add(1)
+		m.log.Warn("instance gone (missing from listings and show)", logInst(id), logPool(rec.Pool),
+			zap.Int("listings", m.cfg.GhostConfirmations))
+		rep.Ghosts = append(rep.Ghosts, id)
+	case err == nil:
+		// The listing omits it but it exists: a listing glitch.
+		st.Misses[id] = 0
+		rep.GhostSuspects = append(rep.GhostSuspects, id)
+	default:
+		rep.errorf("confirming ghost %d: %v", id, err)
+	}
+}
+
+// reconcileDead destroys instances that are active and listed but dead
+// (deadReason) for longer than their pool's ready_timeout: they bill
+// without serving. It also tallies which pools fail their probes
+// (setProbeFailing) and returns the dead instances.
+func (m *Manager) reconcileDead(ctx context.Context, recs *records, st *reconcileState, l *listingView,
+	ids []int64, rep *Report) map[int64]bool {
 	dead := map[int64]bool{}
 	probes := probeTally{}
 	for _, id := range ids {
-		rec := recs.insts[id]
-		row := byID[id]
+		rec, row := recs.insts[id], l.byID[id]
 		if rec.State != InstanceActive || row == nil {
 			delete(st.DeadSince, id)
 			continue
@@ -495,10 +544,9 @@ func (m *Manager) reconcileListing(ctx context.Context, recs *records, st *recon
 		dead[id] = true
 		since, seen := st.DeadSince[id]
 		if !seen {
-			st.DeadSince[id] = now
-			since = now
+			st.DeadSince[id], since = l.now, l.now
 		}
-		if now.Sub(since) < tpl.ReadyTimeout {
+		if l.now.Sub(since) < tpl.ReadyTimeout {
 			continue
 		}
 		op, err := m.startDestroyLocked(ctx, rec, "dead: "+why)
@@ -513,6 +561,12 @@ func (m *Manager) reconcileListing(ctx context.Context, recs *records, st *recon
 		rep.DeadDestroyed = append(rep.DeadDestroyed, id)
 	}
 	rep.ProbeFailing = m.setProbeFailing(probes)
+	return dead
+}
+
+// reportUnmanaged lists the serving or provisioning instances of pools
+// that are not configured: they keep billing and are left alone.
+func (m *Manager) reportUnmanaged(recs *records, ids []int64, rep *Report) {
 	for _, id := range ids {
 		rec := recs.insts[id]
 		if _, ok := m.cfg.Pools[rec.Pool]; !ok && (rec.State == InstanceActive || rec.State == InstanceProvisioning) {
@@ -522,6 +576,11 @@ func (m *Manager) reconcileListing(ctx context.Context, recs *records, st *recon
 	if len(rep.Unmanaged) > 0 {
 		m.log.Warn("instances of pools that are not configured keep billing", zap.Int64s("instances", rep.Unmanaged))
 	}
+}
+
+// forgetSettled drops the dead and missing counters of instances whose
+// records no longer need them.
+func forgetSettled(recs *records, st *reconcileState) {
 	for id := range st.DeadSince {
 		if r := recs.insts[id]; r == nil || r.State != InstanceActive {
 			delete(st.DeadSince, id)
@@ -532,7 +591,6 @@ func (m *Manager) reconcileListing(ctx context.Context, recs *records, st *recon
 			delete(st.Misses, id)
 		}
 	}
-	return dead
 }
 
 // boundElsewhere returns the instance that the finished provisioning
@@ -750,38 +808,48 @@ func (m *Manager) reconcileLifetime(ctx context.Context, recs *records, dead map
 				logInst(id), logPool(rec.Pool), zap.Int("instances", c.capTotal()))
 			continue
 		}
-		var prices []float64
-		offers, err := m.candidateOffers(ctx, rec.Pool, tpl, 0)
-		if err == nil {
-			prices = pickPrices(tpl, offers, m.offersInUse(recs, ""), 1)
-			err = m.checkSpend(recs, rec.Pool, tpl, prices[0], "")
+		if op := m.startReplacement(ctx, recs, rec, tpl, rep); op != nil {
+			out = append(out, op)
 		}
-		if err == nil {
-			err = m.checkCredit(ctx, rec.Pool)
-		}
-		if err != nil {
-			m.noteRefusal(err)
-			rep.errorf("replacing %d (max_lifetime %s): %v", id, tpl.MaxLifetime, err)
-			continue
-		}
-		op := m.newProvisionOp(rec.Pool, TriggerMaxLifetime, prices[0])
-		op.Replaces = id
-		if err := m.saveOp(ctx, op); err != nil {
-			rep.errorf("replacing %d: %v", id, err)
-			continue
-		}
-		recs.ops[op.ID] = op
-		rec.ReplacedBy = op.ID
-		if err := m.saveInst(ctx, rec); err != nil {
-			rep.errorf("recording replacement of %d: %v", id, err)
-		}
-		m.log.Info("replacing an instance past max_lifetime", logInst(id), logPool(rec.Pool), logOp(op.ID),
-			logDuration(rec.age(now)))
-		rep.Replacements = append(rep.Replacements, Replacement{Old: id, Op: op.ID, Phase: "started"})
-		rep.ProvisionsStarted = append(rep.ProvisionsStarted, op.ID)
-		out = append(out, op)
 	}
 	return out
+}
+
+// startReplacement records a max_lifetime replacement of rec, within the
+// budgets and the credit guard, and returns it (nil when refused or not
+// stored).
+func (m *Manager) startReplacement(ctx context.Context, recs *records, rec *InstanceRecord, tpl PoolTemplate, rep *Report) *Operation {
+	id := rec.ID
+	var prices []float64
+	offers, err := m.candidateOffers(ctx, rec.Pool, tpl, 0)
+	if err == nil {
+		prices = pickPrices(tpl, offers, m.offersInUse(recs, ""), 1)
+		err = m.checkSpend(recs, rec.Pool, tpl, prices[0], "")
+	}
+	if err == nil {
+		err = m.checkCredit(ctx, rec.Pool)
+	}
+	if err != nil {
+		m.noteRefusal(err)
+		rep.errorf("replacing %d (max_lifetime %s): %v", id, tpl.MaxLifetime, err)
+		return nil
+	}
+	op := m.newProvisionOp(rec.Pool, TriggerMaxLifetime, prices[0])
+	op.Replaces = id
+	if err := m.saveOp(ctx, op); err != nil {
+		rep.errorf("replacing %d: %v", id, err)
+		return nil
+	}
+	recs.ops[op.ID] = op
+	rec.ReplacedBy = op.ID
+	if err := m.saveInst(ctx, rec); err != nil {
+		rep.errorf("recording replacement of %d: %v", id, err)
+	}
+	m.log.Info("replacing an instance past max_lifetime", logInst(id), logPool(rec.Pool), logOp(op.ID),
+		logDuration(rec.age(m.now())))
+	rep.Replacements = append(rep.Replacements, Replacement{Old: id, Op: op.ID, Phase: "started"})
+	rep.ProvisionsStarted = append(rep.ProvisionsStarted, op.ID)
+	return op
 }
 
 // reconcileMin provisions pools up to min_instances, within max_instances

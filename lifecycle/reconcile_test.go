@@ -19,31 +19,6 @@ import (
 	"github.com/caddy-vastai/caddy-vastai/vastsim"
 )
 
-func recordOf(m *Manager, id int64) *InstanceRecord {
-	for _, r := range m.Instances() {
-		if r.ID == id {
-			return &r
-		}
-	}
-	return nil
-}
-
-// launchForeign puts instances on the account that the gateway must never
-// touch: another gateway's, an unlabelled one, and a label that only looks
-// like ours.
-func launchForeign(t *testing.T, h *harness) []int64 {
-	t.Helper()
-	var ids []int64
-	for _, l := range []string{"cv:other:p:0123456789", "", "cv:gw:bad", "cv:gw2:p:0123456789", "training-job"} {
-		id, err := h.sim.Launch(vastsim.LaunchSpec{Label: l, Running: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ids = append(ids, id)
-	}
-	return ids
-}
-
 func TestOrphanPolicies(t *testing.T) {
 	t.Parallel()
 	for _, policy := range []string{OrphansAdopt, OrphansDestroy, OrphansIgnore} {
@@ -145,7 +120,7 @@ func TestReconcileDuringOutage(t *testing.T) {
 		t.Fatalf("first reconcile: %+v, %v", rep, err)
 	}
 	for _, id := range rep.ProvisionsStarted {
-		waitOp(t, m, id, 10*time.Second)
+		waitOp(t, 10*time.Second, m, id)
 	}
 	orphan, _ := h.sim.Launch(vastsim.LaunchSpec{Label: "cv:gw:p:00aa11bb22", Running: true})
 	if rep, err := m.Reconcile(ctx); err != nil || len(rep.OrphansPending) != 1 {
@@ -329,7 +304,7 @@ func TestDeadInstanceReplaced(t *testing.T) {
 	if err != nil || len(rep.ProvisionsStarted) != 1 {
 		t.Fatalf("%+v %v", rep, err)
 	}
-	id := waitOp(t, m, rep.ProvisionsStarted[0], 10*time.Second).InstanceID
+	id := waitOp(t, 10*time.Second, m, rep.ProvisionsStarted[0]).InstanceID
 	h.sim.SetStatus(id, "exited")
 	h.fleet.waitPoll(t)
 	rep, err = m.Reconcile(ctx)

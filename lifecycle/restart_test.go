@@ -50,7 +50,7 @@ func TestRestartResumesOperations(t *testing.T) {
 
 				b := h.manager(cfg)
 				_, stopB := run(t, b)
-				op := waitOp(t, b, ops[0].ID, 15*time.Second)
+				op := waitOp(t, 15*time.Second, b, ops[0].ID)
 				stopB()
 				if op.State != StateSucceeded {
 					t.Fatalf("resumed operation %s: %s (%+v)", op.State, op.Error, op.Attempts)
@@ -114,7 +114,7 @@ func TestRestartResumesDestroy(t *testing.T) {
 	if len(rep.Resumed) != 1 || rep.Resumed[0] != dop.ID || len(rep.DestroyRetries) != 1 {
 		t.Fatalf("report = %+v", rep)
 	}
-	if op := waitOp(t, b, dop.ID, 10*time.Second); op.State != StateSucceeded {
+	if op := waitOp(t, 10*time.Second, b, dop.ID); op.State != StateSucceeded {
 		t.Fatalf("%s %s", op.State, op.Error)
 	}
 	if !h.simInstance(id).Gone {

@@ -28,6 +28,8 @@ import (
 	"unicode/utf8"
 
 	"go.uber.org/zap"
+
+	"github.com/caddy-vastai/caddy-vastai/internal/ctxutil"
 )
 
 // Version is the client version, sent in the default User-Agent.
@@ -291,7 +293,7 @@ func (c *Client) do(ctx context.Context, cl *call) (*response, error) {
 			zap.String("method", cl.method), zap.String("path", cl.tmpl),
 			zap.Int("attempt", attempt), zap.Duration("backoff", delay),
 			zap.Error(c.wrap(lastErr)))
-		if err := sleepCtx(ctx, delay); err != nil {
+		if err := ctxutil.Sleep(ctx, delay); err != nil {
 			return nil, fmt.Errorf("%w (retry abandoned: %w)", lastErr, err)
 		}
 	}

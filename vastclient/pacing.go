@@ -157,18 +157,3 @@ func backoffDelay(base, max time.Duration, attempt int) time.Duration {
 	half := d / 2
 	return half + time.Duration(rand.Int64N(int64(d-half)+1))
 }
-
-// sleepCtx waits for d or until ctx ends.
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}

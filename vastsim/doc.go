@@ -5,8 +5,8 @@
 //
 // It exists so that the gateway can be tested, and demonstrated, against the
 // behaviour vast.ai actually shows rather than against the documentation
-// alone. It therefore reproduces the quirks that have broken public clients
-// (see /work/shared/reference/vastai-api.md §16): the 410 on the v0 list, the
+// alone. It therefore reproduces the quirks of the live API that have broken
+// public clients: the 410 on the v0 list, the
 // keyset-paginated v1 list that refuses computed columns in filters, the
 // "single object under a plural key" show endpoint that answers HTTP 200
 // {"instances": null} for a destroyed instance, asynchronous destruction,
