@@ -415,6 +415,12 @@ func TestDestroyedInstanceStopsReceivingTraffic(t *testing.T) {
 	}
 }
 
+// outageDeadline bounds a wait for the watcher to observe an API fault or
+// its end. A listing that fails is retried up to vastclient's
+// DefaultMaxAttempts with jittered backoff (up to 10s apart), after the
+// list endpoint's own pacing: generous, since waits end at the event.
+const outageDeadline = 90 * time.Second
+
 func TestAPIOutageKeepsRoutingOnTheLastSnapshot(t *testing.T) {
 	sim := newSim(t, vastsim.Options{})
 	ids := launch(t, sim, 3, "llm-")
@@ -430,7 +436,10 @@ func TestAPIOutageKeepsRoutingOnTheLastSnapshot(t *testing.T) {
 			LastError           string  `json:"last_error"`
 			StaleSeconds        float64 `json:"stale_seconds"`
 		}
-		waitFor(t, 15*time.Second, fmt.Sprintf("the watcher to see fault %+v", fault), func() bool {
+		// The event is the watcher's failed listing: the client first
+		// retries with backoff (429s for longer), so on a loaded machine it
+		// can take a while; the deadline only bounds a hang.
+		waitFor(t, outageDeadline, fmt.Sprintf("the watcher to see fault %+v", fault), func() bool {
 			adminGET(t, "/vastai/status", &status)
 			return status.ConsecutiveFailures >= 1
 		})
@@ -449,7 +458,7 @@ func TestAPIOutageKeepsRoutingOnTheLastSnapshot(t *testing.T) {
 			t.Errorf("fault %+v: traffic reached %d instances, want all 3", fault, len(served))
 		}
 		sim.SetFaults(vastsim.Faults{})
-		waitFor(t, 15*time.Second, "the watcher to recover", func() bool {
+		waitFor(t, outageDeadline, "the watcher to recover", func() bool {
 			adminGET(t, "/vastai/status", &status)
 			return status.ConsecutiveFailures == 0
 		})
