@@ -193,6 +193,7 @@ func TestConfigErrorsSayWhatWentWrongOnce(t *testing.T) {
 		{`{"api_key":"{env.K}","poll_interval":1000}`, "poll_interval: 1µs is below the minimum of 500ms"},
 		{`{"api_key":"{env.K}","gateway_id":"Prod EU"}`, `gateway_id "Prod EU" must match [a-z0-9-]{1,32}`},
 		{`{"api_key":"{env.K}","pools":{"llm":{"port":70000}}}`, `pool "llm": port 70000 out of range 1-65535`},
+		{`{"api_key":"{env.K}","ssh":{},"pools":{"llm":{}}}`, "ssh: key: at least one private key file is required"},
 	}
 	t.Setenv("K", "key")
 	for _, c := range cases {

@@ -79,7 +79,7 @@ func (s *state) applyLifecycleLocked(log *zap.Logger, cfg lifecycle.Config, stor
 	cfg.Logger = log.Named("lifecycle")
 	mgr, err := lifecycle.New(cfg, s.client, store, fleetAdapter{s})
 	if err != nil {
-		return fmt.Errorf("vastai: %w", err)
+		return fmt.Errorf("starting the lifecycle manager: %w", err)
 	}
 	s.stopLifecycleLocked()
 	ctx, cancel := context.WithCancel(context.Background())

@@ -58,26 +58,26 @@ func (c *SSHConfig) validate() error {
 		return nil
 	}
 	if len(c.Keys) == 0 {
-		return fmt.Errorf("vastai: ssh: key: at least one private key file is required")
+		return fmt.Errorf("ssh: key: at least one private key file is required")
 	}
 	// Unreadable keys are a configuration error now, not a connection
 	// error for every instance later.
 	for _, f := range c.Keys {
 		pem, err := os.ReadFile(f)
 		if err != nil {
-			return fmt.Errorf("vastai: ssh: key: %w", err)
+			return fmt.Errorf("ssh: key: %w", err)
 		}
 		if _, err := ssh.ParsePrivateKey(pem); err != nil {
-			return fmt.Errorf("vastai: ssh: key %s: %w", f, err)
+			return fmt.Errorf("ssh: key %s: %w", f, err)
 		}
 	}
 	switch c.KnownHosts {
 	case "", KnownHostsStorage, KnownHostsInsecure:
 	default:
-		return fmt.Errorf("vastai: ssh: known_hosts: %q is not storage or insecure", c.KnownHosts)
+		return fmt.Errorf("ssh: known_hosts: %q is not storage or insecure", c.KnownHosts)
 	}
 	if c.ConnectTimeout < 0 || c.MetricsInterval < 0 {
-		return fmt.Errorf("vastai: ssh: durations must not be negative")
+		return fmt.Errorf("ssh: durations must not be negative")
 	}
 	return nil
 }
@@ -121,7 +121,7 @@ func (s *state) applySSHLocked(log *zap.Logger, cfg *SSHConfig, hostKeys gpumetr
 		OnConnChange: func(id int64, _ string) { pools.closeIdle(id) },
 	})
 	if err != nil {
-		return fmt.Errorf("vastai: ssh: %w", err)
+		return fmt.Errorf("ssh: %w", err)
 	}
 	// A changed SSH configuration replaces the pool; the old one's
 	// connections close once their tunnels have finished.

@@ -71,7 +71,7 @@ func (s *state) apply(log *zap.Logger, settings clientSettings, cfg fleet.Config
 	if s.client == nil || settings != s.settings {
 		c, err := settings.newClient(log.Named("api"))
 		if err != nil {
-			return fmt.Errorf("vastai: %w", err)
+			return fmt.Errorf("creating the vast.ai client: %w", err)
 		}
 		s.client, s.settings = c, settings
 	}
