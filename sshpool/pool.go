@@ -1,4 +1,22 @@
-package gpumetrics
+// Package sshpool keeps one long-lived SSH connection per vast.ai instance,
+// shared by remote commands (Pool.Run, used for GPU metrics) and by HTTP
+// tunnels to the inference engines (Pool.DialContext, direct-tcpip
+// channels). A connection is dialled on the direct path first, then on the
+// proxy path; host keys are trusted on first use per instance and path.
+//
+// Background goroutines, all started by the Pool and awaited by Pool.Close:
+//   - a shared connect per instance (startDialLocked), bounded by
+//     ConnectTimeout and cancelled by Forget or Close;
+//   - a monitor per open connection (monitor): keepalives, the periodic
+//     move from proxy to direct (tryDirect) and noticing the connection's
+//     end; it exits when the connection closes;
+//   - a reconnect loop per instance whose connection in use was lost
+//     (reconnectLoop), until a connection is up or the instance is
+//     forgotten;
+//   - OnConnChange hook calls, one goroutine per call, chained per instance.
+//
+// The package has no Caddy dependency: the Caddy module owns the Pool.
+package sshpool
 
 import (
 	"bytes"
@@ -28,19 +46,19 @@ const (
 var (
 	// ErrHostKeyChanged means an instance presented a host key different
 	// from the one trusted on first use for the same instance id and path.
-	ErrHostKeyChanged = errors.New("gpumetrics: SSH host key changed")
+	ErrHostKeyChanged = errors.New("sshpool: SSH host key changed")
 	// ErrPoolClosed is returned by calls made after Pool.Close.
-	ErrPoolClosed = errors.New("gpumetrics: SSH pool closed")
+	ErrPoolClosed = errors.New("sshpool: SSH pool closed")
 	// ErrForgotten is returned to calls racing Pool.Forget for their instance.
-	ErrForgotten = errors.New("gpumetrics: instance forgotten")
+	ErrForgotten = errors.New("sshpool: instance forgotten")
 	// ErrNoEndpoint means the Endpoint has neither a direct nor a proxy address.
-	ErrNoEndpoint = errors.New("gpumetrics: endpoint has no SSH address")
+	ErrNoEndpoint = errors.New("sshpool: endpoint has no SSH address")
 	// ErrBackoff is returned while an instance waits before its next
 	// connection attempt; the error also wraps the last connection error.
-	ErrBackoff = errors.New("gpumetrics: SSH connection in backoff")
+	ErrBackoff = errors.New("sshpool: SSH connection in backoff")
 	// ErrOutputTooLarge is returned by Run when a command prints more than
 	// MaxOutputBytes on stdout.
-	ErrOutputTooLarge = errors.New("gpumetrics: command output too large")
+	ErrOutputTooLarge = errors.New("sshpool: command output too large")
 )
 
 // MaxOutputBytes bounds the stdout kept by Run: nvidia-smi prints a few
@@ -185,11 +203,11 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 	if cfg.UseAgent {
 		p.agentSock = os.Getenv("SSH_AUTH_SOCK")
 		if p.agentSock == "" && len(p.signers) == 0 {
-			return nil, errors.New(`gpumetrics: SSH agent requested but SSH_AUTH_SOCK is not set, and no "key" file is configured`)
+			return nil, errors.New(`sshpool: SSH agent requested but SSH_AUTH_SOCK is not set, and no "key" file is configured`)
 		}
 	}
 	if len(p.signers) == 0 && !cfg.UseAgent {
-		return nil, errors.New(`gpumetrics: no SSH key source: configure at least one "key" file (PoolConfig.KeyFiles) or enable the SSH agent (UseAgent)`)
+		return nil, errors.New(`sshpool: no SSH key source: configure at least one "key" file (PoolConfig.KeyFiles) or enable the SSH agent (UseAgent)`)
 	}
 	if cfg.HostKeys == nil && !cfg.InsecureIgnoreHostKeys {
 		p.cfg.HostKeys = NewMemoryHostKeyStore()
@@ -208,15 +226,15 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 func loadSigner(file string) (ssh.Signer, error) {
 	pem, err := os.ReadFile(file)
 	if err != nil {
-		return nil, fmt.Errorf("gpumetrics: reading SSH key file: %w", err)
+		return nil, fmt.Errorf("sshpool: reading SSH key file: %w", err)
 	}
 	s, err := ssh.ParsePrivateKey(pem)
 	if err != nil {
 		var missing *ssh.PassphraseMissingError
 		if errors.As(err, &missing) {
-			return nil, fmt.Errorf("gpumetrics: SSH key file %s is passphrase-protected; load it into an agent and set UseAgent", file)
+			return nil, fmt.Errorf("sshpool: SSH key file %s is passphrase-protected; load it into an agent and set UseAgent", file)
 		}
-		return nil, fmt.Errorf("gpumetrics: parsing SSH key file %s: %w", file, err)
+		return nil, fmt.Errorf("sshpool: parsing SSH key file %s: %w", file, err)
 	}
 	return s, nil
 }
@@ -247,7 +265,7 @@ func (p *Pool) Run(ctx context.Context, ep Endpoint, cmd string) ([]byte, error)
 		defer c.release()
 		s, err := c.client.NewSession()
 		if err != nil {
-			res <- result{err: fmt.Errorf("gpumetrics: instance %d: opening SSH session: %w", ep.ID, err)}
+			res <- result{err: fmt.Errorf("sshpool: instance %d: opening SSH session: %w", ep.ID, err)}
 			return
 		}
 		defer s.Close()
@@ -264,9 +282,9 @@ func (p *Pool) Run(ctx context.Context, ep Endpoint, cmd string) ([]byte, error)
 		err = s.Run(cmd)
 		switch {
 		case err != nil:
-			err = fmt.Errorf("gpumetrics: instance %d: running %q: %w (stderr: %q)", ep.ID, prefix(cmd, 40), err, prefix(stderr.String(), 200))
+			err = fmt.Errorf("sshpool: instance %d: running %q: %w (stderr: %q)", ep.ID, prefix(cmd, 40), err, prefix(stderr.String(), 200))
 		case stdout.overflow:
-			err = fmt.Errorf("gpumetrics: instance %d: running %q: %w", ep.ID, prefix(cmd, 40), ErrOutputTooLarge)
+			err = fmt.Errorf("sshpool: instance %d: running %q: %w", ep.ID, prefix(cmd, 40), ErrOutputTooLarge)
 		}
 		res <- result{out: stdout.Bytes(), err: err}
 	}()
@@ -280,7 +298,7 @@ func (p *Pool) Run(ctx context.Context, ep Endpoint, cmd string) ([]byte, error)
 			sess.Close()
 		}
 		mu.Unlock()
-		return nil, fmt.Errorf("gpumetrics: instance %d: running %q: %w", ep.ID, prefix(cmd, 40), ctx.Err())
+		return nil, fmt.Errorf("sshpool: instance %d: running %q: %w", ep.ID, prefix(cmd, 40), ctx.Err())
 	}
 }
 
@@ -296,7 +314,7 @@ func (p *Pool) DialContext(ctx context.Context, ep Endpoint, addr string) (net.C
 	ch, err := c.client.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		c.release()
-		return nil, fmt.Errorf("gpumetrics: instance %d: tunnel to %s via %s path: %w", ep.ID, addr, c.path, err)
+		return nil, fmt.Errorf("sshpool: instance %d: tunnel to %s via %s path: %w", ep.ID, addr, c.path, err)
 	}
 	return &tunnelConn{Conn: ch, c: c}, nil
 }
@@ -435,7 +453,7 @@ func (p *Pool) acquire(ctx context.Context, ep Endpoint) (*sshConn, error) {
 	}
 	for {
 		if err := ctx.Err(); err != nil {
-			return nil, fmt.Errorf("gpumetrics: instance %d: waiting for SSH connection: %w", ep.ID, err)
+			return nil, fmt.Errorf("sshpool: instance %d: waiting for SSH connection: %w", ep.ID, err)
 		}
 		inst.mu.Lock()
 		if inst.gone {
@@ -465,7 +483,7 @@ func (p *Pool) acquire(ctx context.Context, ep Endpoint) (*sshConn, error) {
 			// Loop to take a reference under the lock; if the new
 			// connection already died, the loop dials again.
 		case <-ctx.Done():
-			return nil, fmt.Errorf("gpumetrics: instance %d: waiting for SSH connection: %w", ep.ID, ctx.Err())
+			return nil, fmt.Errorf("sshpool: instance %d: waiting for SSH connection: %w", ep.ID, ctx.Err())
 		}
 	}
 }
@@ -686,7 +704,7 @@ func (inst *instance) connDied(c *sshConn, err error) {
 	if err == nil {
 		err = errors.New("connection closed")
 	}
-	inst.lastErr = fmt.Errorf("gpumetrics: instance %d: SSH connection on %s path lost: %w", inst.id, c.path, err)
+	inst.lastErr = fmt.Errorf("sshpool: instance %d: SSH connection on %s path lost: %w", inst.id, c.path, err)
 	inst.notifyLocked(PathDown)
 	inst.p.log.Warn("SSH connection lost; reconnecting",
 		zap.Int64("instance", inst.id), zap.String("path", c.path), zap.Error(err))
@@ -751,7 +769,7 @@ func (inst *instance) tryDirect(c *sshConn) {
 		defer inst.mu.Unlock()
 		inst.upgrading = false
 		if err != nil {
-			inst.lastErr = fmt.Errorf("gpumetrics: instance %d: direct retry: %w", inst.id, err)
+			inst.lastErr = fmt.Errorf("sshpool: instance %d: direct retry: %w", inst.id, err)
 			p.log.Debug("SSH direct retry failed; staying on proxy", zap.Int64("instance", inst.id), zap.Error(err))
 			return
 		}
@@ -787,7 +805,7 @@ func (p *Pool) connect(ctx context.Context, ep Endpoint) (*sshConn, error) {
 	if err := ctx.Err(); err != nil {
 		errs = append(errs, err)
 	}
-	return nil, fmt.Errorf("gpumetrics: instance %d: SSH connect failed: %w", ep.ID, errors.Join(errs...))
+	return nil, fmt.Errorf("sshpool: instance %d: SSH connect failed: %w", ep.ID, errors.Join(errs...))
 }
 
 // dialPath opens one SSH connection to addr, bounded by ConnectTimeout and
@@ -1027,7 +1045,7 @@ func (s *MemoryHostKeyStore) Load(_ context.Context, key string) ([]byte, error)
 	defer s.mu.Unlock()
 	v, ok := s.m[key]
 	if !ok {
-		return nil, fmt.Errorf("gpumetrics: host key %s: %w", key, fs.ErrNotExist)
+		return nil, fmt.Errorf("sshpool: host key %s: %w", key, fs.ErrNotExist)
 	}
 	return bytes.Clone(v), nil
 }
@@ -1038,4 +1056,12 @@ func (s *MemoryHostKeyStore) Store(_ context.Context, key string, value []byte) 
 	defer s.mu.Unlock()
 	s.m[key] = bytes.Clone(value)
 	return nil
+}
+
+// prefix returns at most n bytes of s, for error messages.
+func prefix(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
 }
