@@ -809,7 +809,8 @@ func (p *Pool) connect(ctx context.Context, ep Endpoint) (*sshConn, error) {
 }
 
 // dialPath opens one SSH connection to addr, bounded by ConnectTimeout and
-// ctx, holding a dial slot for the duration.
+// ctx, holding a dial slot for the duration: TCP dial, host key policy,
+// then the handshake.
 func (p *Pool) dialPath(ctx context.Context, id int64, path, addr string) (*sshConn, error) {
 	select {
 	case p.sem <- struct{}{}:
@@ -825,80 +826,16 @@ func (p *Pool) dialPath(ctx context.Context, id int64, path, addr string) (*sshC
 	if err != nil {
 		return nil, fmt.Errorf("%s path %s: %w", path, addr, err)
 	}
-	// ssh.ClientConfig.Timeout covers only the TCP dial; the deadline and
-	// the AfterFunc bound the handshake too (a black hole that accepts and
-	// never speaks would otherwise hang it forever).
-	if dl, ok := ctx.Deadline(); ok {
-		_ = nc.SetDeadline(dl)
-	}
-	stop := context.AfterFunc(ctx, func() { nc.Close() })
-
-	cfg := &ssh.ClientConfig{
-		User:            p.cfg.User,
-		Timeout:         p.cfg.ConnectTimeout,
-		HostKeyCallback: ssh.InsecureIgnoreHostKey(),
-	}
-	var trusted ssh.PublicKey // nil: trust on first use
-	if !p.cfg.InsecureIgnoreHostKeys {
-		storeKey := hostKeyName(id, path)
-		stored, err := p.cfg.HostKeys.Load(ctx, storeKey)
-		switch {
-		case errors.Is(err, fs.ErrNotExist):
-		case err != nil:
-			stop()
-			nc.Close()
-			return nil, fmt.Errorf("%s path %s: loading trusted host key %s: %w", path, addr, storeKey, err)
-		default:
-			if trusted, _, _, _, err = ssh.ParseAuthorizedKey(stored); err != nil {
-				stop()
-				nc.Close()
-				return nil, fmt.Errorf("%s path %s: trusted host key %s is unreadable: %w", path, addr, storeKey, err)
-			}
-			// Ask for the trusted key's type, so algorithm negotiation
-			// cannot make an unchanged host look changed.
-			cfg.HostKeyAlgorithms = hostKeyAlgorithms(trusted.Type())
-		}
-		cfg.HostKeyCallback = p.tofu(ctx, id, path, storeKey, trusted)
-	}
-	var agentConn net.Conn
-	cfg.Auth = []ssh.AuthMethod{ssh.PublicKeysCallback(func() ([]ssh.Signer, error) {
-		// One method for all keys: x/crypto stops trying a method's keys
-		// after it fails, so separate methods would only ever try the first.
-		signers := append([]ssh.Signer(nil), p.signers...)
-		if p.agentSock != "" {
-			ac, err := (&net.Dialer{}).DialContext(ctx, "unix", p.agentSock)
-			if err != nil {
-				p.log.Warn("SSH agent unreachable; using key files only", zap.Error(err))
-				return signers, nil
-			}
-			if agentConn != nil {
-				agentConn.Close() // a second auth round: drop the first agent conn
-			}
-			agentConn = ac // must stay open while the handshake signs
-			as, err := agent.NewClient(ac).Signers()
-			if err != nil {
-				p.log.Warn("SSH agent listing failed; using key files only", zap.Error(err))
-				return signers, nil
-			}
-			signers = append(signers, as...)
-		}
-		return signers, nil
-	})}
-
-	cc, chans, reqs, err := ssh.NewClientConn(nc, addr, cfg)
-	if agentConn != nil {
-		agentConn.Close()
-	}
-	if !stop() {
-		// ctx ended (timeout, Forget or Close) and closed nc under the
-		// handshake; report that rather than the resulting I/O error.
-		if err == nil {
-			cc.Close()
-		}
-		return nil, fmt.Errorf("%s path %s: SSH handshake: %w", path, addr, context.Cause(ctx))
-	}
+	cfg, trusted, err := p.clientConfig(ctx, id, path)
 	if err != nil {
 		nc.Close()
+		return nil, fmt.Errorf("%s path %s: %w", path, addr, err)
+	}
+	auth := &keyAuth{p: p, ctx: ctx}
+	cfg.Auth = []ssh.AuthMethod{ssh.PublicKeysCallback(auth.signers)}
+	client, err := handshake(ctx, nc, addr, cfg)
+	auth.close()
+	if err != nil {
 		var neg *ssh.AlgorithmNegotiationError
 		if trusted != nil && errors.As(err, &neg) && neg.What == "host key" {
 			// The host no longer has a key of the trusted type: that is
@@ -907,13 +844,105 @@ func (p *Pool) dialPath(ctx context.Context, id int64, path, addr string) (*sshC
 		}
 		return nil, fmt.Errorf("%s path %s: SSH handshake: %w", path, addr, err)
 	}
+	return &sshConn{client: client, path: path, addr: addr, dead: make(chan struct{})}, nil
+}
+
+// clientConfig returns the SSH client configuration for instance id on
+// path, without Auth, and the host key trusted for it (nil: none yet, or
+// host keys are not checked).
+func (p *Pool) clientConfig(ctx context.Context, id int64, path string) (*ssh.ClientConfig, ssh.PublicKey, error) {
+	cfg := &ssh.ClientConfig{
+		User:            p.cfg.User,
+		Timeout:         p.cfg.ConnectTimeout,
+		HostKeyCallback: ssh.InsecureIgnoreHostKey(),
+	}
+	if p.cfg.InsecureIgnoreHostKeys {
+		return cfg, nil, nil
+	}
+	var trusted ssh.PublicKey // nil: trust on first use
+	storeKey := hostKeyName(id, path)
+	stored, err := p.cfg.HostKeys.Load(ctx, storeKey)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return nil, nil, fmt.Errorf("loading trusted host key %s: %w", storeKey, err)
+	default:
+		if trusted, _, _, _, err = ssh.ParseAuthorizedKey(stored); err != nil {
+			return nil, nil, fmt.Errorf("trusted host key %s is unreadable: %w", storeKey, err)
+		}
+		// Ask for the trusted key's type, so algorithm negotiation cannot
+		// make an unchanged host look changed.
+		cfg.HostKeyAlgorithms = hostKeyAlgorithms(trusted.Type())
+	}
+	cfg.HostKeyCallback = p.tofu(ctx, id, path, storeKey, trusted)
+	return cfg, trusted, nil
+}
+
+// handshake runs the SSH client handshake on nc and closes nc on failure.
+// ssh.ClientConfig.Timeout covers only the TCP dial; the deadline and the
+// AfterFunc bound the handshake too (a black hole that accepts and never
+// speaks would otherwise hang it forever).
+func handshake(ctx context.Context, nc net.Conn, addr string, cfg *ssh.ClientConfig) (*ssh.Client, error) {
+	if dl, ok := ctx.Deadline(); ok {
+		_ = nc.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { nc.Close() })
+	cc, chans, reqs, err := ssh.NewClientConn(nc, addr, cfg)
+	if !stop() {
+		// ctx ended (timeout, Forget or Close) and closed nc under the
+		// handshake; report that rather than the resulting I/O error.
+		if err == nil {
+			cc.Close()
+		}
+		return nil, context.Cause(ctx)
+	}
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
 	_ = nc.SetDeadline(time.Time{})
-	return &sshConn{
-		client: ssh.NewClient(cc, chans, reqs),
-		path:   path,
-		addr:   addr,
-		dead:   make(chan struct{}),
-	}, nil
+	return ssh.NewClient(cc, chans, reqs), nil
+}
+
+// keyAuth offers the key files' and the agent's keys in one auth method:
+// x/crypto stops trying a method's keys after it fails, so separate methods
+// would only ever try the first. The agent connection must stay open while
+// the handshake signs; close drops it.
+type keyAuth struct {
+	p         *Pool
+	ctx       context.Context
+	agentConn net.Conn
+}
+
+// signers is the ssh.PublicKeysCallback: the key files, then the agent's
+// keys when the agent is reachable.
+func (a *keyAuth) signers() ([]ssh.Signer, error) {
+	p := a.p
+	signers := append([]ssh.Signer(nil), p.signers...)
+	if p.agentSock == "" {
+		return signers, nil
+	}
+	ac, err := (&net.Dialer{}).DialContext(a.ctx, "unix", p.agentSock)
+	if err != nil {
+		p.log.Warn("SSH agent unreachable; using key files only", zap.Error(err))
+		return signers, nil
+	}
+	a.close() // a second auth round: drop the first agent conn
+	a.agentConn = ac
+	as, err := agent.NewClient(ac).Signers()
+	if err != nil {
+		p.log.Warn("SSH agent listing failed; using key files only", zap.Error(err))
+		return signers, nil
+	}
+	return append(signers, as...), nil
+}
+
+// close closes the agent connection, if any.
+func (a *keyAuth) close() {
+	if a.agentConn != nil {
+		a.agentConn.Close()
+		a.agentConn = nil
+	}
 }
 
 // hostKeyName is the HostKeyStore key for an instance and path. The path is
