@@ -29,6 +29,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/caddy-vastai/caddy-vastai/internal/backoff"
 	"go.uber.org/zap"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/agent"
@@ -507,8 +508,8 @@ func (inst *instance) startDialLocked() *dialCall {
 		}
 		if err != nil {
 			inst.failures++
-			backoff := inst.p.backoff(inst.failures)
-			inst.retryAt = time.Now().Add(backoff)
+			wait := inst.p.backoff(inst.failures)
+			inst.retryAt = time.Now().Add(wait)
 			inst.lastErr = err
 			d.err = err
 			failures := inst.failures
@@ -519,7 +520,7 @@ func (inst *instance) startDialLocked() *dialCall {
 			}
 			inst.p.log.Log(level, "SSH connect failed",
 				zap.Int64("instance", inst.id), zap.Int("consecutive_failures", failures),
-				zap.Duration("backoff", backoff), zap.Error(err))
+				zap.Duration("backoff", wait), zap.Error(err))
 			close(d.done)
 			return
 		}
@@ -614,11 +615,7 @@ func (inst *instance) shutdown(now bool) {
 // backoff returns the wait after the n-th consecutive failure: BackoffMin
 // doubled n-1 times, capped at BackoffMax.
 func (p *Pool) backoff(n int) time.Duration {
-	d := p.cfg.BackoffMin
-	for i := 1; i < n && d < p.cfg.BackoffMax; i++ {
-		d *= 2
-	}
-	return min(d, p.cfg.BackoffMax)
+	return backoff.Exponential(p.cfg.BackoffMin, p.cfg.BackoffMax, n)
 }
 
 // monitor watches one connection: it sends keepalives, notices its death,
