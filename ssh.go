@@ -19,6 +19,7 @@ import (
 
 	"github.com/caddy-vastai/caddy-vastai/fleet"
 	"github.com/caddy-vastai/caddy-vastai/gpumetrics"
+	"github.com/caddy-vastai/caddy-vastai/sshpool"
 	"github.com/caddy-vastai/caddy-vastai/vastclient"
 )
 
@@ -86,7 +87,7 @@ func (c *SSHConfig) validate() error {
 // metrics and tunnels, and the metrics collector.
 type sshRuntime struct {
 	cfg       SSHConfig
-	pool      *gpumetrics.Pool
+	pool      *sshpool.Pool
 	collector *gpumetrics.Collector
 	// tunnelPools are the per-instance connection pools of tunnel routes.
 	tunnelPools *tunnelPools
@@ -96,7 +97,7 @@ type sshRuntime struct {
 
 // applySSHLocked (re)starts the SSH side when its configuration changed. Called
 // with s.mu held.
-func (s *state) applySSHLocked(log *zap.Logger, cfg *SSHConfig, hostKeys gpumetrics.HostKeyStore) error {
+func (s *state) applySSHLocked(log *zap.Logger, cfg *SSHConfig, hostKeys sshpool.HostKeyStore) error {
 	if cfg == nil {
 		s.stopSSHLocked()
 		return nil
@@ -105,7 +106,7 @@ func (s *state) applySSHLocked(log *zap.Logger, cfg *SSHConfig, hostKeys gpumetr
 		return nil
 	}
 	pools := &tunnelPools{}
-	pool, err := gpumetrics.NewPool(gpumetrics.PoolConfig{
+	pool, err := sshpool.NewPool(sshpool.PoolConfig{
 		User:                   "root",
 		KeyFiles:               cfg.Keys,
 		UseAgent:               true,
@@ -163,7 +164,7 @@ func (rt *sshRuntime) syncEndpoints(ctx context.Context, w *fleet.Watcher, liveB
 	for {
 		if snap := w.Snapshot(); snap.Generation != gen {
 			gen = snap.Generation
-			eps := make([]gpumetrics.Endpoint, 0, len(snap.Members))
+			eps := make([]sshpool.Endpoint, 0, len(snap.Members))
 			for i := range snap.Members {
 				m := &snap.Members[i]
 				if m.Pool == "" || m.Instance.ActualStatus != "running" || m.State == fleet.StateGone {
@@ -184,9 +185,9 @@ func (rt *sshRuntime) syncEndpoints(ctx context.Context, w *fleet.Watcher, liveB
 	}
 }
 
-func sshEndpoint(in *vastclient.Instance) (gpumetrics.Endpoint, bool) {
+func sshEndpoint(in *vastclient.Instance) (sshpool.Endpoint, bool) {
 	d, p := fleet.SSHEndpoints(in)
-	return gpumetrics.Endpoint{ID: in.ID, Direct: d, Proxy: p}, d != "" || p != ""
+	return sshpool.Endpoint{ID: in.ID, Direct: d, Proxy: p}, d != "" || p != ""
 }
 
 // tunnelPools gives each (vastai transport, instance) pair its own

@@ -11,8 +11,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-vastai/caddy-vastai/fleet"
-	"github.com/caddy-vastai/caddy-vastai/gpumetrics"
 	"github.com/caddy-vastai/caddy-vastai/lifecycle"
+	"github.com/caddy-vastai/caddy-vastai/sshpool"
 	"github.com/caddy-vastai/caddy-vastai/vastclient"
 )
 
@@ -55,7 +55,7 @@ func newState() *state {
 // apply installs a started config: it (re)creates the vast.ai client only if
 // its settings changed, reconfigures the watcher, and starts the loop if it
 // is not running yet. It never starts a second loop.
-func (s *state) apply(log *zap.Logger, settings clientSettings, cfg fleet.Config, sshCfg *SSHConfig, hostKeys gpumetrics.HostKeyStore, lc lifecycle.Config, store lifecycle.Store) error {
+func (s *state) apply(log *zap.Logger, settings clientSettings, cfg fleet.Config, sshCfg *SSHConfig, hostKeys sshpool.HostKeyStore, lc lifecycle.Config, store lifecycle.Store) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.applySSHLocked(log, sshCfg, hostKeys); err != nil {

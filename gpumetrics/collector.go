@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/caddy-vastai/caddy-vastai/sshpool"
 )
 
 // Sample is the latest GPU reading of one instance. A Sample is immutable
@@ -22,10 +24,16 @@ type Sample struct {
 	Err string `json:"error,omitempty"`
 }
 
+// Runner runs a command on an instance and returns its stdout; a
+// *sshpool.Pool is one. The ctx deadline bounds the call.
+type Runner interface {
+	Run(ctx context.Context, ep sshpool.Endpoint, cmd string) ([]byte, error)
+}
+
 // DefaultMaxConcurrentPolls is the default of Collector.MaxConcurrent.
 const DefaultMaxConcurrentPolls = 16
 
-// Collector polls nvidia-smi on a changing set of instances through a Pool.
+// Collector polls nvidia-smi on a changing set of instances through a Runner.
 // A failed poll is only recorded in the Sample: it never closes the
 // connection, which HTTP tunnels share.
 type Collector struct {
@@ -39,10 +47,10 @@ type Collector struct {
 
 	interval time.Duration
 	log      *zap.Logger
-	run      func(ctx context.Context, ep Endpoint, cmd string) ([]byte, error)
+	run      func(ctx context.Context, ep sshpool.Endpoint, cmd string) ([]byte, error)
 
 	mu       sync.Mutex
-	eps      map[int64]Endpoint
+	eps      map[int64]sshpool.Endpoint
 	inflight map[int64]bool
 	polled   map[int64]bool // polled at least once since added
 	wake     chan struct{}
@@ -53,9 +61,9 @@ type Collector struct {
 	samples atomic.Pointer[map[int64]*atomic.Pointer[Sample]]
 }
 
-// NewCollector returns a Collector polling through pool every interval
+// NewCollector returns a Collector polling through r every interval
 // (default 15s). log may be nil.
-func NewCollector(pool *Pool, interval time.Duration, log *zap.Logger) *Collector {
+func NewCollector(r Runner, interval time.Duration, log *zap.Logger) *Collector {
 	if interval <= 0 {
 		interval = 15 * time.Second
 	}
@@ -65,13 +73,13 @@ func NewCollector(pool *Pool, interval time.Duration, log *zap.Logger) *Collecto
 	c := &Collector{
 		interval: interval,
 		log:      log,
-		eps:      make(map[int64]Endpoint),
+		eps:      make(map[int64]sshpool.Endpoint),
 		inflight: make(map[int64]bool),
 		polled:   make(map[int64]bool),
 		wake:     make(chan struct{}, 1),
 	}
-	if pool != nil {
-		c.run = pool.Run
+	if r != nil {
+		c.run = r.Run
 	}
 	empty := make(map[int64]*atomic.Pointer[Sample])
 	c.samples.Store(&empty)
@@ -80,12 +88,12 @@ func NewCollector(pool *Pool, interval time.Duration, log *zap.Logger) *Collecto
 
 // SetEndpoints replaces the set of polled instances. New instances are
 // polled at once (when Run is active); samples of removed ones are dropped.
-// It does not touch the Pool: connection lifecycle belongs to its owner.
-func (c *Collector) SetEndpoints(eps []Endpoint) {
+// It does not touch the Runner: connection lifecycle belongs to its owner.
+func (c *Collector) SetEndpoints(eps []sshpool.Endpoint) {
 	c.mu.Lock()
 	old := *c.samples.Load()
 	next := make(map[int64]*atomic.Pointer[Sample], len(eps))
-	nextEps := make(map[int64]Endpoint, len(eps))
+	nextEps := make(map[int64]sshpool.Endpoint, len(eps))
 	for _, ep := range eps {
 		nextEps[ep.ID] = ep
 		if slot := old[ep.ID]; slot != nil {
@@ -180,7 +188,7 @@ func (c *Collector) dispatch(ctx context.Context, sem chan struct{}, wg *sync.Wa
 var errNoPollSlot = errors.New("gpumetrics: no free poll slot within the poll timeout")
 
 // poll runs Query on one instance and publishes the result.
-func (c *Collector) poll(ctx context.Context, ep Endpoint, sem chan struct{}, timeout time.Duration) {
+func (c *Collector) poll(ctx context.Context, ep sshpool.Endpoint, sem chan struct{}, timeout time.Duration) {
 	pctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	select {

@@ -2,67 +2,16 @@ package gpumetrics
 
 import (
 	"bytes"
-	"context"
 	"errors"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/caddy-vastai/caddy-vastai/internal/sshdtest"
+	"github.com/caddy-vastai/caddy-vastai/sshpool"
 )
-
-// runCollector runs c until the test ends.
-func runCollector(t *testing.T, c *Collector) {
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		c.Run(ctx)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-	})
-}
-
-// fakeRunner answers Run calls from a per-id script.
-type fakeRunner struct {
-	mu    sync.Mutex
-	out   map[int64][]byte
-	err   map[int64]error
-	block map[int64]bool // wait for ctx, like a black hole
-	calls map[int64]int
-}
-
-func newFakeRunner() *fakeRunner {
-	return &fakeRunner{out: map[int64][]byte{}, err: map[int64]error{}, block: map[int64]bool{}, calls: map[int64]int{}}
-}
-
-func (f *fakeRunner) set(id int64, out string, err error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.out[id], f.err[id] = []byte(out), err
-}
-
-func (f *fakeRunner) run(ctx context.Context, ep Endpoint, cmd string) ([]byte, error) {
-	f.mu.Lock()
-	f.calls[ep.ID]++
-	out, err, block := f.out[ep.ID], f.err[ep.ID], f.block[ep.ID]
-	f.mu.Unlock()
-	if cmd != Query {
-		return nil, errors.New("unexpected command " + cmd)
-	}
-	if block {
-		<-ctx.Done()
-		return nil, ctx.Err()
-	}
-	return out, err
-}
-
-func (f *fakeRunner) callCount(id int64) int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.calls[id]
-}
 
 const oneGPU = "0, GPU-x, Tesla T4, 10, 5, 100, 15360, 40, 27.5, 70\n"
 
@@ -71,7 +20,7 @@ func TestCollectorKeepsLastGoodSample(t *testing.T) {
 	fr.set(1, oneGPU, nil)
 	c := NewCollector(nil, 20*time.Millisecond, testLogger(t))
 	c.run = fr.run
-	c.SetEndpoints([]Endpoint{{ID: 1, Direct: "x:22"}})
+	c.SetEndpoints([]sshpool.Endpoint{{ID: 1, Direct: "x:22"}})
 	if _, ok := c.Sample(1); ok {
 		t.Fatal("sample before any poll")
 	}
@@ -130,7 +79,7 @@ func TestCollectorSlowInstanceDoesNotDelayOthers(t *testing.T) {
 	c := NewCollector(nil, 50*time.Millisecond, testLogger(t))
 	c.Timeout = time.Hour // the slow poll never finishes during the test
 	c.run = fr.run
-	c.SetEndpoints([]Endpoint{{ID: 1}, {ID: 2}, {ID: 3}})
+	c.SetEndpoints([]sshpool.Endpoint{{ID: 1}, {ID: 2}, {ID: 3}})
 	runCollector(t, c)
 	eventually(t, 5*time.Second, "several polls of the fast instances", func() bool {
 		return fr.callCount(2) >= 3 && fr.callCount(3) >= 3
@@ -149,10 +98,10 @@ func TestCollectorNewEndpointPolledAtOnce(t *testing.T) {
 	fr.set(2, oneGPU, nil)
 	c := NewCollector(nil, time.Hour, testLogger(t))
 	c.run = fr.run
-	c.SetEndpoints([]Endpoint{{ID: 1}})
+	c.SetEndpoints([]sshpool.Endpoint{{ID: 1}})
 	runCollector(t, c)
 	eventually(t, 5*time.Second, "first instance sampled", func() bool { _, ok := c.Sample(1); return ok })
-	c.SetEndpoints([]Endpoint{{ID: 1}, {ID: 2}})
+	c.SetEndpoints([]sshpool.Endpoint{{ID: 1}, {ID: 2}})
 	eventually(t, 5*time.Second, "added instance sampled before the next tick", func() bool { _, ok := c.Sample(2); return ok })
 	if n := fr.callCount(1); n != 1 {
 		t.Errorf("existing instance re-polled %d times on SetEndpoints", n)
@@ -161,9 +110,9 @@ func TestCollectorNewEndpointPolledAtOnce(t *testing.T) {
 
 func TestCollectorConcurrentReads(t *testing.T) {
 	fr := newFakeRunner()
-	eps := make([]Endpoint, 20)
+	eps := make([]sshpool.Endpoint, 20)
 	for i := range eps {
-		eps[i] = Endpoint{ID: int64(i)}
+		eps[i] = sshpool.Endpoint{ID: int64(i)}
 		fr.set(int64(i), oneGPU, nil)
 	}
 	c := NewCollector(nil, time.Millisecond, testLogger(t))
@@ -206,20 +155,20 @@ func TestCollectorConcurrentReads(t *testing.T) {
 // black hole that accepts TCP and never speaks. The good instances get
 // samples while the black hole's dial is still hanging.
 func TestCollectorBlackHole(t *testing.T) {
-	e := newSSHEnv(t)
-	s := e.startSSHD(e.newHostKey("host"))
-	bh := newBlackHole(t)
-	cfg := e.testPoolConfig(t)
+	e := newEnv(t)
+	s := e.StartServer(e.NewHostKey("host"))
+	bh := sshdtest.NewBlackHole(t)
+	cfg := testPoolConfig(t, e)
 	cfg.ConnectTimeout = time.Minute // the black hole dial outlasts the test
 	p := newTestPool(t, cfg)
 	c := NewCollector(p, 200*time.Millisecond, testLogger(t))
 	// Generous: a session costs whatever the test host's root shell rc
 	// files cost. The black hole's poll needs this long to time out.
 	c.Timeout = 3 * time.Second
-	c.SetEndpoints([]Endpoint{
-		{ID: 1, Direct: bh.addr},
-		{ID: 2, Direct: s.addr},
-		{ID: 3, Proxy: s.addr},
+	c.SetEndpoints([]sshpool.Endpoint{
+		{ID: 1, Direct: bh.Addr},
+		{ID: 2, Direct: s.Addr},
+		{ID: 3, Proxy: s.Addr},
 	})
 	runCollector(t, c)
 	eventually(t, 10*time.Second, "samples from the good instances", func() bool {
@@ -227,17 +176,17 @@ func TestCollectorBlackHole(t *testing.T) {
 		s3, ok3 := c.Sample(3)
 		return ok2 && ok3 && len(s2.GPUs) == 3 && len(s3.GPUs) == 3
 	})
-	if bh.open.Load() != 1 {
-		t.Errorf("black hole connections open = %d, want 1 dial still hanging", bh.open.Load())
+	if bh.Open.Load() != 1 {
+		t.Errorf("black hole connections open = %d, want 1 dial still hanging", bh.Open.Load())
 	}
 	eventually(t, 10*time.Second, "the black hole's poll to time out", func() bool {
 		s1, ok := c.Sample(1)
 		return ok && s1.Err != "" && len(s1.GPUs) == 0
 	})
-	if st := p.Status(1); st.Path != PathDown {
+	if st := p.Status(1); st.Path != sshpool.PathDown {
 		t.Errorf("black hole Status = %+v", st)
 	}
-	if st := p.Status(3); st.Path != PathProxy {
+	if st := p.Status(3); st.Path != sshpool.PathProxy {
 		t.Errorf("proxy-only Status = %+v", st)
 	}
 }
@@ -246,16 +195,16 @@ func TestCollectorBlackHole(t *testing.T) {
 // hangs past the poll timeout, an open tunnel on the same connection keeps
 // streaming and the connection is never rebuilt (vastproxy bug B4).
 func TestMetricsFailureKeepsTunnel(t *testing.T) {
-	e := newSSHEnv(t)
-	s := e.startSSHD(e.newHostKey("host"))
-	fw := newForwarder(t, s.addr)
-	p := newTestPool(t, e.testPoolConfig(t))
-	srv := newSSEServer(t)
-	ep := Endpoint{ID: 77, Direct: fw.addr}
+	e := newEnv(t)
+	s := e.StartServer(e.NewHostKey("host"))
+	fw := sshdtest.NewForwarder(t, s.Addr)
+	p := newTestPool(t, testPoolConfig(t, e))
+	srv := sshdtest.NewSSEServer(t)
+	ep := sshpool.Endpoint{ID: 77, Direct: fw.Addr}
 
 	c := NewCollector(p, 100*time.Millisecond, testLogger(t))
 	c.Timeout = 2 * time.Second // the hang below lasts longer
-	c.SetEndpoints([]Endpoint{ep})
+	c.SetEndpoints([]sshpool.Endpoint{ep})
 	runCollector(t, c)
 	var good Sample
 	eventually(t, 10*time.Second, "first good sample", func() bool {
@@ -266,7 +215,7 @@ func TestMetricsFailureKeepsTunnel(t *testing.T) {
 	since := p.Status(ep.ID).ConnectedSince
 
 	stream := openSSE(t, p, ep, srv)
-	if got := stream.event(t); !bytes.Equal(got, srv.events[0]) {
+	if got := stream.Event(t); !bytes.Equal(got, srv.Events[0]) {
 		t.Fatalf("first event %q", got)
 	}
 
@@ -274,9 +223,9 @@ func TestMetricsFailureKeepsTunnel(t *testing.T) {
 		name  string
 		apply func()
 	}{
-		{"exit 1", func() { e.setNvidiaSMI([]byte("NVIDIA-SMI has failed\n"), 1) }},
-		{"garbage", func() { e.setNvidiaSMI([]byte("45, [N/A]\n\x00\xff garbage\n"), 0) }},
-		{"hang past the timeout", func() { e.setNvidiaSMISleep(5) }},
+		{"exit 1", func() { e.SetNvidiaSMI([]byte("NVIDIA-SMI has failed\n"), 1) }},
+		{"garbage", func() { e.SetNvidiaSMI([]byte("45, [N/A]\n\x00\xff garbage\n"), 0) }},
+		{"hang past the timeout", func() { e.SetNvidiaSMISleep(5) }},
 	}
 	for i, f := range failures {
 		f.apply()
@@ -289,23 +238,47 @@ func TestMetricsFailureKeepsTunnel(t *testing.T) {
 			t.Errorf("%s: last good data lost: %+v", f.name, sample)
 		}
 		// The tunnel still streams.
-		srv.next <- struct{}{}
-		if got := stream.event(t); !bytes.Equal(got, srv.events[i+1]) {
+		srv.Next <- struct{}{}
+		if got := stream.Event(t); !bytes.Equal(got, srv.Events[i+1]) {
 			t.Fatalf("%s: event %d = %q", f.name, i+1, got)
 		}
 		st := p.Status(ep.ID)
-		if st.Path != PathDirect || st.Reconnects != 0 || !st.ConnectedSince.Equal(since) {
+		if st.Path != sshpool.PathDirect || st.Reconnects != 0 || !st.ConnectedSince.Equal(since) {
 			t.Errorf("%s: connection disturbed: %+v", f.name, st)
 		}
-		e.setNvidiaSMISleep(0)
-		e.setNvidiaSMI(readFixture(t, "query_full_3gpu.txt"), 0)
+		e.SetNvidiaSMISleep(0)
+		e.SetNvidiaSMI(readFixture(t, "query_full_3gpu.txt"), 0)
 		eventually(t, 10*time.Second, "recovery after "+f.name, func() bool {
 			s, _ := c.Sample(ep.ID)
 			return s.Err == ""
 		})
 		good, _ = c.Sample(ep.ID)
 	}
-	if n := fw.accepted.Load(); n != 1 {
+	if n := fw.Accepted.Load(); n != 1 {
 		t.Errorf("SSH connections = %d, want 1", n)
+	}
+}
+
+// TestQueryThroughSSHD runs Query on a real sshd through a real Pool: the
+// host gets Query's arguments unchanged and its output parses. (Moved from
+// the pool's TestPoolRunThroughSSHD when the pool became package sshpool.)
+func TestQueryThroughSSHD(t *testing.T) {
+	e := newEnv(t)
+	s := e.StartServer(e.NewHostKey("host1"))
+	p := newTestPool(t, testPoolConfig(t, e))
+	out, err := p.Run(ctxT(t, 20*time.Second), sshpool.Endpoint{ID: 101, Direct: s.Addr}, Query)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gpus, err := Parse(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(gpus) != 3 || gpus[0].Name != "NVIDIA H100 80GB HBM3" || *gpus[0].PowerDrawW != 512.31 ||
+		gpus[1].UtilizationGPU != nil || *gpus[1].MemoryTotalMiB != 81920 || gpus[2].TemperatureC != nil {
+		t.Errorf("parsed %s", mustJSON(gpus))
+	}
+	if want := strings.TrimPrefix(Query, "nvidia-smi "); e.NvidiaSMIArgs() != want {
+		t.Errorf("nvidia-smi got args %q, want %q", e.NvidiaSMIArgs(), want)
 	}
 }

@@ -1,9 +1,11 @@
 // Package gpumetrics reads GPU metrics from rented vast.ai instances by
-// running nvidia-smi over SSH, and keeps the pool of long-lived SSH
-// connections that also carries HTTP tunnels to the inference engines.
+// running nvidia-smi on them: parse.go turns its CSV output into GPUs, and
+// the Collector polls a changing set of instances through a Runner (the
+// sshpool.Pool that also carries the HTTP tunnels).
 //
-// The package has no Caddy dependency: the Caddy module wires a Pool and a
-// Collector into its lifecycle.
+// Background work: Collector.Run, started and stopped (by its context) by
+// the Caddy module's SSH runtime, runs one goroutine per poll in flight.
+// The package has no Caddy dependency.
 package gpumetrics
 
 import (

@@ -1,47 +1,18 @@
 package gpumetrics
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 )
-
-func f(v float64) *float64 { return &v }
 
 // vastproxyFields is shutej/vastproxy's query.
 var vastproxyFields = []string{"utilization.gpu", "temperature.gpu"}
 
 // gpushopperFields is cloud-gpu-shopper's query.
 var gpushopperFields = []string{"name", "memory.used", "memory.total", "utilization.gpu", "temperature.gpu", "power.draw"}
-
-func readFixture(t testing.TB, name string) []byte {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join("testdata", name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
-// stripAnnotations drops the "#" lines the gpushopper fixtures use to name
-// the command; they are not command output.
-func stripAnnotations(b []byte) []byte {
-	var out []byte
-	for _, line := range bytes.SplitAfter(b, []byte("\n")) {
-		if !bytes.HasPrefix(line, []byte("#")) {
-			out = append(out, line...)
-		}
-	}
-	return out
-}
-
-func utilTemp(idx int, util, temp *float64) GPU {
-	return GPU{Index: idx, UtilizationGPU: util, TemperatureC: temp}
-}
 
 func TestParseFieldsFixtures(t *testing.T) {
 	tests := []struct {
@@ -117,65 +88,6 @@ func TestParseFieldsFixtures(t *testing.T) {
 			assertGPUs(t, got, tt.want)
 		})
 	}
-}
-
-// checkLineErrors asserts that err reports exactly the given malformed lines.
-func checkLineErrors(t *testing.T, err error, want []int) {
-	t.Helper()
-	var got []int
-	var walk func(error)
-	walk = func(e error) {
-		if le, ok := e.(*LineError); ok {
-			got = append(got, le.Line)
-			return
-		}
-		if j, ok := e.(interface{ Unwrap() []error }); ok {
-			for _, e := range j.Unwrap() {
-				walk(e)
-			}
-		}
-	}
-	if err != nil {
-		walk(err)
-	}
-	if len(want) > 0 && !errors.Is(err, ErrMalformedLine) {
-		t.Errorf("errors.Is(err, ErrMalformedLine) = false, err %v", err)
-	}
-	if !equalInts(got, want) {
-		t.Errorf("malformed lines = %v, want %v (err %v)", got, want, err)
-	}
-}
-
-func equalInts(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
-
-func assertGPUs(t *testing.T, got, want []GPU) {
-	t.Helper()
-	if len(got) != len(want) {
-		t.Fatalf("got %d GPUs, want %d: %s", len(got), len(want), mustJSON(got))
-	}
-	for i := range want {
-		if g, w := mustJSON(got[i]), mustJSON(want[i]); g != w {
-			t.Errorf("GPU %d:\n got  %s\n want %s", i, g, w)
-		}
-	}
-}
-
-func mustJSON(v any) string {
-	b, err := json.Marshal(v)
-	if err != nil {
-		panic(err)
-	}
-	return string(b)
 }
 
 func TestParseInline(t *testing.T) {

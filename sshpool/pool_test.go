@@ -1,17 +1,13 @@
-package gpumetrics
+package sshpool
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
 	"encoding/pem"
 	"errors"
-	"fmt"
 	"net"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,16 +15,17 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-vastai/caddy-vastai/internal/sshdtest"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/agent"
 )
 
 func TestPoolRunThroughSSHD(t *testing.T) {
-	e := newSSHEnv(t)
-	s := e.startSSHD(e.newHostKey("host1"))
-	fw := newForwarder(t, s.addr)
-	p := newTestPool(t, e.testPoolConfig(t))
-	ep := Endpoint{ID: 101, Direct: fw.addr}
+	e := newEnv(t)
+	s := e.StartServer(e.NewHostKey("host1"))
+	fw := sshdtest.NewForwarder(t, s.Addr)
+	p := newTestPool(t, testPoolConfig(t, e))
+	ep := Endpoint{ID: 101, Direct: fw.Addr}
 
 	// Concurrent first callers share one dial.
 	var wg sync.WaitGroup
@@ -38,7 +35,7 @@ func TestPoolRunThroughSSHD(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			outs[i], errs[i] = p.Run(ctxT(t, 20*time.Second), ep, Query)
+			outs[i], errs[i] = p.Run(ctxT(t, 20*time.Second), ep, "nvidia-smi "+testCommandArgs)
 		}()
 	}
 	wg.Wait()
@@ -47,23 +44,18 @@ func TestPoolRunThroughSSHD(t *testing.T) {
 			t.Fatalf("Run %d: %v", i, errs[i])
 		}
 	}
-	if n := fw.accepted.Load(); n != 1 {
+	if n := fw.Accepted.Load(); n != 1 {
 		t.Errorf("%d TCP connections for 16 concurrent first calls, want 1 shared dial", n)
 	}
-	gpus, err := Parse(outs[0])
-	if err != nil {
-		t.Fatal(err)
+	// Every caller gets the command's whole stdout. (That nvidia-smi's
+	// real query parses is gpumetrics' TestQueryThroughSSHD.)
+	for i, out := range outs {
+		if string(out) != fakeNvidiaSMI {
+			t.Errorf("Run %d printed %q, want %q", i, out, fakeNvidiaSMI)
+		}
 	}
-	if len(gpus) != 3 || gpus[0].Name != "NVIDIA H100 80GB HBM3" || *gpus[0].PowerDrawW != 512.31 ||
-		gpus[1].UtilizationGPU != nil || *gpus[1].MemoryTotalMiB != 81920 || gpus[2].TemperatureC != nil {
-		t.Errorf("parsed %s", mustJSON(gpus))
-	}
-	args, err := os.ReadFile(filepath.Join(e.dir, "nvidia-smi.args"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := strings.TrimPrefix(Query, "nvidia-smi "); strings.TrimSpace(string(args)) != want {
-		t.Errorf("nvidia-smi got args %q, want %q", args, want)
+	if got := e.NvidiaSMIArgs(); got != testCommandArgs {
+		t.Errorf("nvidia-smi got args %q, want %q", got, testCommandArgs)
 	}
 	st := p.Status(ep.ID)
 	if st.Path != PathDirect || st.Reconnects != 0 || st.LastError != "" || st.ConnectedSince.IsZero() {
@@ -74,26 +66,26 @@ func TestPoolRunThroughSSHD(t *testing.T) {
 	}
 
 	// A failing command is an error carrying stderr; the connection stays.
-	_, err = p.Run(ctxT(t, 10*time.Second), ep, "echo oops >&2; exit 3")
+	_, err := p.Run(ctxT(t, 10*time.Second), ep, "echo oops >&2; exit 3")
 	var exitErr *ssh.ExitError
 	if !errors.As(err, &exitErr) || exitErr.ExitStatus() != 3 || !strings.Contains(err.Error(), "oops") {
 		t.Errorf("Run of failing command: err = %v", err)
 	}
-	if n := fw.accepted.Load(); n != 1 {
+	if n := fw.Accepted.Load(); n != 1 {
 		t.Errorf("%d connections after a failed command, want 1", n)
 	}
 }
 
 func TestPoolTOFU(t *testing.T) {
-	e := newSSHEnv(t)
-	keyA := e.newHostKey("hostA")
-	s1 := e.startSSHD(keyA)
-	fw := newForwarder(t, s1.addr)
+	e := newEnv(t)
+	keyA := e.NewHostKey("hostA")
+	s1 := e.StartServer(keyA)
+	fw := sshdtest.NewForwarder(t, s1.Addr)
 	store := NewMemoryHostKeyStore()
-	cfg := e.testPoolConfig(t)
+	cfg := testPoolConfig(t, e)
 	cfg.HostKeys = store
 	p := newTestPool(t, cfg)
-	ep := Endpoint{ID: 7, Direct: fw.addr}
+	ep := Endpoint{ID: 7, Direct: fw.Addr}
 
 	if _, err := p.Run(ctxT(t, 10*time.Second), ep, "true"); err != nil {
 		t.Fatal(err)
@@ -103,10 +95,10 @@ func TestPoolTOFU(t *testing.T) {
 	}
 
 	// "Restart" the instance's sshd with a new host key.
-	s1.stop()
-	s2 := e.startSSHD(e.newHostKey("hostB"))
-	fw.setTarget(s2.addr)
-	fw.cut()
+	s1.Stop()
+	s2 := e.StartServer(e.NewHostKey("hostB"))
+	fw.SetTarget(s2.Addr)
+	fw.Cut()
 	eventually(t, 10*time.Second, "host key change reported in Status", func() bool {
 		return strings.Contains(p.Status(ep.ID).LastError, ErrHostKeyChanged.Error())
 	})
@@ -119,8 +111,8 @@ func TestPoolTOFU(t *testing.T) {
 	}
 
 	// Back with the original key: the background reconnect succeeds.
-	s3 := e.startSSHD(keyA)
-	fw.setTarget(s3.addr)
+	s3 := e.StartServer(keyA)
+	fw.SetTarget(s3.Addr)
 	eventually(t, 10*time.Second, "reconnect with the trusted key", func() bool {
 		st := p.Status(ep.ID)
 		return st.Path == PathDirect && st.Reconnects == 1
@@ -135,29 +127,29 @@ func TestPoolTOFU(t *testing.T) {
 	// With InsecureIgnoreHostKeys the new key is accepted.
 	cfg.InsecureIgnoreHostKeys = true
 	p2 := newTestPool(t, cfg)
-	fw.setTarget(s2.addr)
+	fw.SetTarget(s2.Addr)
 	if _, err := p2.Run(ctxT(t, 10*time.Second), ep, "true"); err != nil {
 		t.Fatalf("InsecureIgnoreHostKeys: %v", err)
 	}
 }
 
 func TestPoolTriesEveryKey(t *testing.T) {
-	e := newSSHEnv(t)
-	s := e.startSSHD(e.newHostKey("host"))
+	e := newEnv(t)
+	s := e.StartServer(e.NewHostKey("host"))
 
 	t.Run("second key file", func(t *testing.T) {
-		cfg := e.testPoolConfig(t)
-		cfg.KeyFiles = []string{e.wrongKey, e.keyFile}
+		cfg := testPoolConfig(t, e)
+		cfg.KeyFiles = []string{e.WrongKeyFile, e.KeyFile}
 		p := newTestPool(t, cfg)
-		if _, err := p.Run(ctxT(t, 10*time.Second), Endpoint{ID: 1, Direct: s.addr}, "true"); err != nil {
+		if _, err := p.Run(ctxT(t, 10*time.Second), Endpoint{ID: 1, Direct: s.Addr}, "true"); err != nil {
 			t.Fatalf("wrong key first, right key second: %v", err)
 		}
 	})
 	t.Run("only a wrong key", func(t *testing.T) {
-		cfg := e.testPoolConfig(t)
-		cfg.KeyFiles = []string{e.wrongKey}
+		cfg := testPoolConfig(t, e)
+		cfg.KeyFiles = []string{e.WrongKeyFile}
 		p := newTestPool(t, cfg)
-		_, err := p.Run(ctxT(t, 10*time.Second), Endpoint{ID: 1, Direct: s.addr}, "true")
+		_, err := p.Run(ctxT(t, 10*time.Second), Endpoint{ID: 1, Direct: s.Addr}, "true")
 		if err == nil || !strings.Contains(err.Error(), "unable to authenticate") {
 			t.Fatalf("err = %v, want an authentication failure", err)
 		}
@@ -169,7 +161,7 @@ func TestPoolTriesEveryKey(t *testing.T) {
 			t.Fatal(err)
 		}
 		keyring := agent.NewKeyring()
-		if err := keyring.Add(agent.AddedKey{PrivateKey: e.clientKey}); err != nil {
+		if err := keyring.Add(agent.AddedKey{PrivateKey: e.ClientKey}); err != nil {
 			t.Fatal(err)
 		}
 		var wg sync.WaitGroup
@@ -191,122 +183,31 @@ func TestPoolTriesEveryKey(t *testing.T) {
 			}
 		}()
 		t.Setenv("SSH_AUTH_SOCK", sock)
-		cfg := e.testPoolConfig(t)
-		cfg.KeyFiles = []string{e.wrongKey}
+		cfg := testPoolConfig(t, e)
+		cfg.KeyFiles = []string{e.WrongKeyFile}
 		cfg.UseAgent = true
 		p := newTestPool(t, cfg)
-		if _, err := p.Run(ctxT(t, 10*time.Second), Endpoint{ID: 1, Direct: s.addr}, "true"); err != nil {
+		if _, err := p.Run(ctxT(t, 10*time.Second), Endpoint{ID: 1, Direct: s.Addr}, "true"); err != nil {
 			t.Fatalf("agent key: %v", err)
 		}
 	})
 }
 
-// sseServer streams the vastproxy SSE fixture one event at a time: each
-// event after the first waits for the test to ask for it, which proves that
-// the events arrive incrementally rather than buffered.
-type sseServer struct {
-	*httptest.Server
-	events [][]byte
-	next   chan struct{}
-}
-
-func newSSEServer(t *testing.T) *sseServer {
-	raw := readFixture(t, "sse_stream__handler_test_sseBackendServer.txt")
-	s := &sseServer{next: make(chan struct{})}
-	for _, ev := range bytes.SplitAfter(raw, []byte("\n\n")) {
-		if len(ev) > 0 {
-			s.events = append(s.events, ev)
-		}
-	}
-	if len(s.events) != 4 {
-		t.Fatalf("fixture has %d events, want 4", len(s.events))
-	}
-	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/event-stream")
-		for i, ev := range s.events {
-			if i > 0 {
-				select {
-				case <-s.next:
-				case <-r.Context().Done():
-					return
-				}
-			}
-			w.Write(ev)
-			w.(http.Flusher).Flush()
-		}
-	}))
-	t.Cleanup(s.Close)
-	return s
-}
-
-// sseStream is an open SSE response read through a tunnel.
-type sseStream struct {
-	resp *http.Response
-	r    *bufio.Reader
-	tr   *http.Transport
-}
-
-// openSSE requests the SSE stream through pool tunnels to ep.
-func openSSE(t *testing.T, p *Pool, ep Endpoint, srv *sseServer) *sseStream {
-	t.Helper()
-	tr := &http.Transport{DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
-		return p.DialContext(ctx, ep, addr)
-	}}
-	t.Cleanup(tr.CloseIdleConnections)
-	req, err := http.NewRequestWithContext(ctxT(t, 30*time.Second), "GET", srv.URL+"/v1/chat/completions", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := (&http.Client{Transport: tr}).Do(req)
-	if err != nil {
-		t.Fatalf("request through tunnel: %v", err)
-	}
-	t.Cleanup(func() { resp.Body.Close() })
-	return &sseStream{resp: resp, r: bufio.NewReader(resp.Body), tr: tr}
-}
-
-// event reads one SSE event (up to and including its blank line).
-func (s *sseStream) event(t *testing.T) []byte {
-	t.Helper()
-	var ev []byte
-	for {
-		line, err := s.r.ReadBytes('\n')
-		ev = append(ev, line...)
-		if err != nil {
-			t.Fatalf("reading SSE event: %v (got %q)", err, ev)
-		}
-		if len(line) == 1 {
-			return ev
-		}
-	}
-}
-
-// readRest asks for and reads events from..end, checking them byte for byte.
-func (s *sseStream) readRest(t *testing.T, srv *sseServer, from int) {
-	t.Helper()
-	for i := from; i < len(srv.events); i++ {
-		srv.next <- struct{}{}
-		if got := s.event(t); !bytes.Equal(got, srv.events[i]) {
-			t.Fatalf("event %d = %q, want %q", i, got, srv.events[i])
-		}
-	}
-}
-
 func TestPoolTunnelStreamsSSE(t *testing.T) {
-	e := newSSHEnv(t)
-	s := e.startSSHD(e.newHostKey("host"))
-	p := newTestPool(t, e.testPoolConfig(t))
-	srv := newSSEServer(t)
-	ep := Endpoint{ID: 3, Direct: s.addr}
+	e := newEnv(t)
+	s := e.StartServer(e.NewHostKey("host"))
+	p := newTestPool(t, testPoolConfig(t, e))
+	srv := sshdtest.NewSSEServer(t)
+	ep := Endpoint{ID: 3, Direct: s.Addr}
 
 	st := openSSE(t, p, ep, srv)
-	if st.resp.StatusCode != 200 {
-		t.Fatalf("status %d", st.resp.StatusCode)
+	if st.Resp.StatusCode != 200 {
+		t.Fatalf("status %d", st.Resp.StatusCode)
 	}
-	if got := st.event(t); !bytes.Equal(got, srv.events[0]) {
+	if got := st.Event(t); !bytes.Equal(got, srv.Events[0]) {
 		t.Fatalf("first event %q", got)
 	}
-	st.readRest(t, srv, 1)
+	st.ReadRest(t, srv, 1)
 
 	// Tunnels to a closed port fail cleanly.
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
@@ -321,15 +222,15 @@ func TestPoolTunnelStreamsSSE(t *testing.T) {
 }
 
 func TestPoolProxyToDirectDrains(t *testing.T) {
-	e := newSSHEnv(t)
-	s := e.startSSHD(e.newHostKey("host"))
-	direct := newForwarder(t, "") // down: connections are reset
-	proxy := newForwarder(t, s.addr)
-	cfg := e.testPoolConfig(t)
+	e := newEnv(t)
+	s := e.StartServer(e.NewHostKey("host"))
+	direct := sshdtest.NewForwarder(t, "") // down: connections are reset
+	proxy := sshdtest.NewForwarder(t, s.Addr)
+	cfg := testPoolConfig(t, e)
 	changes := recordChanges(&cfg)
 	p := newTestPool(t, cfg)
-	srv := newSSEServer(t)
-	ep := Endpoint{ID: 42, Direct: direct.addr, Proxy: proxy.addr}
+	srv := sshdtest.NewSSEServer(t)
+	ep := Endpoint{ID: 42, Direct: direct.Addr, Proxy: proxy.Addr}
 
 	if _, err := p.Run(ctxT(t, 10*time.Second), ep, "true"); err != nil {
 		t.Fatal(err)
@@ -337,37 +238,37 @@ func TestPoolProxyToDirectDrains(t *testing.T) {
 	if st := p.Status(ep.ID); st.Path != PathProxy {
 		t.Fatalf("Status = %+v, want proxy", st)
 	}
-	if direct.accepted.Load() == 0 {
+	if direct.Accepted.Load() == 0 {
 		t.Error("direct path was not tried first")
 	}
 
 	// A stream in flight on the proxy connection.
 	stream := openSSE(t, p, ep, srv)
-	if got := stream.event(t); !bytes.Equal(got, srv.events[0]) {
+	if got := stream.Event(t); !bytes.Equal(got, srv.Events[0]) {
 		t.Fatalf("first event %q", got)
 	}
 
-	direct.setTarget(s.addr)
+	direct.SetTarget(s.Addr)
 	eventually(t, 10*time.Second, "move to the direct path", func() bool {
 		return p.Status(ep.ID).Path == PathDirect
 	})
-	if n := proxy.active.Load(); n != 1 {
+	if n := proxy.Active.Load(); n != 1 {
 		t.Fatalf("proxy connections open during the stream = %d, want 1 (draining)", n)
 	}
 	// New work uses the direct connection.
 	if _, err := p.Run(ctxT(t, 10*time.Second), ep, "true"); err != nil {
 		t.Fatal(err)
 	}
-	if n := proxy.accepted.Load(); n != 1 {
+	if n := proxy.Accepted.Load(); n != 1 {
 		t.Errorf("proxy connections = %d, want 1", n)
 	}
 
 	// The old stream completes intact, then the proxy connection closes.
-	stream.readRest(t, srv, 1)
-	stream.resp.Body.Close()
-	stream.tr.CloseIdleConnections()
+	stream.ReadRest(t, srv, 1)
+	stream.Resp.Body.Close()
+	stream.Transport.CloseIdleConnections()
 	eventually(t, 10*time.Second, "drained proxy connection to close", func() bool {
-		return proxy.active.Load() == 0
+		return proxy.Active.Load() == 0
 	})
 	if st := p.Status(ep.ID); st.Path != PathDirect || st.Reconnects != 0 {
 		t.Errorf("Status = %+v", st)
@@ -375,49 +276,20 @@ func TestPoolProxyToDirectDrains(t *testing.T) {
 	changes.want(t, 42, PathProxy, PathDirect)
 }
 
-// connChanges records OnConnChange calls.
-type connChanges struct {
-	mu  sync.Mutex
-	got []string
-}
-
-func recordChanges(cfg *PoolConfig) *connChanges {
-	c := &connChanges{}
-	cfg.OnConnChange = func(id int64, path string) {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		c.got = append(c.got, fmt.Sprint(id, " ", path))
-	}
-	return c
-}
-
-func (c *connChanges) want(t *testing.T, id int64, paths ...string) {
-	t.Helper()
-	var want []string
-	for _, p := range paths {
-		want = append(want, fmt.Sprint(id, " ", p))
-	}
-	eventually(t, 5*time.Second, fmt.Sprintf("OnConnChange calls %q", want), func() bool {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		return strings.Join(c.got, ",") == strings.Join(want, ",")
-	})
-}
-
 func TestPoolKeepaliveRebuildsDeadConnection(t *testing.T) {
-	e := newSSHEnv(t)
-	s := e.startSSHD(e.newHostKey("host"))
-	fw := newForwarder(t, s.addr)
-	cfg := e.testPoolConfig(t)
+	e := newEnv(t)
+	s := e.StartServer(e.NewHostKey("host"))
+	fw := sshdtest.NewForwarder(t, s.Addr)
+	cfg := testPoolConfig(t, e)
 	cfg.KeepaliveInterval = 200 * time.Millisecond
 	changes := recordChanges(&cfg)
 	p := newTestPool(t, cfg)
-	ep := Endpoint{ID: 5, Direct: fw.addr}
+	ep := Endpoint{ID: 5, Direct: fw.Addr}
 	if _, err := p.Run(ctxT(t, 10*time.Second), ep, "true"); err != nil {
 		t.Fatal(err)
 	}
 	// The path dies silently (no FIN, no RST): only keepalives notice.
-	fw.freeze()
+	fw.Freeze()
 	eventually(t, 10*time.Second, "reconnect after keepalive failure", func() bool {
 		st := p.Status(ep.ID)
 		return st.Path == PathDirect && st.Reconnects == 1
@@ -425,7 +297,7 @@ func TestPoolKeepaliveRebuildsDeadConnection(t *testing.T) {
 	if _, err := p.Run(ctxT(t, 10*time.Second), ep, "true"); err != nil {
 		t.Fatal(err)
 	}
-	if n := fw.accepted.Load(); n != 2 {
+	if n := fw.Accepted.Load(); n != 2 {
 		t.Errorf("connections = %d, want 2", n)
 	}
 	changes.want(t, 5, PathDirect, PathDown, PathDirect)
@@ -435,11 +307,11 @@ func TestPoolKeepaliveRebuildsDeadConnection(t *testing.T) {
 }
 
 func TestPoolRunTimeoutClosesSessionOnly(t *testing.T) {
-	e := newSSHEnv(t)
-	s := e.startSSHD(e.newHostKey("host"))
-	fw := newForwarder(t, s.addr)
-	p := newTestPool(t, e.testPoolConfig(t))
-	ep := Endpoint{ID: 6, Direct: fw.addr}
+	e := newEnv(t)
+	s := e.StartServer(e.NewHostKey("host"))
+	fw := sshdtest.NewForwarder(t, s.Addr)
+	p := newTestPool(t, testPoolConfig(t, e))
+	ep := Endpoint{ID: 6, Direct: fw.Addr}
 	if _, err := p.Run(ctxT(t, 10*time.Second), ep, "true"); err != nil {
 		t.Fatal(err)
 	}
@@ -456,19 +328,19 @@ func TestPoolRunTimeoutClosesSessionOnly(t *testing.T) {
 	if _, err := p.Run(ctxT(t, 10*time.Second), ep, "true"); err != nil {
 		t.Fatal(err)
 	}
-	if n := fw.accepted.Load(); n != 1 {
+	if n := fw.Accepted.Load(); n != 1 {
 		t.Errorf("connections = %d, want 1: a command timeout must not close the connection", n)
 	}
 }
 
 func TestPoolBackoff(t *testing.T) {
-	e := newSSHEnv(t)
-	down := newForwarder(t, "")
-	cfg := e.testPoolConfig(t)
+	e := newEnv(t)
+	down := sshdtest.NewForwarder(t, "")
+	cfg := testPoolConfig(t, e)
 	cfg.BackoffMin = time.Hour
 	cfg.BackoffMax = 2 * time.Hour
 	p := newTestPool(t, cfg)
-	ep := Endpoint{ID: 8, Direct: down.addr}
+	ep := Endpoint{ID: 8, Direct: down.Addr}
 	_, err := p.Run(ctxT(t, 10*time.Second), ep, "true")
 	if err == nil || errors.Is(err, ErrBackoff) {
 		t.Fatalf("first attempt: err = %v", err)
@@ -477,7 +349,7 @@ func TestPoolBackoff(t *testing.T) {
 	if !errors.Is(err, ErrBackoff) {
 		t.Fatalf("second attempt: err = %v, want ErrBackoff", err)
 	}
-	if n := down.accepted.Load(); n != 1 {
+	if n := down.Accepted.Load(); n != 1 {
 		t.Errorf("dials = %d, want 1 during backoff", n)
 	}
 	if st := p.Status(ep.ID); st.Path != PathDown || st.LastError == "" {
@@ -499,27 +371,27 @@ func TestBackoffDoubling(t *testing.T) {
 }
 
 func TestPoolForgetDrains(t *testing.T) {
-	e := newSSHEnv(t)
-	s := e.startSSHD(e.newHostKey("host"))
-	fw := newForwarder(t, s.addr)
-	p := newTestPool(t, e.testPoolConfig(t))
-	srv := newSSEServer(t)
-	ep := Endpoint{ID: 9, Direct: fw.addr}
+	e := newEnv(t)
+	s := e.StartServer(e.NewHostKey("host"))
+	fw := sshdtest.NewForwarder(t, s.Addr)
+	p := newTestPool(t, testPoolConfig(t, e))
+	srv := sshdtest.NewSSEServer(t)
+	ep := Endpoint{ID: 9, Direct: fw.Addr}
 
 	stream := openSSE(t, p, ep, srv)
-	stream.event(t)
+	stream.Event(t)
 	p.Forget(ep.ID)
 	if st := p.Status(ep.ID); st.Path != PathDown {
 		t.Errorf("Status after Forget = %+v", st)
 	}
-	stream.readRest(t, srv, 1)
-	if n := fw.active.Load(); n != 1 {
+	stream.ReadRest(t, srv, 1)
+	if n := fw.Active.Load(); n != 1 {
 		t.Errorf("open connections before the tunnel closed = %d, want 1", n)
 	}
-	stream.resp.Body.Close()
-	stream.tr.CloseIdleConnections()
+	stream.Resp.Body.Close()
+	stream.Transport.CloseIdleConnections()
 	eventually(t, 10*time.Second, "forgotten connection to close", func() bool {
-		return fw.active.Load() == 0
+		return fw.Active.Load() == 0
 	})
 	// The id can be used again.
 	if _, err := p.Run(ctxT(t, 10*time.Second), ep, "true"); err != nil {
@@ -528,42 +400,42 @@ func TestPoolForgetDrains(t *testing.T) {
 }
 
 func TestPoolEndpointChange(t *testing.T) {
-	e := newSSHEnv(t)
-	s := e.startSSHD(e.newHostKey("host"))
-	fw1 := newForwarder(t, s.addr)
-	fw2 := newForwarder(t, s.addr)
-	cfg := e.testPoolConfig(t)
+	e := newEnv(t)
+	s := e.StartServer(e.NewHostKey("host"))
+	fw1 := sshdtest.NewForwarder(t, s.Addr)
+	fw2 := sshdtest.NewForwarder(t, s.Addr)
+	cfg := testPoolConfig(t, e)
 	cfg.HostKeys = NewMemoryHostKeyStore()
 	p := newTestPool(t, cfg)
-	if _, err := p.Run(ctxT(t, 10*time.Second), Endpoint{ID: 11, Direct: fw1.addr}, "true"); err != nil {
+	if _, err := p.Run(ctxT(t, 10*time.Second), Endpoint{ID: 11, Direct: fw1.Addr}, "true"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := p.Run(ctxT(t, 10*time.Second), Endpoint{ID: 11, Direct: fw2.addr}, "true"); err != nil {
+	if _, err := p.Run(ctxT(t, 10*time.Second), Endpoint{ID: 11, Direct: fw2.Addr}, "true"); err != nil {
 		t.Fatal(err)
 	}
-	if fw2.accepted.Load() != 1 {
+	if fw2.Accepted.Load() != 1 {
 		t.Error("new address not used")
 	}
 	eventually(t, 10*time.Second, "old address's connection to close", func() bool {
-		return fw1.active.Load() == 0
+		return fw1.Active.Load() == 0
 	})
 }
 
 func TestPoolClose(t *testing.T) {
-	e := newSSHEnv(t)
-	s := e.startSSHD(e.newHostKey("host"))
-	bh := newBlackHole(t)
-	p, err := NewPool(e.testPoolConfig(t))
+	e := newEnv(t)
+	s := e.StartServer(e.NewHostKey("host"))
+	bh := sshdtest.NewBlackHole(t)
+	p, err := NewPool(testPoolConfig(t, e))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := p.Run(ctxT(t, 10*time.Second), Endpoint{ID: 1, Direct: s.addr}, "true"); err != nil {
+	if _, err := p.Run(ctxT(t, 10*time.Second), Endpoint{ID: 1, Direct: s.Addr}, "true"); err != nil {
 		t.Fatal(err)
 	}
 	// A dial stuck in a black hole must not hold Close up.
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
-	p.Run(ctx, Endpoint{ID: 2, Direct: bh.addr}, "true")
+	p.Run(ctx, Endpoint{ID: 2, Direct: bh.Addr}, "true")
 	done := make(chan struct{})
 	go func() { p.Close(); close(done) }()
 	select {
@@ -571,7 +443,7 @@ func TestPoolClose(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Close blocked")
 	}
-	if _, err := p.Run(ctxT(t, time.Second), Endpoint{ID: 1, Direct: s.addr}, "true"); !errors.Is(err, ErrPoolClosed) {
+	if _, err := p.Run(ctxT(t, time.Second), Endpoint{ID: 1, Direct: s.Addr}, "true"); !errors.Is(err, ErrPoolClosed) {
 		t.Errorf("Run after Close: err = %v", err)
 	}
 	p.Close() // idempotent
@@ -626,11 +498,11 @@ func TestMemoryHostKeyStore(t *testing.T) {
 }
 
 func TestPoolHostKeyTypeChange(t *testing.T) {
-	e := newSSHEnv(t)
-	s1 := e.startSSHD(e.newHostKey("ed"))
-	fw := newForwarder(t, s1.addr)
-	p := newTestPool(t, e.testPoolConfig(t))
-	ep := Endpoint{ID: 12, Direct: fw.addr}
+	e := newEnv(t)
+	s1 := e.StartServer(e.NewHostKey("ed"))
+	fw := sshdtest.NewForwarder(t, s1.Addr)
+	p := newTestPool(t, testPoolConfig(t, e))
+	ep := Endpoint{ID: 12, Direct: fw.Addr}
 	if _, err := p.Run(ctxT(t, 10*time.Second), ep, "true"); err != nil {
 		t.Fatal(err)
 	}
@@ -643,9 +515,9 @@ func TestPoolHostKeyTypeChange(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s2 := e.startSSHD(e.write("rsa_host", pem.EncodeToMemory(block)))
-	fw.setTarget(s2.addr)
-	fw.cut()
+	s2 := e.StartServer(e.WriteFile("rsa_host", pem.EncodeToMemory(block)))
+	fw.SetTarget(s2.Addr)
+	fw.Cut()
 	eventually(t, 10*time.Second, "host key change reported", func() bool {
 		return strings.Contains(p.Status(ep.ID).LastError, ErrHostKeyChanged.Error())
 	})

@@ -1,4 +1,22 @@
-package gpumetrics
+// Package sshpool keeps one long-lived SSH connection per vast.ai instance,
+// shared by remote commands (Pool.Run, used for GPU metrics) and by HTTP
+// tunnels to the inference engines (Pool.DialContext, direct-tcpip
+// channels). A connection is dialled on the direct path first, then on the
+// proxy path; host keys are trusted on first use per instance and path.
+//
+// Background goroutines, all started by the Pool and awaited by Pool.Close:
+//   - a shared connect per instance (startDialLocked), bounded by
+//     ConnectTimeout and cancelled by Forget or Close;
+//   - a monitor per open connection (monitor): keepalives, the periodic
+//     move from proxy to direct (tryDirect) and noticing the connection's
+//     end; it exits when the connection closes;
+//   - a reconnect loop per instance whose connection in use was lost
+//     (reconnectLoop), until a connection is up or the instance is
+//     forgotten;
+//   - OnConnChange hook calls, one goroutine per call, chained per instance.
+//
+// The package has no Caddy dependency: the Caddy module owns the Pool.
+package sshpool
 
 import (
 	"bytes"
@@ -11,6 +29,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/caddy-vastai/caddy-vastai/internal/backoff"
 	"go.uber.org/zap"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/agent"
@@ -28,19 +47,19 @@ const (
 var (
 	// ErrHostKeyChanged means an instance presented a host key different
 	// from the one trusted on first use for the same instance id and path.
-	ErrHostKeyChanged = errors.New("gpumetrics: SSH host key changed")
+	ErrHostKeyChanged = errors.New("sshpool: SSH host key changed")
 	// ErrPoolClosed is returned by calls made after Pool.Close.
-	ErrPoolClosed = errors.New("gpumetrics: SSH pool closed")
+	ErrPoolClosed = errors.New("sshpool: SSH pool closed")
 	// ErrForgotten is returned to calls racing Pool.Forget for their instance.
-	ErrForgotten = errors.New("gpumetrics: instance forgotten")
+	ErrForgotten = errors.New("sshpool: instance forgotten")
 	// ErrNoEndpoint means the Endpoint has neither a direct nor a proxy address.
-	ErrNoEndpoint = errors.New("gpumetrics: endpoint has no SSH address")
+	ErrNoEndpoint = errors.New("sshpool: endpoint has no SSH address")
 	// ErrBackoff is returned while an instance waits before its next
 	// connection attempt; the error also wraps the last connection error.
-	ErrBackoff = errors.New("gpumetrics: SSH connection in backoff")
+	ErrBackoff = errors.New("sshpool: SSH connection in backoff")
 	// ErrOutputTooLarge is returned by Run when a command prints more than
 	// MaxOutputBytes on stdout.
-	ErrOutputTooLarge = errors.New("gpumetrics: command output too large")
+	ErrOutputTooLarge = errors.New("sshpool: command output too large")
 )
 
 // MaxOutputBytes bounds the stdout kept by Run: nvidia-smi prints a few
@@ -185,11 +204,11 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 	if cfg.UseAgent {
 		p.agentSock = os.Getenv("SSH_AUTH_SOCK")
 		if p.agentSock == "" && len(p.signers) == 0 {
-			return nil, errors.New(`gpumetrics: SSH agent requested but SSH_AUTH_SOCK is not set, and no "key" file is configured`)
+			return nil, errors.New(`sshpool: SSH agent requested but SSH_AUTH_SOCK is not set, and no "key" file is configured`)
 		}
 	}
 	if len(p.signers) == 0 && !cfg.UseAgent {
-		return nil, errors.New(`gpumetrics: no SSH key source: configure at least one "key" file (PoolConfig.KeyFiles) or enable the SSH agent (UseAgent)`)
+		return nil, errors.New(`sshpool: no SSH key source: configure at least one "key" file (PoolConfig.KeyFiles) or enable the SSH agent (UseAgent)`)
 	}
 	if cfg.HostKeys == nil && !cfg.InsecureIgnoreHostKeys {
 		p.cfg.HostKeys = NewMemoryHostKeyStore()
@@ -208,15 +227,15 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 func loadSigner(file string) (ssh.Signer, error) {
 	pem, err := os.ReadFile(file)
 	if err != nil {
-		return nil, fmt.Errorf("gpumetrics: reading SSH key file: %w", err)
+		return nil, fmt.Errorf("sshpool: reading SSH key file: %w", err)
 	}
 	s, err := ssh.ParsePrivateKey(pem)
 	if err != nil {
 		var missing *ssh.PassphraseMissingError
 		if errors.As(err, &missing) {
-			return nil, fmt.Errorf("gpumetrics: SSH key file %s is passphrase-protected; load it into an agent and set UseAgent", file)
+			return nil, fmt.Errorf("sshpool: SSH key file %s is passphrase-protected; load it into an agent and set UseAgent", file)
 		}
-		return nil, fmt.Errorf("gpumetrics: parsing SSH key file %s: %w", file, err)
+		return nil, fmt.Errorf("sshpool: parsing SSH key file %s: %w", file, err)
 	}
 	return s, nil
 }
@@ -247,7 +266,7 @@ func (p *Pool) Run(ctx context.Context, ep Endpoint, cmd string) ([]byte, error)
 		defer c.release()
 		s, err := c.client.NewSession()
 		if err != nil {
-			res <- result{err: fmt.Errorf("gpumetrics: instance %d: opening SSH session: %w", ep.ID, err)}
+			res <- result{err: fmt.Errorf("sshpool: instance %d: opening SSH session: %w", ep.ID, err)}
 			return
 		}
 		defer s.Close()
@@ -264,9 +283,9 @@ func (p *Pool) Run(ctx context.Context, ep Endpoint, cmd string) ([]byte, error)
 		err = s.Run(cmd)
 		switch {
 		case err != nil:
-			err = fmt.Errorf("gpumetrics: instance %d: running %q: %w (stderr: %q)", ep.ID, prefix(cmd, 40), err, prefix(stderr.String(), 200))
+			err = fmt.Errorf("sshpool: instance %d: running %q: %w (stderr: %q)", ep.ID, prefix(cmd, 40), err, prefix(stderr.String(), 200))
 		case stdout.overflow:
-			err = fmt.Errorf("gpumetrics: instance %d: running %q: %w", ep.ID, prefix(cmd, 40), ErrOutputTooLarge)
+			err = fmt.Errorf("sshpool: instance %d: running %q: %w", ep.ID, prefix(cmd, 40), ErrOutputTooLarge)
 		}
 		res <- result{out: stdout.Bytes(), err: err}
 	}()
@@ -280,7 +299,7 @@ func (p *Pool) Run(ctx context.Context, ep Endpoint, cmd string) ([]byte, error)
 			sess.Close()
 		}
 		mu.Unlock()
-		return nil, fmt.Errorf("gpumetrics: instance %d: running %q: %w", ep.ID, prefix(cmd, 40), ctx.Err())
+		return nil, fmt.Errorf("sshpool: instance %d: running %q: %w", ep.ID, prefix(cmd, 40), ctx.Err())
 	}
 }
 
@@ -296,7 +315,7 @@ func (p *Pool) DialContext(ctx context.Context, ep Endpoint, addr string) (net.C
 	ch, err := c.client.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		c.release()
-		return nil, fmt.Errorf("gpumetrics: instance %d: tunnel to %s via %s path: %w", ep.ID, addr, c.path, err)
+		return nil, fmt.Errorf("sshpool: instance %d: tunnel to %s via %s path: %w", ep.ID, addr, c.path, err)
 	}
 	return &tunnelConn{Conn: ch, c: c}, nil
 }
@@ -435,7 +454,7 @@ func (p *Pool) acquire(ctx context.Context, ep Endpoint) (*sshConn, error) {
 	}
 	for {
 		if err := ctx.Err(); err != nil {
-			return nil, fmt.Errorf("gpumetrics: instance %d: waiting for SSH connection: %w", ep.ID, err)
+			return nil, fmt.Errorf("sshpool: instance %d: waiting for SSH connection: %w", ep.ID, err)
 		}
 		inst.mu.Lock()
 		if inst.gone {
@@ -465,7 +484,7 @@ func (p *Pool) acquire(ctx context.Context, ep Endpoint) (*sshConn, error) {
 			// Loop to take a reference under the lock; if the new
 			// connection already died, the loop dials again.
 		case <-ctx.Done():
-			return nil, fmt.Errorf("gpumetrics: instance %d: waiting for SSH connection: %w", ep.ID, ctx.Err())
+			return nil, fmt.Errorf("sshpool: instance %d: waiting for SSH connection: %w", ep.ID, ctx.Err())
 		}
 	}
 }
@@ -489,8 +508,8 @@ func (inst *instance) startDialLocked() *dialCall {
 		}
 		if err != nil {
 			inst.failures++
-			backoff := inst.p.backoff(inst.failures)
-			inst.retryAt = time.Now().Add(backoff)
+			wait := inst.p.backoff(inst.failures)
+			inst.retryAt = time.Now().Add(wait)
 			inst.lastErr = err
 			d.err = err
 			failures := inst.failures
@@ -501,7 +520,7 @@ func (inst *instance) startDialLocked() *dialCall {
 			}
 			inst.p.log.Log(level, "SSH connect failed",
 				zap.Int64("instance", inst.id), zap.Int("consecutive_failures", failures),
-				zap.Duration("backoff", backoff), zap.Error(err))
+				zap.Duration("backoff", wait), zap.Error(err))
 			close(d.done)
 			return
 		}
@@ -596,11 +615,7 @@ func (inst *instance) shutdown(now bool) {
 // backoff returns the wait after the n-th consecutive failure: BackoffMin
 // doubled n-1 times, capped at BackoffMax.
 func (p *Pool) backoff(n int) time.Duration {
-	d := p.cfg.BackoffMin
-	for i := 1; i < n && d < p.cfg.BackoffMax; i++ {
-		d *= 2
-	}
-	return min(d, p.cfg.BackoffMax)
+	return backoff.Exponential(p.cfg.BackoffMin, p.cfg.BackoffMax, n)
 }
 
 // monitor watches one connection: it sends keepalives, notices its death,
@@ -686,7 +701,7 @@ func (inst *instance) connDied(c *sshConn, err error) {
 	if err == nil {
 		err = errors.New("connection closed")
 	}
-	inst.lastErr = fmt.Errorf("gpumetrics: instance %d: SSH connection on %s path lost: %w", inst.id, c.path, err)
+	inst.lastErr = fmt.Errorf("sshpool: instance %d: SSH connection on %s path lost: %w", inst.id, c.path, err)
 	inst.notifyLocked(PathDown)
 	inst.p.log.Warn("SSH connection lost; reconnecting",
 		zap.Int64("instance", inst.id), zap.String("path", c.path), zap.Error(err))
@@ -751,7 +766,7 @@ func (inst *instance) tryDirect(c *sshConn) {
 		defer inst.mu.Unlock()
 		inst.upgrading = false
 		if err != nil {
-			inst.lastErr = fmt.Errorf("gpumetrics: instance %d: direct retry: %w", inst.id, err)
+			inst.lastErr = fmt.Errorf("sshpool: instance %d: direct retry: %w", inst.id, err)
 			p.log.Debug("SSH direct retry failed; staying on proxy", zap.Int64("instance", inst.id), zap.Error(err))
 			return
 		}
@@ -787,11 +802,12 @@ func (p *Pool) connect(ctx context.Context, ep Endpoint) (*sshConn, error) {
 	if err := ctx.Err(); err != nil {
 		errs = append(errs, err)
 	}
-	return nil, fmt.Errorf("gpumetrics: instance %d: SSH connect failed: %w", ep.ID, errors.Join(errs...))
+	return nil, fmt.Errorf("sshpool: instance %d: SSH connect failed: %w", ep.ID, errors.Join(errs...))
 }
 
 // dialPath opens one SSH connection to addr, bounded by ConnectTimeout and
-// ctx, holding a dial slot for the duration.
+// ctx, holding a dial slot for the duration: TCP dial, host key policy,
+// then the handshake.
 func (p *Pool) dialPath(ctx context.Context, id int64, path, addr string) (*sshConn, error) {
 	select {
 	case p.sem <- struct{}{}:
@@ -807,80 +823,16 @@ func (p *Pool) dialPath(ctx context.Context, id int64, path, addr string) (*sshC
 	if err != nil {
 		return nil, fmt.Errorf("%s path %s: %w", path, addr, err)
 	}
-	// ssh.ClientConfig.Timeout covers only the TCP dial; the deadline and
-	// the AfterFunc bound the handshake too (a black hole that accepts and
-	// never speaks would otherwise hang it forever).
-	if dl, ok := ctx.Deadline(); ok {
-		_ = nc.SetDeadline(dl)
-	}
-	stop := context.AfterFunc(ctx, func() { nc.Close() })
-
-	cfg := &ssh.ClientConfig{
-		User:            p.cfg.User,
-		Timeout:         p.cfg.ConnectTimeout,
-		HostKeyCallback: ssh.InsecureIgnoreHostKey(),
-	}
-	var trusted ssh.PublicKey // nil: trust on first use
-	if !p.cfg.InsecureIgnoreHostKeys {
-		storeKey := hostKeyName(id, path)
-		stored, err := p.cfg.HostKeys.Load(ctx, storeKey)
-		switch {
-		case errors.Is(err, fs.ErrNotExist):
-		case err != nil:
-			stop()
-			nc.Close()
-			return nil, fmt.Errorf("%s path %s: loading trusted host key %s: %w", path, addr, storeKey, err)
-		default:
-			if trusted, _, _, _, err = ssh.ParseAuthorizedKey(stored); err != nil {
-				stop()
-				nc.Close()
-				return nil, fmt.Errorf("%s path %s: trusted host key %s is unreadable: %w", path, addr, storeKey, err)
-			}
-			// Ask for the trusted key's type, so algorithm negotiation
-			// cannot make an unchanged host look changed.
-			cfg.HostKeyAlgorithms = hostKeyAlgorithms(trusted.Type())
-		}
-		cfg.HostKeyCallback = p.tofu(ctx, id, path, storeKey, trusted)
-	}
-	var agentConn net.Conn
-	cfg.Auth = []ssh.AuthMethod{ssh.PublicKeysCallback(func() ([]ssh.Signer, error) {
-		// One method for all keys: x/crypto stops trying a method's keys
-		// after it fails, so separate methods would only ever try the first.
-		signers := append([]ssh.Signer(nil), p.signers...)
-		if p.agentSock != "" {
-			ac, err := (&net.Dialer{}).DialContext(ctx, "unix", p.agentSock)
-			if err != nil {
-				p.log.Warn("SSH agent unreachable; using key files only", zap.Error(err))
-				return signers, nil
-			}
-			if agentConn != nil {
-				agentConn.Close() // a second auth round: drop the first agent conn
-			}
-			agentConn = ac // must stay open while the handshake signs
-			as, err := agent.NewClient(ac).Signers()
-			if err != nil {
-				p.log.Warn("SSH agent listing failed; using key files only", zap.Error(err))
-				return signers, nil
-			}
-			signers = append(signers, as...)
-		}
-		return signers, nil
-	})}
-
-	cc, chans, reqs, err := ssh.NewClientConn(nc, addr, cfg)
-	if agentConn != nil {
-		agentConn.Close()
-	}
-	if !stop() {
-		// ctx ended (timeout, Forget or Close) and closed nc under the
-		// handshake; report that rather than the resulting I/O error.
-		if err == nil {
-			cc.Close()
-		}
-		return nil, fmt.Errorf("%s path %s: SSH handshake: %w", path, addr, context.Cause(ctx))
-	}
+	cfg, trusted, err := p.clientConfig(ctx, id, path)
 	if err != nil {
 		nc.Close()
+		return nil, fmt.Errorf("%s path %s: %w", path, addr, err)
+	}
+	auth := &keyAuth{p: p, ctx: ctx}
+	cfg.Auth = []ssh.AuthMethod{ssh.PublicKeysCallback(auth.signers)}
+	client, err := handshake(ctx, nc, addr, cfg)
+	auth.close()
+	if err != nil {
 		var neg *ssh.AlgorithmNegotiationError
 		if trusted != nil && errors.As(err, &neg) && neg.What == "host key" {
 			// The host no longer has a key of the trusted type: that is
@@ -889,13 +841,105 @@ func (p *Pool) dialPath(ctx context.Context, id int64, path, addr string) (*sshC
 		}
 		return nil, fmt.Errorf("%s path %s: SSH handshake: %w", path, addr, err)
 	}
+	return &sshConn{client: client, path: path, addr: addr, dead: make(chan struct{})}, nil
+}
+
+// clientConfig returns the SSH client configuration for instance id on
+// path, without Auth, and the host key trusted for it (nil: none yet, or
+// host keys are not checked).
+func (p *Pool) clientConfig(ctx context.Context, id int64, path string) (*ssh.ClientConfig, ssh.PublicKey, error) {
+	cfg := &ssh.ClientConfig{
+		User:            p.cfg.User,
+		Timeout:         p.cfg.ConnectTimeout,
+		HostKeyCallback: ssh.InsecureIgnoreHostKey(),
+	}
+	if p.cfg.InsecureIgnoreHostKeys {
+		return cfg, nil, nil
+	}
+	var trusted ssh.PublicKey // nil: trust on first use
+	storeKey := hostKeyName(id, path)
+	stored, err := p.cfg.HostKeys.Load(ctx, storeKey)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return nil, nil, fmt.Errorf("loading trusted host key %s: %w", storeKey, err)
+	default:
+		if trusted, _, _, _, err = ssh.ParseAuthorizedKey(stored); err != nil {
+			return nil, nil, fmt.Errorf("trusted host key %s is unreadable: %w", storeKey, err)
+		}
+		// Ask for the trusted key's type, so algorithm negotiation cannot
+		// make an unchanged host look changed.
+		cfg.HostKeyAlgorithms = hostKeyAlgorithms(trusted.Type())
+	}
+	cfg.HostKeyCallback = p.tofu(ctx, id, path, storeKey, trusted)
+	return cfg, trusted, nil
+}
+
+// handshake runs the SSH client handshake on nc and closes nc on failure.
+// ssh.ClientConfig.Timeout covers only the TCP dial; the deadline and the
+// AfterFunc bound the handshake too (a black hole that accepts and never
+// speaks would otherwise hang it forever).
+func handshake(ctx context.Context, nc net.Conn, addr string, cfg *ssh.ClientConfig) (*ssh.Client, error) {
+	if dl, ok := ctx.Deadline(); ok {
+		_ = nc.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { nc.Close() })
+	cc, chans, reqs, err := ssh.NewClientConn(nc, addr, cfg)
+	if !stop() {
+		// ctx ended (timeout, Forget or Close) and closed nc under the
+		// handshake; report that rather than the resulting I/O error.
+		if err == nil {
+			cc.Close()
+		}
+		return nil, context.Cause(ctx)
+	}
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
 	_ = nc.SetDeadline(time.Time{})
-	return &sshConn{
-		client: ssh.NewClient(cc, chans, reqs),
-		path:   path,
-		addr:   addr,
-		dead:   make(chan struct{}),
-	}, nil
+	return ssh.NewClient(cc, chans, reqs), nil
+}
+
+// keyAuth offers the key files' and the agent's keys in one auth method:
+// x/crypto stops trying a method's keys after it fails, so separate methods
+// would only ever try the first. The agent connection must stay open while
+// the handshake signs; close drops it.
+type keyAuth struct {
+	p         *Pool
+	ctx       context.Context
+	agentConn net.Conn
+}
+
+// signers is the ssh.PublicKeysCallback: the key files, then the agent's
+// keys when the agent is reachable.
+func (a *keyAuth) signers() ([]ssh.Signer, error) {
+	p := a.p
+	signers := append([]ssh.Signer(nil), p.signers...)
+	if p.agentSock == "" {
+		return signers, nil
+	}
+	ac, err := (&net.Dialer{}).DialContext(a.ctx, "unix", p.agentSock)
+	if err != nil {
+		p.log.Warn("SSH agent unreachable; using key files only", zap.Error(err))
+		return signers, nil
+	}
+	a.close() // a second auth round: drop the first agent conn
+	a.agentConn = ac
+	as, err := agent.NewClient(ac).Signers()
+	if err != nil {
+		p.log.Warn("SSH agent listing failed; using key files only", zap.Error(err))
+		return signers, nil
+	}
+	return append(signers, as...), nil
+}
+
+// close closes the agent connection, if any.
+func (a *keyAuth) close() {
+	if a.agentConn != nil {
+		a.agentConn.Close()
+		a.agentConn = nil
+	}
 }
 
 // hostKeyName is the HostKeyStore key for an instance and path. The path is
@@ -1027,7 +1071,7 @@ func (s *MemoryHostKeyStore) Load(_ context.Context, key string) ([]byte, error)
 	defer s.mu.Unlock()
 	v, ok := s.m[key]
 	if !ok {
-		return nil, fmt.Errorf("gpumetrics: host key %s: %w", key, fs.ErrNotExist)
+		return nil, fmt.Errorf("sshpool: host key %s: %w", key, fs.ErrNotExist)
 	}
 	return bytes.Clone(v), nil
 }
@@ -1038,4 +1082,12 @@ func (s *MemoryHostKeyStore) Store(_ context.Context, key string, value []byte) 
 	defer s.mu.Unlock()
 	s.m[key] = bytes.Clone(value)
 	return nil
+}
+
+// prefix returns at most n bytes of s, for error messages.
+func prefix(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
 }
