@@ -129,8 +129,18 @@ func (d *demo) config() ([]byte, error) {
 	if err := writeKey(keyFile); err != nil {
 		return nil, err
 	}
+	// A browser that opens the dashboard by its URL sends no Origin, which
+	// Caddy's admin refuses unless "" is an allowed origin; the loopback
+	// spellings of the admin address are the only others allowed.
+	_, port, err := net.SplitHostPort(d.admin)
+	if err != nil {
+		return nil, fmt.Errorf("-admin %q: %w", d.admin, err)
+	}
+	origins := fmt.Sprintf(`%s 127.0.0.1:%s [::1]:%s ""`, d.admin, port, port)
 	caddyfile := fmt.Sprintf(`{
-	admin %s
+	admin %s {
+		origins %s
+	}
 	storage file_system %s
 	log {
 		level WARN
@@ -183,7 +193,7 @@ http://%s {
 		lb_try_duration 10s
 	}
 }
-`, d.admin, filepath.Join(d.dir, "storage"), d.simURL, keyFile, d.listen)
+`, d.admin, origins, filepath.Join(d.dir, "storage"), d.simURL, keyFile, d.listen)
 	if err := os.WriteFile(filepath.Join(d.dir, "Caddyfile"), []byte(caddyfile), 0o600); err != nil {
 		return nil, err
 	}
