@@ -15,10 +15,12 @@ import (
 
 	"github.com/caddy-vastai/caddy-vastai/fleet"
 	"github.com/caddy-vastai/caddy-vastai/lifecycle"
+	"github.com/caddy-vastai/caddy-vastai/vastclient"
 )
 
-// DefaultAPIURL is the vast.ai API base used when api_url is not set.
-const DefaultAPIURL = "https://console.vast.ai"
+// DefaultAPIURL is the vast.ai API base used when api_url is not set; it
+// is vastclient's default, named here for the app's users.
+const DefaultAPIURL = vastclient.DefaultBaseURL
 
 // App is the vastai app: the control plane that watches a vast.ai account
 // and keeps an up-to-date, immutable view of every pool's instances for the
@@ -29,7 +31,8 @@ type App struct {
 	// the config, logs, errors, metrics or the admin API. Required.
 	APIKey string `json:"api_key,omitempty"`
 
-	// Base URL of the vast.ai API. Default: https://console.vast.ai.
+	// Base URL of the vast.ai API. Default: https://console.vast.ai
+	// (DefaultAPIURL).
 	APIURL string `json:"api_url,omitempty"`
 
 	// How often the instance list is fetched. Default: 10s.
@@ -349,9 +352,7 @@ func (p *ProvisionConfig) template(port int, repl *caddy.Replacer) lifecycle.Poo
 		t.Env[k] = repl.ReplaceAll(v, "")
 	}
 	// The engine port must be mapped or the instance is unreachable.
-	if port == 0 {
-		port = 8000
-	}
+	port = fleet.EnginePort(port)
 	portKey := fmt.Sprintf("-p %d:%d", port, port)
 	if _, ok := t.Env[portKey]; !ok {
 		t.Env[portKey] = "1"
