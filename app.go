@@ -7,9 +7,10 @@ package vastai
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/url"
 	"regexp"
-	"sort"
+	"slices"
 	"strings"
 	"time"
 
@@ -144,12 +145,7 @@ func (a *App) literalSecretFields() []string {
 	if isLiteralSecret(a.APIKey) {
 		out = append(out, "api_key")
 	}
-	names := make([]string, 0, len(a.Pools))
-	for n := range a.Pools {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	for _, name := range names {
+	for _, name := range slices.Sorted(maps.Keys(a.Pools)) {
 		p := a.Pools[name]
 		if p == nil {
 			continue
@@ -160,12 +156,7 @@ func (a *App) literalSecretFields() []string {
 		if p.Provision == nil {
 			continue
 		}
-		keys := make([]string, 0, len(p.Provision.Env))
-		for k := range p.Provision.Env {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		for _, k := range keys {
+		for _, k := range slices.Sorted(maps.Keys(p.Provision.Env)) {
 			if !strings.HasPrefix(k, "-") && isLiteralSecret(p.Provision.Env[k]) {
 				out = append(out, "pools."+name+".provision.env."+k)
 			}
@@ -244,11 +235,7 @@ func (a *App) Cleanup() error {
 
 // poolNames lists the configured pools for error messages.
 func (a *App) poolNames() string {
-	names := make([]string, 0, len(a.Pools))
-	for n := range a.Pools {
-		names = append(names, n)
-	}
-	sort.Strings(names)
+	names := slices.Sorted(maps.Keys(a.Pools))
 	if len(names) == 0 {
 		return "none"
 	}

@@ -3,8 +3,10 @@ package lifecycle
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -503,22 +505,12 @@ func (f OfferFilter) problems() []string {
 			out = append(out, fmt.Sprintf("countries entry %q must be a two-letter upper-case code", cc))
 		}
 	}
-	fields := make([]string, 0, len(f.Extra))
-	for k := range f.Extra {
-		fields = append(fields, k)
-	}
-	sort.Strings(fields)
-	for _, k := range fields {
+	for _, k := range slices.Sorted(maps.Keys(f.Extra)) {
 		ops := f.Extra[k]
 		if k == "" || len(ops) == 0 {
 			out = append(out, fmt.Sprintf("extra %q needs a field name and at least one operator", k))
 		}
-		names := make([]string, 0, len(ops))
-		for op := range ops {
-			names = append(names, op)
-		}
-		sort.Strings(names)
-		for _, op := range names {
+		for _, op := range slices.Sorted(maps.Keys(ops)) {
 			if err := CheckFilterOperator(op); err != nil {
 				out = append(out, fmt.Sprintf("extra %q: %v", k, err))
 			}
@@ -534,10 +526,8 @@ var FilterOperators = []string{"eq", "neq", "gt", "gte", "lt", "lte", "in", "not
 
 // CheckFilterOperator refuses an operator that is not in FilterOperators.
 func CheckFilterOperator(op string) error {
-	for _, o := range FilterOperators {
-		if op == o {
-			return nil
-		}
+	if slices.Contains(FilterOperators, op) {
+		return nil
 	}
 	return fmt.Errorf("operator %q is not one of %s", op, strings.Join(FilterOperators, " "))
 }
