@@ -177,7 +177,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	out.Header.Set("Authorization", "Bearer "+route.Token)
 
 	done := t.st.inflight.begin(route.ID, t.st.forgotten)
-	// Tunnel routes use a pool per instance (ssh.go), so that one
+	// Tunnel routes use a pool per instance (wire_ssh.go), so that one
 	// instance's SSH change flushes only its own idle connections.
 	resp, err := t.st.roundTrip(t.HTTPTransport, route, out)
 	if err != nil || resp == nil {

@@ -104,11 +104,16 @@ func (p PoolSpec) Validate() error {
 	return nil
 }
 
-func (p PoolSpec) port() int {
-	if p.Port == 0 {
+func (p PoolSpec) port() int { return EnginePort(p.Port) }
+
+// EnginePort is the engine container port of a pool configured with port:
+// port itself, or DefaultPort when it is 0. Routing reaches this port and
+// provisioning maps it, so both sides must agree.
+func EnginePort(port int) int {
+	if port == 0 {
 		return DefaultPort
 	}
-	return p.Port
+	return port
 }
 
 // specificity ranks how precisely a pool selects an instance, so that each

@@ -20,23 +20,45 @@ import "github.com/caddy-vastai/caddy-vastai/vastclient"
 //     safer than calling it free.
 func Rate(in *vastclient.Instance) float64 {
 	switch {
-	case in.CurState == "unloaded" || in.ActualStatus == "destroyed":
+	case gone(in):
 		return 0
-	case in.ActualStatus == "stopped" || in.ActualStatus == "exited" || in.CurState == "stopped":
+	case stopped(in) || in.ActualStatus == "exited":
 		return in.StorageTotalCost
-	case in.ActualStatus == "" || in.ActualStatus == "created" || in.ActualStatus == "loading":
+	case Starting(in):
 		return in.StorageTotalCost
 	}
 	return in.DPHTotal
+}
+
+// Starting reports whether an instance has not run yet (actual_status null,
+// "created" or "loading") and is neither gone nor stopped: its GPU is not
+// billed yet, and will be once it runs. Budgets count such an instance at
+// its full dph_total (lifecycle's budgetRate), as they count a create in
+// progress: Rate says what it bills now, not what it is committed to.
+func Starting(in *vastclient.Instance) bool {
+	if gone(in) || stopped(in) {
+		return false
+	}
+	return in.ActualStatus == "" || in.ActualStatus == "created" || in.ActualStatus == "loading"
+}
+
+// gone: released (cur_state "unloaded") or destroyed.
+func gone(in *vastclient.Instance) bool {
+	return in.CurState == "unloaded" || in.ActualStatus == "destroyed"
+}
+
+// stopped: stopped by the user or outbid; its disk still bills.
+func stopped(in *vastclient.Instance) bool {
+	return in.ActualStatus == "stopped" || in.CurState == "stopped"
 }
 
 // Status is the billing status Rate decided on, for the rate history:
 // "gone", "stopped", "loading" (not running yet) or the actual_status.
 func Status(in *vastclient.Instance) string {
 	switch {
-	case in.CurState == "unloaded" || in.ActualStatus == "destroyed":
+	case gone(in):
 		return "gone"
-	case in.ActualStatus == "stopped" || in.CurState == "stopped":
+	case stopped(in):
 		return "stopped"
 	case in.ActualStatus == "":
 		return "provisioning"

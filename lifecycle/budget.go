@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/caddy-vastai/caddy-vastai/ledger"
 	"github.com/caddy-vastai/caddy-vastai/vastclient"
 )
 
@@ -56,16 +57,16 @@ func (e *BudgetError) Error() string {
 // Is makes errors.Is(err, ErrBudget) true.
 func (e *BudgetError) Is(target error) bool { return target == ErrBudget }
 
-// rowRate is what an instance row bills per hour now: nothing once
-// released, storage only while stopped, dph_total otherwise.
-func rowRate(in *vastclient.Instance) float64 {
-	switch {
-	case in.CurState == "unloaded":
-		return 0
-	case in.ActualStatus == "stopped" || in.CurState == "stopped":
-		return in.StorageTotalCost
+// budgetRate is what an instance row counts against a budget: what it
+// bills now (ledger.Rate, the one rule for that), except that an instance
+// not running yet (ledger.Starting) counts at its full dph_total. Like a
+// create in progress it is committed to: counting only its storage while it
+// loads would let the next creates overspend once it runs.
+func budgetRate(in *vastclient.Instance) float64 {
+	if ledger.Starting(in) {
+		return in.DPHTotal
 	}
-	return in.DPHTotal
+	return ledger.Rate(in)
 }
 
 // spendView is the current spend rate in $/hour.
@@ -105,7 +106,7 @@ func (m *Manager) spendRates(recs *records, excludeOp string) spendView {
 			pool = l.Pool
 		}
 		counted[row.ID] = true
-		sv.add(pool, rowRate(row))
+		sv.add(pool, budgetRate(row))
 	}
 	for id, rec := range recs.insts {
 		if rec.Live() && !counted[id] {

@@ -3,8 +3,10 @@ package lifecycle
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -432,11 +434,8 @@ func validatePool(name string, p PoolTemplate) error {
 		bad("disk %v GB must be at least 8", p.Disk)
 	}
 	for k := range p.Env {
-		if k == "" {
-			bad("env has an empty key")
-		}
-		if k == EnvToken {
-			bad("env %s is generated per instance and must not be set", EnvToken)
+		if err := CheckEnvKey(k); err != nil {
+			bad("env: %v", err)
 		}
 	}
 	switch p.Type {
@@ -460,35 +459,95 @@ func validatePool(name string, p PoolTemplate) error {
 		bad("min_instances, max_instances and max_attempts must not be negative")
 	}
 	if p.MaxInstances > 0 && p.MinInstances > p.MaxInstances {
-		bad("min_instances %d exceeds max_instances %d", p.MinInstances, p.MaxInstances)
+		bad("min_instances %d is above max_instances %d", p.MinInstances, p.MaxInstances)
 	}
 	for _, msg := range notNonNegative(map[string]float64{
 		"max_price_per_hour": p.MaxPricePerHour, "max_spend_per_hour": p.MaxSpendPerHour,
-		"offer.max_dph": p.Offer.MaxDPH, "offer.min_gpu_ram_gb": p.Offer.MinGPURAMGB,
-		"offer.min_cuda": p.Offer.MinCUDA,
 	}) {
 		bad("%s", msg)
 	}
-	if p.Offer.MinReliability < 0 || p.Offer.MinReliability > 1 {
-		bad("offer.min_reliability %v must be between 0 and 1", p.Offer.MinReliability)
-	}
 	if p.MaxPricePerHour > 0 && p.MaxSpendPerHour > 0 && p.MaxPricePerHour > p.MaxSpendPerHour {
-		bad("max_price_per_hour %v exceeds max_spend_per_hour %v: no instance could ever start", p.MaxPricePerHour, p.MaxSpendPerHour)
+		bad("max_price_per_hour %v is above max_spend_per_hour %v: no instance could ever start", p.MaxPricePerHour, p.MaxSpendPerHour)
 	}
-	for _, cc := range p.Offer.Countries {
-		if !countryRe.MatchString(cc) {
-			bad("offer.countries entry %q must be a two-letter upper-case code", cc)
-		}
-	}
-	for k, ops := range p.Offer.Extra {
-		if k == "" || len(ops) == 0 {
-			bad("offer.extra %q needs a field name and at least one operator", k)
-		}
+	for _, msg := range p.Offer.problems() {
+		bad("offer.%s", msg)
 	}
 	if p.MaxLifetime < 0 || p.ReadyTimeout < 0 {
 		bad("max_lifetime and ready_timeout must not be negative")
 	}
 	return errors.Join(errs...)
+}
+
+// Validate reports the filter's mistakes, naming each field; every path
+// that builds a filter (JSON config, Caddyfile, admin API) gets the same
+// checks and the same words.
+func (f OfferFilter) Validate() error {
+	var errs []error
+	for _, msg := range f.problems() {
+		errs = append(errs, errors.New(msg))
+	}
+	return errors.Join(errs...)
+}
+
+// problems lists the filter's mistakes as "field: problem", in field order.
+func (f OfferFilter) problems() []string {
+	out := notNonNegative(map[string]float64{
+		"max_dph": f.MaxDPH, "min_gpu_ram_gb": f.MinGPURAMGB, "min_cuda": f.MinCUDA,
+	})
+	switch {
+	case f.MinReliability < 0:
+		out = append(out, fmt.Sprintf("min_reliability: %v is below 0", f.MinReliability))
+	case f.MinReliability > 1:
+		out = append(out, fmt.Sprintf("min_reliability: %v is above 1", f.MinReliability))
+	}
+	for _, cc := range f.Countries {
+		if !countryRe.MatchString(cc) {
+			out = append(out, fmt.Sprintf("countries entry %q must be a two-letter upper-case code", cc))
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(f.Extra)) {
+		ops := f.Extra[k]
+		if k == "" || len(ops) == 0 {
+			out = append(out, fmt.Sprintf("extra %q needs a field name and at least one operator", k))
+		}
+		for _, op := range slices.Sorted(maps.Keys(ops)) {
+			if err := CheckFilterOperator(op); err != nil {
+				out = append(out, fmt.Sprintf("extra %q: %v", k, err))
+			}
+		}
+	}
+	return out
+}
+
+// FilterOperators are the operators of vast.ai's offer search: the only
+// ones an OfferFilter.Extra entry may use (vast.ai answers others with an
+// error at the first search, long after the config loaded).
+var FilterOperators = []string{"eq", "neq", "gt", "gte", "lt", "lte", "in", "notin"}
+
+// CheckFilterOperator refuses an operator that is not in FilterOperators.
+func CheckFilterOperator(op string) error {
+	if slices.Contains(FilterOperators, op) {
+		return nil
+	}
+	return fmt.Errorf("operator %q is not one of %s", op, strings.Join(FilterOperators, " "))
+}
+
+// CheckEnvKey refuses an env key a pool may not set: an empty one, and
+// EnvToken, which is generated per instance. EnvToken is matched without
+// regard to case, on purpose: a "web_password" next to the generated
+// WEB_PASSWORD is at best a typo of a setting that cannot work and at worst
+// read by a case-insensitive consumer in the image; refusing it costs
+// nothing.
+func CheckEnvKey(key string) error {
+	switch {
+	case key == "":
+		return errors.New("an empty key")
+	case key == EnvToken:
+		return fmt.Errorf("%s is generated per instance and cannot be set", EnvToken)
+	case strings.EqualFold(key, EnvToken):
+		return fmt.Errorf("%s: %s is generated per instance and cannot be set (env names are compared without case)", key, EnvToken)
+	}
+	return nil
 }
 
 // notNonNegative names each of the fields (money figures) that is negative,

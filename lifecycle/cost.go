@@ -3,6 +3,8 @@ package lifecycle
 import (
 	"sort"
 	"time"
+
+	"github.com/caddy-vastai/caddy-vastai/ledger"
 )
 
 // InstanceCost is one instance's spending.
@@ -11,8 +13,8 @@ type InstanceCost struct {
 	Pool   string `json:"pool,omitempty"`
 	Label  string `json:"label,omitempty"`
 	Status string `json:"status,omitempty"`
-	// RatePerHour is what it bills now: dph_total, or only its storage
-	// while stopped.
+	// RatePerHour is what it bills now (ledger.Rate): dph_total while it
+	// runs, its storage only while loading or stopped, nothing once gone.
 	RatePerHour float64   `json:"rate_per_hour"`
 	Started     time.Time `json:"started,omitzero"`
 	// Seconds since start_date.
@@ -70,7 +72,7 @@ func (m *Manager) Cost(now time.Time) CostReport {
 		} else {
 			continue
 		}
-		c := InstanceCost{ID: row.ID, Pool: pool, Label: row.Label, Status: row.ActualStatus, RatePerHour: rowRate(row)}
+		c := InstanceCost{ID: row.ID, Pool: pool, Label: row.Label, Status: row.ActualStatus, RatePerHour: ledger.Rate(row)}
 		if row.StartDate > 0 {
 			c.Started = time.Unix(0, int64(row.StartDate*1e9))
 			c.Seconds = max(0, now.Sub(c.Started).Seconds())

@@ -122,6 +122,12 @@ func TestConfigValidate(t *testing.T) {
 		{"country", func(c *Config) { p := c.Pools["p"]; p.Offer.Countries = []string{"usa"}; c.Pools["p"] = p }, "countries"},
 		{"order", func(c *Config) { p := c.Pools["p"]; p.Order = [][2]string{{"dph_total", "up"}}; c.Pools["p"] = p }, "order"},
 		{"reliability", func(c *Config) { p := c.Pools["p"]; p.Offer.MinReliability = 2; c.Pools["p"] = p }, "reliability"},
+		{"token in env, other case", func(c *Config) { c.Pools["p"].Env["web_password"] = "x" }, EnvToken + " is generated"},
+		{"filter operator", func(c *Config) {
+			p := c.Pools["p"]
+			p.Offer.Extra = map[string]map[string]any{"inet_down": {">=": 5}}
+			c.Pools["p"] = p
+		}, `offer.extra "inet_down": operator ">=" is not one of eq neq gt gte lt lte in notin`},
 		{"longest label fits", func(c *Config) {
 			c.GatewayID = strings.Repeat("g", 32)
 			c.Pools = map[string]PoolTemplate{strings.Repeat("p", 40): testPool()}

@@ -727,3 +727,31 @@ func TestEligibleRechecksFilters(t *testing.T) {
 		t.Error("merging modified the pool's filter")
 	}
 }
+
+// TestBudgetRateCountsStartingInstancesInFull: budgets take what an
+// instance bills from ledger.Rate, except that one still starting counts at
+// its full dph_total, as a create in progress does.
+func TestBudgetRateCountsStartingInstancesInFull(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name string
+		in   vastclient.Instance
+		want float64
+	}{
+		{"running", vastclient.Instance{ActualStatus: "running", CurState: "running"}, 1.0},
+		{"loading counts in full", vastclient.Instance{ActualStatus: "loading"}, 1.0},
+		{"created counts in full", vastclient.Instance{ActualStatus: "created"}, 1.0},
+		{"null counts in full", vastclient.Instance{}, 1.0},
+		{"stopped counts its storage", vastclient.Instance{ActualStatus: "stopped", CurState: "stopped"}, 0.01},
+		{"loading but stopped counts its storage", vastclient.Instance{ActualStatus: "loading", CurState: "stopped"}, 0.01},
+		{"exited counts its storage", vastclient.Instance{ActualStatus: "exited"}, 0.01},
+		{"unloaded counts nothing", vastclient.Instance{ActualStatus: "loading", CurState: "unloaded"}, 0},
+	}
+	for _, tc := range cases {
+		in := tc.in
+		in.DPHTotal, in.StorageTotalCost = 1.0, 0.01
+		if got := budgetRate(&in); got != tc.want {
+			t.Errorf("%s: budgetRate = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}

@@ -423,7 +423,7 @@ func (m *Manager) handleOrphan(ctx context.Context, recs *records, st *reconcile
 			return
 		}
 		orphan := &InstanceRecord{ID: row.ID, Pool: lbl.Pool, Label: row.Label, OpID: lbl.OpID,
-			MachineID: row.MachineID, Price: rowRate(row)}
+			MachineID: row.MachineID, Price: budgetRate(row)}
 		op, err := m.startDestroyLocked(ctx, orphan, "orphan: labelled "+row.Label+" without a record")
 		if err != nil {
 			rep.errorf("destroying orphan %d: %v", row.ID, err)
@@ -455,7 +455,7 @@ func (m *Manager) adoptOrphan(ctx context.Context, recs *records, row *vastclien
 	}
 	adopted := &InstanceRecord{
 		ID: row.ID, Pool: lbl.Pool, Label: row.Label, OpID: lbl.OpID, MachineID: row.MachineID,
-		Price: rowRate(row), State: InstanceActive, Adopted: true, Created: now, Started: start,
+		Price: budgetRate(row), State: InstanceActive, Adopted: true, Created: now, Started: start,
 	}
 	if err := m.saveInst(ctx, adopted); err != nil {
 		rep.errorf("adopting orphan %d: %v", row.ID, err)

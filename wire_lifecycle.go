@@ -1,5 +1,9 @@
 package vastai
 
+// Wiring of the lifecycle manager: its configuration from the app's, the
+// reload-surviving runtime that runs Manager.Run, and fleetAdapter, the
+// routing side as the manager sees it.
+
 import (
 	"context"
 	"fmt"
@@ -13,16 +17,6 @@ import (
 	"github.com/caddy-vastai/caddy-vastai/lifecycle"
 	"github.com/caddy-vastai/caddy-vastai/vastclient"
 )
-
-// DefaultGatewayID names the gateway when gateway_id is not set.
-const DefaultGatewayID = "default"
-
-func (a *App) gatewayID() string {
-	if a.GatewayID == "" {
-		return DefaultGatewayID
-	}
-	return a.GatewayID
-}
 
 // lifecycleConfig builds the lifecycle manager's configuration.
 func (a *App) lifecycleConfig(repl *caddy.Replacer) lifecycle.Config {
@@ -102,12 +96,6 @@ func (s *state) stopLifecycleLocked() {
 	rt.cancel()
 	<-rt.done
 	rt.mgr.Close()
-}
-
-// forgotten reports whether the watcher no longer knows an instance.
-func (s *state) forgotten(id int64) bool {
-	_, ok := s.watcher.Snapshot().Member(id)
-	return !ok
 }
 
 // fleetAdapter is the routing side as the lifecycle manager sees it.

@@ -1,5 +1,10 @@
 package vastai
 
+// What survives config reloads: one state per process, held in a
+// caddy.UsagePool, owns the watcher loop, the vast.ai client and the
+// runtimes of wire_*.go. See the package comment for who starts and stops
+// each loop.
+
 import (
 	"context"
 	"fmt"
@@ -36,8 +41,8 @@ type state struct {
 	// transports are the provisioned vastai transports (*Transport keys).
 	transports sync.Map
 	lifecycle  atomic.Pointer[lifecycleRuntime]
-	dash       dashboard                     // the web dashboard's sampler and streams (dashboard.go)
-	ledger     atomic.Pointer[ledgerRuntime] // costs.go
+	dash       dashboard                     // the web dashboard's sampler and streams (wire_dashboard.go)
+	ledger     atomic.Pointer[ledgerRuntime] // wire_ledger.go
 
 	mu       sync.Mutex // guards the fields below
 	settings clientSettings
@@ -123,38 +128,36 @@ func (s *state) registerMetrics(ctx caddy.Context) error {
 	return s.registerCostMetrics(ctx.GetMetricsRegistry())
 }
 
-// inflightCounter counts proxied requests in flight per instance, for
-// drains. The request path touches one atomic counter per request.
-type inflightCounter struct {
-	m      sync.Map        // int64 → *atomic.Int64
-	starts startedCounters // requests begun, for the dashboard (dashboard.go)
+// caddyStorage is the part of Caddy's storage the plugin uses: host keys,
+// provisioning records and the reconciliation lock.
+type caddyStorage interface {
+	lifecycle.Store
 }
 
-func (c *inflightCounter) counter(id int64) *atomic.Int64 {
-	if v, ok := c.m.Load(id); ok {
-		return v.(*atomic.Int64)
-	}
-	v, _ := c.m.LoadOrStore(id, new(atomic.Int64))
-	return v.(*atomic.Int64)
+// prefixedStore keeps the plugin's keys under one folder of Caddy's storage.
+type prefixedStore struct {
+	s      caddyStorage
+	prefix string
 }
 
-// begin counts a request in and returns the function that counts it out.
-// When the last request to an instance that has left the fleet ends, its
-// counter is dropped, so the map does not grow with every instance ever
-// seen; gone reports whether the instance has left.
-func (c *inflightCounter) begin(id int64, gone func(int64) bool) func() {
-	n := c.counter(id)
-	n.Add(1)
-	c.countStarted(id)
-	return func() {
-		if n.Add(-1) == 0 && gone(id) {
-			c.m.Delete(id)
-		}
-	}
+func (p prefixedStore) Load(ctx context.Context, key string) ([]byte, error) {
+	return p.s.Load(ctx, p.prefix+key)
 }
 
-// count returns the requests in flight to an instance.
-func (c *inflightCounter) count(id int64) int64 { return c.counter(id).Load() }
+func (p prefixedStore) Store(ctx context.Context, key string, value []byte) error {
+	return p.s.Store(ctx, p.prefix+key, value)
+}
+
+// clientSettings identify a vast.ai client; the client (and its per-endpoint
+// pacing) is reused across reloads while they do not change.
+type clientSettings struct {
+	baseURL string
+	apiKey  string
+}
+
+func (c clientSettings) newClient(log *zap.Logger) (*vastclient.Client, error) {
+	return vastclient.New(vastclient.Config{BaseURL: c.baseURL, APIKey: c.apiKey, Logger: log})
+}
 
 // Interface guards
 var _ caddy.Destructor = (*state)(nil)

@@ -1,6 +1,6 @@
 package vastai
 
-// The dashboard's sampler: one loop per reload-surviving state records the
+// Wiring of the dashboard's sampler: one loop per reload-surviving state records the
 // fleet's figures into the history rings every resolution step, for the
 // charts served at /vastai/history (admin_ui.go). It is started and stopped
 // with the watcher loop (state.apply, state.Destruct), so a reload never
@@ -9,7 +9,6 @@ package vastai
 import (
 	"context"
 	"math"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -177,46 +176,4 @@ func meanGPU(rt *sshRuntime, id int64, now time.Time, maxAge time.Duration) floa
 		return math.NaN()
 	}
 	return sum / float64(n)
-}
-
-// startedCounters counts the proxied requests begun per instance, for the
-// dashboard's requests/s; the request path pays one map load and one atomic
-// add (inflightCounter.begin).
-type startedCounters struct{ m sync.Map } // int64 → *atomic.Uint64
-
-func (c *inflightCounter) countStarted(id int64) {
-	if v, ok := c.starts.m.Load(id); ok {
-		v.(*atomic.Uint64).Add(1)
-		return
-	}
-	v, _ := c.starts.m.LoadOrStore(id, new(atomic.Uint64))
-	v.(*atomic.Uint64).Add(1)
-}
-
-// requestsStarted returns the requests begun to an instance since it was first
-// counted.
-func (c *inflightCounter) requestsStarted(id int64) uint64 {
-	if v, ok := c.starts.m.Load(id); ok {
-		return v.(*atomic.Uint64).Load()
-	}
-	return 0
-}
-
-// forgetStarted drops the counters of instances that are no longer known.
-func (c *inflightCounter) forgetStarted(known func(int64) bool) {
-	c.starts.m.Range(func(k, _ any) bool {
-		if id := k.(int64); !known(id) {
-			c.starts.m.Delete(id)
-		}
-		return true
-	})
-}
-
-// peek returns the requests in flight to an instance without creating a
-// counter for it.
-func (c *inflightCounter) peek(id int64) int64 {
-	if v, ok := c.m.Load(id); ok {
-		return v.(*atomic.Int64).Load()
-	}
-	return 0
 }

@@ -1,87 +1,28 @@
 package vastai
 
+// Wiring of the SSH side: the reload-surviving sshpool.Pool shared by
+// GPU metrics and tunnels, the loop that feeds the collector's endpoints,
+// and the per-instance HTTP pools of tunnel routes.
+
 import (
 	"context"
 	"fmt"
 	"net"
 	"net/http"
-	"os"
 	"reflect"
 	"slices"
 	"strconv"
 	"sync"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
-	"golang.org/x/crypto/ssh"
 
 	"github.com/caddy-vastai/caddy-vastai/fleet"
 	"github.com/caddy-vastai/caddy-vastai/gpumetrics"
 	"github.com/caddy-vastai/caddy-vastai/sshpool"
 	"github.com/caddy-vastai/caddy-vastai/vastclient"
 )
-
-// SSHConfig configures SSH to the instances: GPU metrics with nvidia-smi,
-// and the tunnel transport. Connections are made as root, directly to
-// public_ipaddr and the port mapped to 22/tcp first, else through vast.ai's
-// SSH proxy.
-type SSHConfig struct {
-	// Private key files; every one is tried. The keys of the agent at
-	// SSH_AUTH_SOCK are used too when that variable is set.
-	Keys []string `json:"keys,omitempty"`
-
-	// How host keys are checked: "storage" (default) trusts the first key
-	// an instance presents and remembers it in Caddy's storage, refusing a
-	// changed key; "insecure" accepts any key (a man in the middle could
-	// then read tokens and traffic).
-	KnownHosts string `json:"known_hosts,omitempty"`
-
-	// Time limit for opening an SSH connection. Default: 20s.
-	ConnectTimeout caddy.Duration `json:"connect_timeout,omitempty"`
-
-	// How often GPU metrics are collected from each instance. Default: 15s.
-	MetricsInterval caddy.Duration `json:"metrics_interval,omitempty"`
-}
-
-// Known-hosts policies.
-const (
-	KnownHostsStorage  = "storage"
-	KnownHostsInsecure = "insecure"
-)
-
-// DefaultMetricsInterval is how often GPU metrics are collected by default.
-const DefaultMetricsInterval = 15 * time.Second
-
-func (c *SSHConfig) validate() error {
-	if c == nil {
-		return nil
-	}
-	if len(c.Keys) == 0 {
-		return fmt.Errorf("ssh: key: at least one private key file is required")
-	}
-	// Unreadable keys are a configuration error now, not a connection
-	// error for every instance later.
-	for _, f := range c.Keys {
-		pem, err := os.ReadFile(f)
-		if err != nil {
-			return fmt.Errorf("ssh: key: %w", err)
-		}
-		if _, err := ssh.ParsePrivateKey(pem); err != nil {
-			return fmt.Errorf("ssh: key %s: %w", f, err)
-		}
-	}
-	switch c.KnownHosts {
-	case "", KnownHostsStorage, KnownHostsInsecure:
-	default:
-		return fmt.Errorf("ssh: known_hosts: %q is not storage or insecure", c.KnownHosts)
-	}
-	if c.ConnectTimeout < 0 || c.MetricsInterval < 0 {
-		return fmt.Errorf("ssh: durations must not be negative")
-	}
-	return nil
-}
 
 // sshRuntime is the reload-surviving SSH side: one connection pool shared by
 // metrics and tunnels, and the metrics collector.

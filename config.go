@@ -1,0 +1,364 @@
+package vastai
+
+// The JSON configuration of the vastai app: every type Caddy decodes, with
+// its doc comments, and the conversions into the engine packages' types.
+// Validation lives in app.go (App.Validate) and the engine packages.
+
+import (
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/caddy-vastai/caddy-vastai/fleet"
+	"github.com/caddy-vastai/caddy-vastai/lifecycle"
+	"github.com/caddy-vastai/caddy-vastai/vastclient"
+)
+
+// DefaultAPIURL is the vast.ai API base used when api_url is not set; it
+// is vastclient's default, named here for the app's users.
+const DefaultAPIURL = vastclient.DefaultBaseURL
+
+// App is the vastai app: the control plane that watches a vast.ai account
+// and keeps an up-to-date, immutable view of every pool's instances for the
+// vastai upstream source and transport.
+type App struct {
+	// The vast.ai API key. Placeholders such as {env.VAST_API_KEY} are
+	// resolved when the config is loaded; the resolved key never appears in
+	// the config, logs, errors, metrics or the admin API. Required.
+	APIKey string `json:"api_key,omitempty"`
+
+	// Base URL of the vast.ai API. Default: https://console.vast.ai
+	// (DefaultAPIURL).
+	APIURL string `json:"api_url,omitempty"`
+
+	// How often the instance list is fetched. Default: 10s.
+	PollInterval caddy.Duration `json:"poll_interval,omitempty"`
+
+	// Pools of instances, by name. Upstream sources refer to a pool by name.
+	// Each instance belongs to at most one pool: the one whose selector
+	// matches its label most precisely (exact label, then the longest
+	// label prefix, then a pool with no selector).
+	Pools map[string]*Pool `json:"pools,omitempty"`
+
+	// Maximum number of health probes in flight at once, over all pools.
+	// Default: 64.
+	MaxConcurrentProbes int `json:"max_concurrent_probes,omitempty"`
+
+	// SSH access to the instances, for GPU metrics (nvidia-smi) and the
+	// tunnel transport. Without it, no SSH connection is ever made.
+	SSH *SSHConfig `json:"ssh,omitempty"`
+
+	// Names this gateway in the labels of the instances it creates
+	// ("cv:<gateway_id>:<pool>:<operation>") and in its storage keys;
+	// [a-z0-9-]{1,32}. Gateways sharing a vast.ai account need distinct
+	// ids: each only ever touches instances labelled with its own.
+	// Default: "default".
+	GatewayID string `json:"gateway_id,omitempty"`
+
+	// How often the fleet is reconciled: orphans (our label, no record),
+	// ghosts (a record, no instance), pools below min_instances, instances
+	// past max_lifetime, unconfirmed destroys. Default: 5m.
+	ReconcileInterval caddy.Duration `json:"reconcile_interval,omitempty"`
+
+	// What reconciliation does with an instance that carries this
+	// gateway's label but has no record: "adopt" (default), "destroy"
+	// (only after two consecutive sightings) or "ignore".
+	Orphans string `json:"orphans,omitempty"`
+
+	// Gateway budget in $/hour over all pools: a provisioning that would
+	// exceed it is refused (0: none).
+	MaxSpendPerHour float64 `json:"max_spend_per_hour,omitempty"`
+
+	// New instances are refused while the account credit is below this
+	// many dollars (0: no check).
+	MinCredit float64 `json:"min_credit,omitempty"`
+
+	// How long an in-progress provisioning stays leased to the process
+	// working on it. After a crash, another process (or the restarted one)
+	// takes it over once the lease expires. Default: 2m.
+	LeaseTTL caddy.Duration `json:"lease_ttl,omitempty"`
+
+	// How often a provisioning in progress checks its instance's state.
+	// Default: 5s.
+	ProvisionPollInterval caddy.Duration `json:"provision_poll_interval,omitempty"`
+
+	// Refuse to load a config that holds a secret (api_key, a static
+	// token, a provision env value) literally instead of as {env.NAME} or
+	// {file.PATH} placeholders. Caddy serves the config as written at GET
+	// /config/, so only those placeholders keep a secret out of it; a
+	// Caddyfile {$VAR} is expanded when the Caddyfile is adapted and is
+	// literal too. Without this option each literal secret is logged as a
+	// warning naming the field, and the config loads.
+	RefuseLiteralSecrets bool `json:"refuse_literal_secrets,omitempty"`
+
+	storage caddyStorage
+	apiKey  string
+	// literalSecrets names the fields that hold a literal secret.
+	literalSecrets []string
+	specs          []fleet.PoolSpec
+	lifecycle      lifecycle.Config
+	state          *state
+	logger         *zap.Logger
+}
+
+// Pool selects instances of the account and says how to reach their engine.
+type Pool struct {
+	// Select instances whose label equals this value.
+	Label string `json:"label,omitempty"`
+
+	// Select instances whose label starts with this value. With neither
+	// label nor label_prefix, the pool selects every instance on the account.
+	LabelPrefix string `json:"label_prefix,omitempty"`
+
+	// The engine's container port, reached at public_ipaddr and the host
+	// port vast.ai maps to "<port>/tcp". Default: 8000.
+	Port int `json:"port,omitempty"`
+
+	// Where each instance's Bearer token comes from. Default: the
+	// instance's jupyter_token.
+	Token *TokenConfig `json:"token,omitempty"`
+
+	// Active health probes of the engines. Only instances whose engine
+	// passes them receive traffic. Default: GET /health every 5s.
+	Health *HealthConfig `json:"health,omitempty"`
+
+	// What to provision for this pool, and its size and price limits.
+	// Without it the pool only routes to instances created elsewhere.
+	Provision *ProvisionConfig `json:"provision,omitempty"`
+}
+
+// HealthConfig configures a pool's active probes. Probes carry the
+// instance's Bearer token and take the same path as traffic.
+type HealthConfig struct {
+	// Path of the probe request. Default: /health.
+	Path string `json:"path,omitempty"`
+
+	// HTTP method of the probe. Default: GET.
+	Method string `json:"method,omitempty"`
+
+	// Optional JSON request body, so that a tiny generation (for example a
+	// one-token completion) can be the probe: a hung engine can still
+	// answer /health.
+	Body string `json:"body,omitempty"`
+
+	// Status codes that mean healthy. Default: [200]. A response with
+	// the X-Portal-Placeholder header is never healthy.
+	Expect []int `json:"expect,omitempty"`
+
+	// Time between probes of one instance. Default: 5s.
+	Interval caddy.Duration `json:"interval,omitempty"`
+
+	// Time limit of one probe. Default: 5s.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+
+	// Consecutive successes that make an instance ready. Default: 1.
+	HealthyThreshold int `json:"healthy_threshold,omitempty"`
+
+	// Consecutive failures (probes, or connection errors and 5xx of live
+	// traffic) that make a ready instance unhealthy. Default: 2.
+	UnhealthyThreshold int `json:"unhealthy_threshold,omitempty"`
+
+	// Start-up grace: while an engine is starting (pulling weights can
+	// take many minutes), failing probes do not make it unhealthy; past
+	// the grace it is reported as failed. Default: 30m.
+	Grace caddy.Duration `json:"grace,omitempty"`
+}
+
+func (h *HealthConfig) spec() fleet.HealthSpec {
+	if h == nil {
+		return fleet.HealthSpec{}
+	}
+	return fleet.HealthSpec{
+		Path: h.Path, Method: h.Method, Body: h.Body, Expect: h.Expect,
+		Interval: time.Duration(h.Interval), Timeout: time.Duration(h.Timeout),
+		HealthyThreshold: h.HealthyThreshold, UnhealthyThreshold: h.UnhealthyThreshold,
+		Grace: time.Duration(h.Grace),
+	}
+}
+
+// TokenConfig says where an instance's Bearer token comes from.
+type TokenConfig struct {
+	// "jupyter_token" (default), "env" (a variable of the instance's
+	// extra_env) or "static" (one token for every instance).
+	Source string `json:"source,omitempty"`
+
+	// The extra_env variable name, for source "env" (for example
+	// WEB_PASSWORD).
+	Name string `json:"name,omitempty"`
+
+	// The token, for source "static". Placeholders such as {env.TOKEN} are
+	// resolved when the config is loaded.
+	Value string `json:"value,omitempty"`
+}
+
+// DefaultGatewayID names the gateway when gateway_id is not set.
+const DefaultGatewayID = "default"
+
+func (a *App) gatewayID() string {
+	if a.GatewayID == "" {
+		return DefaultGatewayID
+	}
+	return a.GatewayID
+}
+
+// SSHConfig configures SSH to the instances: GPU metrics with nvidia-smi,
+// and the tunnel transport. Connections are made as root, directly to
+// public_ipaddr and the port mapped to 22/tcp first, else through vast.ai's
+// SSH proxy.
+type SSHConfig struct {
+	// Private key files; every one is tried. The keys of the agent at
+	// SSH_AUTH_SOCK are used too when that variable is set.
+	Keys []string `json:"keys,omitempty"`
+
+	// How host keys are checked: "storage" (default) trusts the first key
+	// an instance presents and remembers it in Caddy's storage, refusing a
+	// changed key; "insecure" accepts any key (a man in the middle could
+	// then read tokens and traffic).
+	KnownHosts string `json:"known_hosts,omitempty"`
+
+	// Time limit for opening an SSH connection. Default: 20s.
+	ConnectTimeout caddy.Duration `json:"connect_timeout,omitempty"`
+
+	// How often GPU metrics are collected from each instance. Default: 15s.
+	MetricsInterval caddy.Duration `json:"metrics_interval,omitempty"`
+}
+
+// Known-hosts policies.
+const (
+	KnownHostsStorage  = "storage"
+	KnownHostsInsecure = "insecure"
+)
+
+// DefaultMetricsInterval is how often GPU metrics are collected by default.
+const DefaultMetricsInterval = 15 * time.Second
+
+func (c *SSHConfig) validate() error {
+	if c == nil {
+		return nil
+	}
+	if len(c.Keys) == 0 {
+		return fmt.Errorf("ssh: key: at least one private key file is required")
+	}
+	// Unreadable keys are a configuration error now, not a connection
+	// error for every instance later.
+	for _, f := range c.Keys {
+		pem, err := os.ReadFile(f)
+		if err != nil {
+			return fmt.Errorf("ssh: key: %w", err)
+		}
+		if _, err := ssh.ParsePrivateKey(pem); err != nil {
+			return fmt.Errorf("ssh: key %s: %w", f, err)
+		}
+	}
+	switch c.KnownHosts {
+	case "", KnownHostsStorage, KnownHostsInsecure:
+	default:
+		return fmt.Errorf("ssh: known_hosts: %q is not storage or insecure", c.KnownHosts)
+	}
+	if c.ConnectTimeout < 0 || c.MetricsInterval < 0 {
+		return fmt.Errorf("ssh: durations must not be negative")
+	}
+	return nil
+}
+
+// ProvisionConfig describes the instances a pool wants: what to run, on
+// which offers, how many, and within which limits. Instances created for a
+// pool are labelled "cv:<gateway_id>:<pool>:<operation>" at creation, get a
+// generated per-instance token in WEB_PASSWORD (the pool's default token
+// source then becomes "env WEB_PASSWORD"), and are recorded in Caddy's
+// storage before vast.ai is called.
+type ProvisionConfig struct {
+	// Docker image to run; required unless template_hash_id is set.
+	Image string `json:"image,omitempty"`
+
+	// A vast.ai template instead of an image. Template hash ids change when
+	// the template is edited; prefer pinning the image.
+	TemplateHashID string `json:"template_hash_id,omitempty"`
+
+	// Disk size in GB. It cannot change later and bills even while the
+	// instance is stopped. Default: 10.
+	Disk float64 `json:"disk,omitempty"`
+
+	// Environment variables and Docker options (for example "-p 8000:8000":
+	// "1"). The pool's engine port is requested automatically.
+	Env map[string]string `json:"env,omitempty"`
+
+	// The onstart script (SSH and Jupyter runtypes replace the image's
+	// entrypoint, so the engine is started here).
+	Onstart string `json:"onstart,omitempty"`
+
+	// Entrypoint arguments, for runtype "args".
+	Args []string `json:"args,omitempty"`
+
+	// vast.ai runtype: "args", "ssh_direct", "ssh_proxy", "jupyter_direct"...
+	Runtype string `json:"runtype,omitempty"`
+
+	// Which offers may be rented.
+	Offer *lifecycle.OfferFilter `json:"offer,omitempty"`
+
+	// Offer order as [field, "asc"|"desc"] pairs. Default: cheapest
+	// (dph_total) first.
+	Order [][2]string `json:"order,omitempty"`
+
+	// "on-demand" (default) or "bid" (interruptible, at bid_price; vast.ai
+	// stops an outbid instance, and its disk keeps billing).
+	Type string `json:"type,omitempty"`
+
+	// The bid in $/hour for type "bid".
+	BidPrice float64 `json:"bid_price,omitempty"`
+
+	// Instances kept in the pool by reconciliation.
+	MinInstances int `json:"min_instances,omitempty"`
+
+	// Upper bound of the pool (0: none).
+	MaxInstances int `json:"max_instances,omitempty"`
+
+	// Highest price of one instance in $/hour (0: no cap).
+	MaxPricePerHour float64 `json:"max_price_per_hour,omitempty"`
+
+	// Instances older than this are replaced: the new one is made ready
+	// first, then the old one drained and destroyed (0: never).
+	MaxLifetime caddy.Duration `json:"max_lifetime,omitempty"`
+
+	// How long an instance may stay in one start-up state (loading,
+	// starting...) before it is destroyed and another offer tried.
+	// Default: 30m.
+	ReadyTimeout caddy.Duration `json:"ready_timeout,omitempty"`
+
+	// Offers tried per provisioning before giving up. Default: 3.
+	MaxAttempts int `json:"max_attempts,omitempty"`
+
+	// Pool budget in $/hour: running instances plus creates in progress.
+	MaxSpendPerHour float64 `json:"max_spend_per_hour,omitempty"`
+}
+
+// template converts the configuration for the lifecycle manager.
+func (p *ProvisionConfig) template(port int, repl *caddy.Replacer) lifecycle.PoolTemplate {
+	t := lifecycle.PoolTemplate{
+		Image: p.Image, TemplateHashID: p.TemplateHashID, Disk: p.Disk, Onstart: p.Onstart,
+		Args: p.Args, Runtype: p.Runtype, Order: p.Order, Type: p.Type, BidPrice: p.BidPrice,
+		MinInstances: p.MinInstances, MaxInstances: p.MaxInstances, MaxPricePerHour: p.MaxPricePerHour,
+		MaxLifetime: time.Duration(p.MaxLifetime), ReadyTimeout: time.Duration(p.ReadyTimeout),
+		MaxAttempts: p.MaxAttempts, MaxSpendPerHour: p.MaxSpendPerHour,
+		Env: map[string]string{},
+	}
+	// Values may hold placeholders such as {env.HF_TOKEN}: secrets stay
+	// out of the config and are resolved when it is loaded.
+	for k, v := range p.Env {
+		t.Env[k] = repl.ReplaceAll(v, "")
+	}
+	// The engine port must be mapped or the instance is unreachable.
+	port = fleet.EnginePort(port)
+	portKey := fmt.Sprintf("-p %d:%d", port, port)
+	if _, ok := t.Env[portKey]; !ok {
+		t.Env[portKey] = "1"
+	}
+	if p.Offer != nil {
+		t.Offer = *p.Offer
+	}
+	return t
+}

@@ -1,0 +1,90 @@
+// Package vastai is a Caddy plugin that fronts inference engines running on
+// rented vast.ai GPU instances. This package holds the Caddy modules and the
+// wiring between them; the engine lives in Caddy-free packages: vastclient
+// (the vast.ai REST client), fleet (the watcher, its immutable snapshots,
+// health), lifecycle (provisioning, verified destroys, reconciliation,
+// budgets), gpumetrics (the SSH connection pool that also carries tunnels,
+// and the nvidia-smi collector), ledger (the persisted cost ledger), history
+// (the dashboard's rings) and vastsim (a simulated vast.ai for tests and the
+// demo).
+//
+// # Files
+//
+//   - config.go: every JSON config type (App, Pool, HealthConfig,
+//     TokenConfig, SSHConfig, ProvisionConfig) with its doc comments, and
+//     their conversions into engine types.
+//   - app.go: the app (apps.vastai): Provision, Validate, Start, Stop,
+//     Cleanup; the literal-secret check.
+//   - shared_state.go: what survives config reloads (the state in a
+//     caddy.UsagePool): the one watcher loop, the vast.ai client, and
+//     the runtimes below, applied on Start and stopped on the last Cleanup.
+//   - wire_lifecycle.go, wire_ssh.go, wire_ledger.go, wire_dashboard.go:
+//     one runtime each, hung off the shared state; each file holds its
+//     apply/stop pair and the adapter between that engine and the fleet.
+//   - inflight.go: per-instance request counters (drains, requests/s).
+//   - upstreams.go, transport.go: the request path.
+//   - admin.go, admin_lifecycle.go, admin_ui.go, costs.go: the /vastai/
+//     admin API, the provisioning endpoints, the dashboard, /vastai/costs.
+//   - metrics.go, costs.go: Prometheus collectors (read at scrape time).
+//   - caddyfile.go, provision.go: Caddyfile parsing.
+//   - command.go: registers the `caddy vastai` command (package cli).
+//
+// # A request
+//
+// reverse_proxy asks Upstreams.GetUpstreams (upstreams.go) for a pool's
+// targets: a read of the watcher's current snapshot, no lock, no I/O. It
+// picks one and calls Transport.RoundTrip (transport.go), which looks the
+// target's address up in the same kind of snapshot (fleet.Snapshot.Route),
+// sets that instance's Bearer token, counts the request in flight
+// (inflight.go), and sends it: directly, or for a tunnel route over the
+// instance's SSH connection (state.roundTrip and dialTunnel, wire_ssh.go,
+// through sshpool.Pool). Its outcome feeds passive health
+// (fleet.Watcher.ReportTraffic); the in-flight count ends when the response
+// body is closed, which is what a drain waits for.
+//
+// # Background goroutines
+//
+// Every loop below belongs to the one shared state, so a reload never runs
+// a second copy. App.Start calls state.apply (shared_state.go), which starts
+// what is not running and restarts a runtime only when its configuration
+// changed; App.Cleanup releases the state, and when the last config goes
+// state.Destruct stops everything (dashboard, ledger, lifecycle, SSH, in
+// that order, after the watcher) and waits for it. Stopping never destroys
+// an instance.
+//
+//   - Watcher loop: fleet.Watcher.Run (fleet/watcher.go) lists the account
+//     every poll_interval and publishes snapshots. Started by state.apply
+//     on the first Start; stopped by state.Destruct (cancel, then wait on
+//     state.done).
+//   - Prober: fleet's prober.run (fleet/prober.go), started and awaited by
+//     Watcher.Run; one short goroutine per probe, at most
+//     max_concurrent_probes at once.
+//   - SSH side (wire_ssh.go): applySSHLocked builds a sshpool.Pool and
+//     starts one goroutine running sshRuntime.syncEndpoints (feeds the
+//     collector's endpoints, prunes tunnel pools, every second), which
+//     itself starts gpumetrics.Collector.Run (gpumetrics/collector.go: one
+//     poll goroutine per instance each metrics_interval). The pool runs its
+//     own goroutines per connection (dial, keepalive monitor, reconnect,
+//     OnConnChange hook; gpumetrics/ssh.go). stopSSHLocked, on an ssh
+//     config change or removal and in Destruct, cancels them, waits for
+//     syncEndpoints, then Pool.Close waits for the connection goroutines.
+//   - Lifecycle manager (wire_lifecycle.go): applyLifecycleLocked starts
+//     lifecycle.Manager.Run (lifecycle/manager.go: reconcile every
+//     reconcile_interval, resume abandoned operations every LeaseTTL/2).
+//     Each provisioning or destroy runs on its own worker goroutine
+//     (Manager.startWorker), with a lease-renewal goroutine beside it
+//     (opHandle.renew). stopLifecycleLocked, on a lifecycle config change
+//     and in Destruct, cancels Run, waits for it, then Manager.Close waits
+//     for the workers; the next manager resumes their stored operations.
+//   - Ledger loop (wire_ledger.go): applyLedgerLocked starts
+//     ledger.Ledger.Run (ledger/ledger.go), which looks for a new snapshot
+//     every 100ms and saves the ledger to storage when due. Restarted when
+//     the gateway id or storage changes; stopLedgerLocked (Destruct) waits
+//     for its final save.
+//   - Dashboard sampler (wire_dashboard.go): startDashboardLocked starts
+//     runSampler, one point per history resolution step; stopDashboardLocked
+//     (Destruct) stops it.
+//   - Event streams (admin_ui.go): each GET /vastai/events runs on the admin
+//     server's request goroutine, at most maxEventStreams at once, until the
+//     client goes, its config is unloaded, or a write stalls.
+package vastai

@@ -1,0 +1,90 @@
+package vastai
+
+// Per-instance request counters on the request path: requests in flight
+// (what a drain waits for) and requests begun (the dashboard's requests/s).
+
+import (
+	"sync"
+	"sync/atomic"
+)
+
+// inflightCounter counts proxied requests in flight per instance, for
+// drains. The request path touches one atomic counter per request.
+type inflightCounter struct {
+	m      sync.Map        // int64 → *atomic.Int64
+	starts startedCounters // requests begun, for the dashboard (wire_dashboard.go)
+}
+
+func (c *inflightCounter) counter(id int64) *atomic.Int64 {
+	if v, ok := c.m.Load(id); ok {
+		return v.(*atomic.Int64)
+	}
+	v, _ := c.m.LoadOrStore(id, new(atomic.Int64))
+	return v.(*atomic.Int64)
+}
+
+// begin counts a request in and returns the function that counts it out.
+// When the last request to an instance that has left the fleet ends, its
+// counter is dropped, so the map does not grow with every instance ever
+// seen; gone reports whether the instance has left.
+func (c *inflightCounter) begin(id int64, gone func(int64) bool) func() {
+	n := c.counter(id)
+	n.Add(1)
+	c.countStarted(id)
+	return func() {
+		if n.Add(-1) == 0 && gone(id) {
+			c.m.Delete(id)
+		}
+	}
+}
+
+// count returns the requests in flight to an instance.
+func (c *inflightCounter) count(id int64) int64 { return c.counter(id).Load() }
+
+// forgotten reports whether the watcher no longer knows an instance.
+func (s *state) forgotten(id int64) bool {
+	_, ok := s.watcher.Snapshot().Member(id)
+	return !ok
+}
+
+// startedCounters counts the proxied requests begun per instance, for the
+// dashboard's requests/s; the request path pays one map load and one atomic
+// add (inflightCounter.begin).
+type startedCounters struct{ m sync.Map } // int64 → *atomic.Uint64
+
+func (c *inflightCounter) countStarted(id int64) {
+	if v, ok := c.starts.m.Load(id); ok {
+		v.(*atomic.Uint64).Add(1)
+		return
+	}
+	v, _ := c.starts.m.LoadOrStore(id, new(atomic.Uint64))
+	v.(*atomic.Uint64).Add(1)
+}
+
+// requestsStarted returns the requests begun to an instance since it was first
+// counted.
+func (c *inflightCounter) requestsStarted(id int64) uint64 {
+	if v, ok := c.starts.m.Load(id); ok {
+		return v.(*atomic.Uint64).Load()
+	}
+	return 0
+}
+
+// forgetStarted drops the counters of instances that are no longer known.
+func (c *inflightCounter) forgetStarted(known func(int64) bool) {
+	c.starts.m.Range(func(k, _ any) bool {
+		if id := k.(int64); !known(id) {
+			c.starts.m.Delete(id)
+		}
+		return true
+	})
+}
+
+// peek returns the requests in flight to an instance without creating a
+// counter for it.
+func (c *inflightCounter) peek(id int64) int64 {
+	if v, ok := c.m.Load(id); ok {
+		return v.(*atomic.Int64).Load()
+	}
+	return 0
+}
