@@ -3,8 +3,8 @@
 // wiring between them; the engine lives in Caddy-free packages: vastclient
 // (the vast.ai REST client), fleet (the watcher, its immutable snapshots,
 // health), lifecycle (provisioning, verified destroys, reconciliation,
-// budgets), gpumetrics (the SSH connection pool that also carries tunnels,
-// and the nvidia-smi collector), ledger (the persisted cost ledger), history
+// budgets), sshpool (the SSH connection pool that also carries tunnels),
+// gpumetrics (the nvidia-smi parser and collector), ledger (the persisted cost ledger), history
 // (the dashboard's rings) and vastsim (a simulated vast.ai for tests and the
 // demo).
 //
@@ -65,7 +65,7 @@
 //     itself starts gpumetrics.Collector.Run (gpumetrics/collector.go: one
 //     poll goroutine per instance each metrics_interval). The pool runs its
 //     own goroutines per connection (dial, keepalive monitor, reconnect,
-//     OnConnChange hook; gpumetrics/ssh.go). stopSSHLocked, on an ssh
+//     OnConnChange hook; sshpool/pool.go). stopSSHLocked, on an ssh
 //     config change or removal and in Destruct, cancels them, waits for
 //     syncEndpoints, then Pool.Close waits for the connection goroutines.
 //   - Lifecycle manager (wire_lifecycle.go): applyLifecycleLocked starts
