@@ -506,10 +506,6 @@ func browser(t *testing.T) (ctx context.Context, problems func() []string) {
 			if m.Type != chromedp.ConsoleError && m.Type != chromedp.ConsoleException {
 				continue
 			}
-			// The cost ledger is optional: its 404 hides the panel.
-			if m.Source == "network" && strings.Contains(m.URL, "/vastai/costs") {
-				continue
-			}
 			mu.Lock()
 			found = append(found, fmt.Sprintf("%s (%s:%d)", m, m.URL, m.Line))
 			mu.Unlock()
@@ -625,6 +621,10 @@ func TestDashboardInHeadlessChromium(t *testing.T) {
 	// page reloads /vastai/history.
 	waitFor(t, 60*time.Second, "a latency chart with data", func() bool {
 		return pageHas(t, tctx, `[...document.querySelectorAll('#instances svg.spark path:not(.area)')].some(p => /L/.test(p.getAttribute('d')))`)
+	})
+	// The cost ledger panel keeps the destroyed instance's spend.
+	waitFor(t, 60*time.Second, "the cost ledger listing the destroyed instance", func() bool {
+		return pageHas(t, tctx, fmt.Sprintf(`!document.querySelector("#costs").hidden && [...document.querySelectorAll('#costs-table tbody tr')].some(tr => tr.textContent.includes("%d"))`, gone))
 	})
 	saveScreenshot(t, tctx)
 

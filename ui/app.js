@@ -312,7 +312,8 @@ function renderCosts(c) {
     el("td", { class: "num" }, typeof r.hours === "number" ? r.hours.toFixed(2) : "-"),
     el("td", { class: "num" }, dollars(r.dollars))));
   $("#costs-table tbody").replaceChildren(...rows);
-  $("#costs-summary").textContent = `since ${c.since || "-"}: ${dollars(c.total_dollars)} total, now ${rate(c.spend_per_hour)}`;
+  const since = c.since ? `since ${c.since}` : "since the ledger started";
+  $("#costs-summary").textContent = `${since}: ${dollars(c.total_dollars)} total, spending ${rate(c.spend_per_hour)} now`;
   $("#costs").hidden = false;
 }
 
