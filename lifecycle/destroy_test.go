@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -211,6 +212,78 @@ func TestDestroyDuringProvisioningStopsIt(t *testing.T) {
 		t.Fatalf("provisioning = %s %q with %d attempts", op.State, op.Error, len(op.Attempts))
 	}
 	waitFor(t, 5*time.Second, "destruction", func() bool { return h.simInstance(id).Gone })
+	if n := len(h.ours(false)); n != 1 {
+		t.Errorf("%d instances created, want 1", n)
+	}
+}
+
+// TestOperatorDestroyRacingTheReadyCheckFailsTheProvisioning: an
+// operator's destroy written right after waitReady checked the record
+// (its effect, the instance disappearing, is what the next look sees)
+// fails the provisioning; no second instance is rented.
+func TestOperatorDestroyRacingTheReadyCheckFailsTheProvisioning(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, fastSim(func(o *vastsim.Options) { o.EngineReadyDelay = time.Minute }))
+	m := h.manager(h.config(nil))
+	var fired atomic.Bool
+	m.hook = func(op *Operation, step string) error {
+		cur := op.current()
+		if step != "ready-look" || cur == nil || cur.InstanceID == 0 || fired.Swap(true) {
+			return nil
+		}
+		if _, err := m.Destroy(context.Background(), cur.InstanceID, "operator"); err != nil {
+			t.Error(err)
+			return nil
+		}
+		waitFor(t, 30*time.Second, "the routing side to see the instance gone", func() bool {
+			st, _, _ := h.fleet.State(cur.InstanceID)
+			return st == FleetGone
+		})
+		return nil
+	}
+	assertOperatorDestroyFailsIt(t, h, m)
+}
+
+// TestOperatorDestroyDuringAttemptCleanUpFailsTheProvisioning: an operator
+// destroying the instance of an attempt that has just failed (its clean-up
+// not begun) also ends the provisioning: the operator's word wins over the
+// retry.
+func TestOperatorDestroyDuringAttemptCleanUpFailsTheProvisioning(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, fastSim(func(o *vastsim.Options) { o.EngineReadyDelay = time.Minute }))
+	m := h.manager(h.config(nil))
+	var fired atomic.Bool
+	m.hook = func(op *Operation, step string) error {
+		cur := op.current()
+		switch {
+		case cur == nil || cur.InstanceID == 0:
+		case step == "ready-look":
+			h.fleet.force(cur.InstanceID, FleetFailed) // the attempt fails on its own
+		case step == "cleanup" && !fired.Swap(true):
+			if _, err := m.Destroy(context.Background(), cur.InstanceID, "operator"); err != nil {
+				t.Error(err)
+			}
+		}
+		return nil
+	}
+	assertOperatorDestroyFailsIt(t, h, m)
+}
+
+// assertOperatorDestroyFailsIt provisions one instance (m's hook destroys
+// it as an operator) and checks that the operation failed after one
+// attempt, naming the operator, and that the one instance is destroyed.
+func assertOperatorDestroyFailsIt(t *testing.T, h *harness, m *Manager) {
+	t.Helper()
+	ops, err := m.Provision(ctxT(t), "p", ProvisionRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	op := waitOp(t, 30*time.Second, m, ops[0].ID)
+	if op.State != StateFailed || len(op.Attempts) != 1 || !strings.Contains(op.Error, "operator") {
+		t.Fatalf("provisioning = %s %q with %d attempts", op.State, op.Error, len(op.Attempts))
+	}
+	id := op.Attempts[0].InstanceID
+	waitFor(t, 30*time.Second, "destruction", func() bool { return h.simInstance(id).Gone })
 	if n := len(h.ours(false)); n != 1 {
 		t.Errorf("%d instances created, want 1", n)
 	}
