@@ -94,9 +94,8 @@ func TestDestroyFailedKeepsRetrying(t *testing.T) {
 	if failed.DestroyAttempts < 3 {
 		t.Errorf("destroy_failed after %d verifications", failed.DestroyAttempts)
 	}
-	if s := m.Stats(); s.DestroyFailed != 1 || s.DestroyFailedNow != 1 {
-		t.Errorf("stats = %+v, want one destroy failure", s)
-	}
+	// The counters follow the operation's record: wait for them.
+	waitStats(t, m, "one destroy failure", func(s Stats) bool { return s.DestroyFailed == 1 && s.DestroyFailedNow == 1 })
 	waitFor(t, 5*time.Second, "record destroy_failed", func() bool {
 		for _, r := range m.Instances() {
 			if r.ID == id {
@@ -112,9 +111,22 @@ func TestDestroyFailedKeepsRetrying(t *testing.T) {
 	if !h.simInstance(id).Gone {
 		t.Error("instance not gone")
 	}
-	if s := m.Stats(); s.DestroyFailed != 1 || s.DestroyFailedNow != 0 || s.DestroysConfirmed != 1 {
-		t.Errorf("stats = %+v", s)
-	}
+	waitStats(t, m, "the failure resolved by one confirmation", func(s Stats) bool {
+		return s.DestroyFailed == 1 && s.DestroyFailedNow == 0 && s.DestroysConfirmed == 1
+	})
+}
+
+// waitStats waits until m's counters satisfy cond, and reports them if
+// they never do.
+func waitStats(t *testing.T, m *Manager, what string, cond func(Stats) bool) {
+	t.Helper()
+	var last Stats
+	defer func() {
+		if t.Failed() {
+			t.Logf("last stats: %+v", last)
+		}
+	}()
+	waitFor(t, 30*time.Second, "stats: "+what, func() bool { last = m.Stats(); return cond(last) })
 }
 
 func TestDestroyOwnership(t *testing.T) {
