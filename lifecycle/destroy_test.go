@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -93,9 +94,8 @@ func TestDestroyFailedKeepsRetrying(t *testing.T) {
 	if failed.DestroyAttempts < 3 {
 		t.Errorf("destroy_failed after %d verifications", failed.DestroyAttempts)
 	}
-	if s := m.Stats(); s.DestroyFailed != 1 || s.DestroyFailedNow != 1 {
-		t.Errorf("stats = %+v, want one destroy failure", s)
-	}
+	// The counters follow the operation's record: wait for them.
+	waitStats(t, m, "one destroy failure", func(s Stats) bool { return s.DestroyFailed == 1 && s.DestroyFailedNow == 1 })
 	waitFor(t, 5*time.Second, "record destroy_failed", func() bool {
 		for _, r := range m.Instances() {
 			if r.ID == id {
@@ -111,9 +111,22 @@ func TestDestroyFailedKeepsRetrying(t *testing.T) {
 	if !h.simInstance(id).Gone {
 		t.Error("instance not gone")
 	}
-	if s := m.Stats(); s.DestroyFailed != 1 || s.DestroyFailedNow != 0 || s.DestroysConfirmed != 1 {
-		t.Errorf("stats = %+v", s)
-	}
+	waitStats(t, m, "the failure resolved by one confirmation", func(s Stats) bool {
+		return s.DestroyFailed == 1 && s.DestroyFailedNow == 0 && s.DestroysConfirmed == 1
+	})
+}
+
+// waitStats waits until m's counters satisfy cond, and reports them if
+// they never do.
+func waitStats(t *testing.T, m *Manager, what string, cond func(Stats) bool) {
+	t.Helper()
+	var last Stats
+	defer func() {
+		if t.Failed() {
+			t.Logf("last stats: %+v", last)
+		}
+	}()
+	waitFor(t, 30*time.Second, "stats: "+what, func() bool { last = m.Stats(); return cond(last) })
 }
 
 func TestDestroyOwnership(t *testing.T) {
@@ -211,6 +224,78 @@ func TestDestroyDuringProvisioningStopsIt(t *testing.T) {
 		t.Fatalf("provisioning = %s %q with %d attempts", op.State, op.Error, len(op.Attempts))
 	}
 	waitFor(t, 5*time.Second, "destruction", func() bool { return h.simInstance(id).Gone })
+	if n := len(h.ours(false)); n != 1 {
+		t.Errorf("%d instances created, want 1", n)
+	}
+}
+
+// TestOperatorDestroyRacingTheReadyCheckFailsTheProvisioning: an
+// operator's destroy written right after waitReady checked the record
+// (its effect, the instance disappearing, is what the next look sees)
+// fails the provisioning; no second instance is rented.
+func TestOperatorDestroyRacingTheReadyCheckFailsTheProvisioning(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, fastSim(func(o *vastsim.Options) { o.EngineReadyDelay = time.Minute }))
+	m := h.manager(h.config(nil))
+	var fired atomic.Bool
+	m.hook = func(op *Operation, step string) error {
+		cur := op.current()
+		if step != "ready-look" || cur == nil || cur.InstanceID == 0 || fired.Swap(true) {
+			return nil
+		}
+		if _, err := m.Destroy(context.Background(), cur.InstanceID, "operator"); err != nil {
+			t.Error(err)
+			return nil
+		}
+		waitFor(t, 30*time.Second, "the routing side to see the instance gone", func() bool {
+			st, _, _ := h.fleet.State(cur.InstanceID)
+			return st == FleetGone
+		})
+		return nil
+	}
+	assertOperatorDestroyFailsIt(t, h, m)
+}
+
+// TestOperatorDestroyDuringAttemptCleanUpFailsTheProvisioning: an operator
+// destroying the instance of an attempt that has just failed (its clean-up
+// not begun) also ends the provisioning: the operator's word wins over the
+// retry.
+func TestOperatorDestroyDuringAttemptCleanUpFailsTheProvisioning(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, fastSim(func(o *vastsim.Options) { o.EngineReadyDelay = time.Minute }))
+	m := h.manager(h.config(nil))
+	var fired atomic.Bool
+	m.hook = func(op *Operation, step string) error {
+		cur := op.current()
+		switch {
+		case cur == nil || cur.InstanceID == 0:
+		case step == "ready-look":
+			h.fleet.force(cur.InstanceID, FleetFailed) // the attempt fails on its own
+		case step == "cleanup" && !fired.Swap(true):
+			if _, err := m.Destroy(context.Background(), cur.InstanceID, "operator"); err != nil {
+				t.Error(err)
+			}
+		}
+		return nil
+	}
+	assertOperatorDestroyFailsIt(t, h, m)
+}
+
+// assertOperatorDestroyFailsIt provisions one instance (m's hook destroys
+// it as an operator) and checks that the operation failed after one
+// attempt, naming the operator, and that the one instance is destroyed.
+func assertOperatorDestroyFailsIt(t *testing.T, h *harness, m *Manager) {
+	t.Helper()
+	ops, err := m.Provision(ctxT(t), "p", ProvisionRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	op := waitOp(t, 30*time.Second, m, ops[0].ID)
+	if op.State != StateFailed || len(op.Attempts) != 1 || !strings.Contains(op.Error, "operator") {
+		t.Fatalf("provisioning = %s %q with %d attempts", op.State, op.Error, len(op.Attempts))
+	}
+	id := op.Attempts[0].InstanceID
+	waitFor(t, 30*time.Second, "destruction", func() bool { return h.simInstance(id).Gone })
 	if n := len(h.ours(false)); n != 1 {
 		t.Errorf("%d instances created, want 1", n)
 	}

@@ -342,10 +342,13 @@ func TestDestroyNotVerifiedByListingWithSkippedRows(t *testing.T) {
 func TestReadyInstanceNotDestroyedForFailingProbes(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, fastSim(nil))
+	// The first process provisions with the package's usual ready_timeout
+	// (a short one could fail the provisioning on a loaded machine); the
+	// restarted one has a short ready_timeout, so that the looks below are
+	// each past it.
 	cfg := h.config(func(c *Config) {
 		p := c.Pools["p"]
 		p.MinInstances = 1
-		p.ReadyTimeout = 150 * time.Millisecond
 		c.Pools["p"] = p
 	})
 	a := h.manager(cfg)
@@ -354,10 +357,17 @@ func TestReadyInstanceNotDestroyedForFailingProbes(t *testing.T) {
 	if err != nil || len(rep.ProvisionsStarted) != 1 {
 		t.Fatalf("%+v %v", rep, err)
 	}
-	id := waitOp(t, 10*time.Second, a, rep.ProvisionsStarted[0]).InstanceID
+	op := waitOp(t, 30*time.Second, a, rep.ProvisionsStarted[0])
+	if op.State != StateSucceeded {
+		t.Fatalf("provisioning %s: %s", op.State, op.Error)
+	}
+	id := op.InstanceID
 	a.Close()
 
 	// The restart: a new manager; the new probe fails on the instance.
+	p := cfg.Pools["p"]
+	p.ReadyTimeout = 150 * time.Millisecond
+	cfg.Pools = map[string]PoolTemplate{"p": p}
 	b := h.manager(cfg)
 	h.fleet.force(id, FleetFailed)
 	h.fleet.waitPoll(t)
@@ -382,7 +392,7 @@ func TestReadyInstanceNotDestroyedForFailingProbes(t *testing.T) {
 	h.sim.SetStatus(id, "exited")
 	h.fleet.waitPoll(t)
 	var dead []int64
-	waitFor(t, 10*time.Second, "the exited instance destroyed", func() bool {
+	waitFor(t, 30*time.Second, "the exited instance destroyed", func() bool {
 		rep, err := b.Reconcile(ctx)
 		if err == nil {
 			dead = append(dead, rep.DeadDestroyed...)

@@ -626,7 +626,7 @@ func (m *Manager) waitReady(ctx context.Context, h *opHandle, tpl PoolTemplate) 
 			m.finish(ctx, h, StateFailed, msg)
 			return
 		}
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || m.runHook(h, "ready-look") {
 			return
 		}
 		ready, fail := m.pollReady(ctx, w, tpl)
@@ -769,6 +769,9 @@ func (m *Manager) cleanupAttempt(ctx context.Context, h *opHandle) {
 	op := h.get()
 	cur := op.current()
 	confirmed := true
+	if m.runHook(h, "cleanup") {
+		return
+	}
 	if cur.InstanceID > 0 {
 		dop, err := m.startDestroy(ctx, cur.InstanceID, destroyParams{
 			reason: "provisioning attempt failed: " + cur.Error,
@@ -781,6 +784,13 @@ func (m *Manager) cleanupAttempt(ctx context.Context, h *opHandle) {
 				return
 			}
 			return // the loop retries the clean-up
+		}
+		if dop.Parent != op.ID {
+			// Someone else (an operator) is destroying the instance: their
+			// word ends the provisioning, as in waitReady, whatever made
+			// the attempt fail first (their destroy may be the cause).
+			m.endByOthersDestroy(ctx, h, dop)
+			return
 		}
 		dh, ok := m.register(dop)
 		if !ok {
@@ -974,6 +984,20 @@ func (m *Manager) failAttempt(ctx context.Context, h *opHandle, next afterFailur
 			op.State = StatePending
 		}
 	})
+}
+
+// endByOthersDestroy fails a provisioning whose attempt's instance is
+// being destroyed by another operation (dop): no retry, no blocklisting of
+// the machine. dop's own worker confirms the destruction.
+func (m *Manager) endByOthersDestroy(ctx context.Context, h *opHandle, dop *Operation) {
+	msg := "instance " + InstanceDestroying
+	if dop.Reason != "" {
+		msg += ": " + dop.Reason
+	}
+	m.log.Info("the instance of the attempt is destroyed by another operation; provisioning ends",
+		logOp(h.get().ID), logInst(dop.InstanceID), zap.String("destroy_op", dop.ID))
+	_ = h.update(ctx, func(op *Operation) { op.endAttempt(AttemptFailed, m.now()) })
+	m.finish(ctx, h, StateFailed, msg)
 }
 
 // closeAttempt ends a failed attempt once its clean-up is done (state is

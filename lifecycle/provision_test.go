@@ -126,12 +126,10 @@ func TestProvisionReplacesFailedAttempts(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			h := newHarness(t, fastSim(nil))
-			cfg := h.config(func(c *Config) {
-				p := c.Pools["p"]
-				p.ReadyTimeout = 700 * time.Millisecond
-				c.Pools["p"] = p
-			})
-			m := h.manager(cfg)
+			// The pool keeps the package's 3s ready_timeout: never_ready
+			// waits it out, and the second attempt must not hit it on a
+			// loaded machine.
+			m := h.manager(h.config(nil))
 			broken := false
 			m.hook = func(op *Operation, step string) error {
 				if step == tc.step && !broken && len(op.Attempts) == 1 {
@@ -144,7 +142,7 @@ func TestProvisionReplacesFailedAttempts(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			op := waitOp(t, 15*time.Second, m, ops[0].ID)
+			op := waitOp(t, 60*time.Second, m, ops[0].ID)
 			if op.State != StateSucceeded || len(op.Attempts) != 2 {
 				t.Fatalf("operation = %s (%s) with %d attempts, want succeeded after 2: %+v", op.State, op.Error, len(op.Attempts), op.Attempts)
 			}
@@ -600,11 +598,9 @@ func TestCreateRequest(t *testing.T) {
 func TestNeverReadyReplacedOnAnotherMachine(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, fastSim(func(o *vastsim.Options) { o.EngineReadyDelay = time.Minute }))
-	m := h.manager(h.config(func(c *Config) {
-		p := c.Pools["p"]
-		p.ReadyTimeout = 300 * time.Millisecond
-		c.Pools["p"] = p
-	}))
+	// The package's 3s ready_timeout: the first attempt waits it out, the
+	// second must not hit it on a loaded machine.
+	m := h.manager(h.config(nil))
 	m.hook = func(op *Operation, step string) error {
 		if step == "waiting" && len(op.Attempts) == 2 {
 			// The second host loads its model in time.
@@ -616,7 +612,7 @@ func TestNeverReadyReplacedOnAnotherMachine(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	op := waitOp(t, 15*time.Second, m, ops[0].ID)
+	op := waitOp(t, 60*time.Second, m, ops[0].ID)
 	if op.State != StateSucceeded || len(op.Attempts) != 2 {
 		t.Fatalf("operation %s %q, attempts %+v", op.State, op.Error, op.Attempts)
 	}

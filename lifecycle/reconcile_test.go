@@ -289,34 +289,55 @@ func TestMinInstancesAndMaxLifetime(t *testing.T) {
 }
 
 // TestDeadInstanceReplaced: an active instance that exits is destroyed
-// after the pool's ready_timeout and min_instances brings a new one.
+// after the pool's ready_timeout (never before) and min_instances brings a
+// new one.
 func TestDeadInstanceReplaced(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, fastSim(nil))
-	m := h.manager(h.config(func(c *Config) {
+	// The pool's ready_timeout also bounds every provisioning state, so it
+	// stays the package's usual 3s: a loaded machine must not fail the
+	// first provisioning.
+	cfg := h.config(func(c *Config) {
 		p := c.Pools["p"]
 		p.MinInstances = 1
-		p.ReadyTimeout = 200 * time.Millisecond
 		c.Pools["p"] = p
-	}))
+	})
+	readyTimeout := cfg.Pools["p"].ReadyTimeout
+	m := h.manager(cfg)
 	ctx := ctxT(t)
 	rep, err := m.Reconcile(ctx)
 	if err != nil || len(rep.ProvisionsStarted) != 1 {
 		t.Fatalf("%+v %v", rep, err)
 	}
-	id := waitOp(t, 10*time.Second, m, rep.ProvisionsStarted[0]).InstanceID
+	op := waitOp(t, 30*time.Second, m, rep.ProvisionsStarted[0])
+	if op.State != StateSucceeded {
+		t.Fatalf("first provisioning %s: %s", op.State, op.Error)
+	}
+	id := op.InstanceID
 	h.sim.SetStatus(id, "exited")
 	h.fleet.waitPoll(t)
+	firstLook := time.Now() // the dead clock starts at or after this
 	rep, err = m.Reconcile(ctx)
 	if err != nil || len(rep.DeadDestroyed) != 0 || len(rep.ProvisionsStarted) != 1 {
 		t.Fatalf("first look at the dead instance: %+v %v", rep, err)
 	}
-	time.Sleep(250 * time.Millisecond) // past ready_timeout
-	rep, err = m.Reconcile(ctx)
-	if err != nil || !slices.Equal(rep.DeadDestroyed, []int64{id}) {
-		t.Fatalf("second look: %+v %v", rep, err)
-	}
-	waitFor(t, 10*time.Second, "the dead instance gone", func() bool { return h.simInstance(id).Gone })
+	waitFor(t, 30*time.Second, "a reconcile destroying the dead instance", func() bool {
+		rep, err = m.Reconcile(ctx)
+		if err != nil {
+			t.Fatalf("reconcile: %v", err)
+		}
+		if len(rep.DeadDestroyed) == 0 {
+			return false
+		}
+		if waited := time.Since(firstLook); waited < readyTimeout {
+			t.Fatalf("destroyed %s after the first look, before ready_timeout %s", waited, readyTimeout)
+		}
+		if !slices.Equal(rep.DeadDestroyed, []int64{id}) {
+			t.Fatalf("dead destroyed %v, want [%d]", rep.DeadDestroyed, id)
+		}
+		return true
+	})
+	waitFor(t, 30*time.Second, "the dead instance gone", func() bool { return h.simInstance(id).Gone })
 }
 
 // TestTwoManagersShareFileStorage: two processes over one certmagic

@@ -437,8 +437,11 @@ func TestBundles(t *testing.T) {
 }
 
 func TestCreateLifecycle(t *testing.T) {
+	t.Parallel()
 	opts := fastOpts()
-	opts.LoadingDelay = 400 * time.Millisecond
+	// actual_status is null for the first quarter: 1s, long enough for
+	// the show right after the create even on a loaded machine.
+	opts.LoadingDelay = 4 * time.Second
 	_, c := startSim(t, opts)
 	offers := findOffers(t, c, map[string]any{"gpu_name": map[string]any{"eq": "RTX 5090"}, "order": [][]string{{"dph_total", "asc"}}})
 	offer := offers[0]
@@ -458,6 +461,13 @@ func TestCreateLifecycle(t *testing.T) {
 	if m["success"] != true || id == offerID || id <= 0 || !hex64.MatchString(m["instance_api_key"].(string)) {
 		t.Fatalf("create response %s", r.body)
 	}
+	show := func() map[string]any {
+		return c.do("GET", fmt.Sprintf("/api/v0/instances/%d/", id), nil).obj(t)["instances"].(map[string]any)
+	}
+	first := show()
+	if first["actual_status"] != nil || first["ports"] != nil || inum(t, first["direct_port_start"]) != -1 || first["public_ipaddr"] != "127.0.0.1" {
+		t.Fatalf("just created: status %v ports %v dps %v ip %v", first["actual_status"], first["ports"], first["direct_port_start"], first["public_ipaddr"])
+	}
 	for _, o := range findOffers(t, c, map[string]any{}) {
 		if inum(t, o["id"]) == offerID {
 			t.Fatal("rented offer still offered")
@@ -469,13 +479,6 @@ func TestCreateLifecycle(t *testing.T) {
 	}
 	jsonEq(t, r.body, fmt.Sprintf(`{"success":false,"error":"invalid_args","msg":"error 404/3603: no_such_ask  Instance type by id %d is not available.","ask_id":%d}`, offerID, offerID))
 
-	show := func() map[string]any {
-		return c.do("GET", fmt.Sprintf("/api/v0/instances/%d/", id), nil).obj(t)["instances"].(map[string]any)
-	}
-	first := show()
-	if first["actual_status"] != nil || first["ports"] != nil || inum(t, first["direct_port_start"]) != -1 || first["public_ipaddr"] != "127.0.0.1" {
-		t.Fatalf("just created: status %v ports %v dps %v ip %v", first["actual_status"], first["ports"], first["direct_port_start"], first["public_ipaddr"])
-	}
 	if first["gpu_name"] != "RTX 5090" || inum(t, first["machine_id"]) != inum(t, offer["machine_id"]) || first["label"] != "gw-1" {
 		t.Fatalf("offer fields not copied: %v %v", first["gpu_name"], first["machine_id"])
 	}
@@ -491,7 +494,7 @@ func TestCreateLifecycle(t *testing.T) {
 
 	sawLoading := false
 	var running map[string]any
-	eventually(t, 5*time.Second, "running", func() bool {
+	eventually(t, 30*time.Second, "running", func() bool {
 		in := show()
 		if in["actual_status"] == "loading" {
 			sawLoading = true

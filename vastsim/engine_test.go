@@ -360,8 +360,11 @@ func TestNonStreamingIsInFlight(t *testing.T) {
 }
 
 func TestEnginePlaceholder(t *testing.T) {
+	t.Parallel()
 	opts := fastOpts()
-	opts.EngineReadyDelay = 300 * time.Millisecond
+	// Long enough that the first probes below, right after the launch,
+	// still see the placeholder on a loaded machine.
+	opts.EngineReadyDelay = 3 * time.Second
 	s, c := startSim(t, opts)
 	id := launch(t, s, LaunchSpec{Running: true})
 	info := s.info(t, id)
@@ -378,7 +381,7 @@ func TestEnginePlaceholder(t *testing.T) {
 	if r := engineReq(t, info.EngineAddr, "GET", "/health", "", nil); r.status != 401 {
 		t.Fatalf("unauthenticated: %d", r.status)
 	}
-	eventually(t, 3*time.Second, "engine ready", func() bool {
+	eventually(t, 30*time.Second, "engine ready", func() bool {
 		return engineReq(t, info.EngineAddr, "GET", "/health", info.JupyterToken, nil).status == 200
 	})
 	s.SetEngineReady(id, false)
