@@ -35,6 +35,9 @@ type LaunchSpec struct {
 	// ("ssh_direct", "ssh_proxy", "jupyter_direct", "args", ...); default
 	// "ssh_direct", which gives SSH both a direct and a proxy path.
 	Runtype string
+	// Engine is how the engine behaves under load (queue.go); the zero
+	// value is the original unlimited engine.
+	Engine EngineSpec
 }
 
 // Launch adds an instance to the account and returns its id. Its engine
@@ -46,6 +49,9 @@ func (s *Sim) Launch(spec LaunchSpec) (int64, error) {
 	}
 	if port < 0 {
 		return 0, errors.New("vastsim: invalid port")
+	}
+	if err := spec.Engine.validate(); err != nil {
+		return 0, err
 	}
 	o := Offer{GPUName: spec.GPUName, NumGPUs: spec.NumGPUs, DPHBase: spec.DPH, MachineID: spec.MachineID, DirectPortCount: 16}
 	if o.MachineID == 0 {
@@ -95,6 +101,7 @@ func (s *Sim) Launch(spec LaunchSpec) (int64, error) {
 		}
 	}
 	in.model = spec.Model
+	in.engSpec = spec.Engine
 	if in.model == "" {
 		in.model = modelFromEnv(env)
 	}

@@ -50,6 +50,7 @@ type engine struct {
 	lns    []net.Listener
 	closed chan struct{}
 	once   sync.Once
+	q      *engineQueue // this incarnation's batch and prefix cache
 }
 
 // close kills the engine abruptly: listeners and open connections are
@@ -76,7 +77,7 @@ func (s *Sim) startEngineLocked(in *instance, reuse bool) error {
 	if in.eng != nil {
 		return nil
 	}
-	e := &engine{closed: make(chan struct{})}
+	e := &engine{closed: make(chan struct{}), q: newEngineQueue(in.engSpec)}
 	e.srv = &http.Server{Handler: s.engineHandler(in, e), ReadHeaderTimeout: 10 * time.Second, ConnState: in.conns.track}
 	newPorts := map[string]int{}
 	for _, p := range in.ports {
@@ -294,7 +295,7 @@ func (s *Sim) serveEngine(w http.ResponseWriter, r *http.Request, in *instance, 
 		}
 	case "/metrics":
 		if method(http.MethodGet) {
-			s.serveMetrics(w, in, model)
+			s.serveMetrics(w, in, e, model)
 		}
 	default:
 		writeJSON(w, http.StatusNotFound, map[string]any{"detail": "Not Found"})
@@ -441,6 +442,15 @@ func (s *Sim) serveGeneration(w http.ResponseWriter, r *http.Request, in *instan
 	tokens := genTokens(text, n)
 
 	s.mu.Lock()
+	spec := in.engSpec
+	s.mu.Unlock()
+	full, total := prefixBlocks(text, spec.blockChars())
+	// Queue before counting InFlight, so that a request counted in flight
+	// is already running or waiting on /metrics.
+	kv := kvBlocks(total, n)
+	wt, elem := e.q.enqueue(kv)
+
+	s.mu.Lock()
 	in.stats.Completions++
 	in.stats.InFlight++
 	in.stats.PromptTokens += int64(promptTokens)
@@ -453,6 +463,17 @@ func (s *Sim) serveGeneration(w http.ResponseWriter, r *http.Request, in *instan
 		in.stats.InFlight--
 		s.mu.Unlock()
 	}()
+	if !e.q.wait(r.Context(), e.closed, wt, elem) {
+		return // client went away or the engine died while queued
+	}
+	defer e.q.release(kv)
+	cached, prefill := e.q.prefill(full, total)
+	if !sleepCtx(r.Context(), prefill, e.closed) {
+		return
+	}
+	e.q.remember(full)
+	w.Header().Set("X-Vastsim-Prefix-Blocks", strconv.Itoa(total))
+	w.Header().Set("X-Vastsim-Cached-Blocks", strconv.Itoa(cached))
 	emit := func(k int) {
 		s.mu.Lock()
 		in.stats.GenerationTokens += int64(k)
@@ -465,7 +486,7 @@ func (s *Sim) serveGeneration(w http.ResponseWriter, r *http.Request, in *instan
 	}
 	id := prefix + randHex(16)
 	created := time.Now().Unix()
-	interval := s.opts.TokenInterval
+	interval := spec.tokenInterval(s.opts.TokenInterval)
 	usage := map[string]any{
 		"prompt_tokens": promptTokens, "completion_tokens": n, "total_tokens": promptTokens + n,
 	}
@@ -554,26 +575,20 @@ func (s *Sim) serveGeneration(w http.ResponseWriter, r *http.Request, in *instan
 	_ = rc.Flush()
 }
 
-// serveMetrics renders the vLLM Prometheus gauges and counters a gateway
-// reads for load-aware routing.
-func (s *Sim) serveMetrics(w http.ResponseWriter, in *instance, model string) {
+// serveMetrics renders the engine's true load in its EngineSpec.Metrics
+// format, the gauges a gateway reads for load-aware routing.
+func (s *Sim) serveMetrics(w http.ResponseWriter, in *instance, e *engine, model string) {
 	s.mu.Lock()
 	st := in.stats
 	s.mu.Unlock()
-	lbl := fmt.Sprintf(`{model_name=%q}`, model)
-	var b strings.Builder
-	metric := func(name, typ, help string, v float64) {
-		fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s %s\n%s%s %s\n", name, help, name, typ, name, lbl,
-			strconv.FormatFloat(v, 'f', -1, 64))
+	body, ok := renderMetrics(e.q.metricsFormat(), model, e.q.load(), st)
+	if !ok {
+		writeJSON(w, http.StatusNotFound, map[string]any{"detail": "Not Found"})
+		return
 	}
-	metric("vllm:num_requests_running", "gauge", "Number of requests in model execution batches.", float64(st.InFlight))
-	metric("vllm:num_requests_waiting", "gauge", "Number of requests waiting to be processed.", 0)
-	metric("vllm:gpu_cache_usage_perc", "gauge", "GPU KV-cache usage. 1 means 100 percent usage.", min(1, float64(st.InFlight)*0.05))
-	metric("vllm:prompt_tokens_total", "counter", "Number of prefill tokens processed.", float64(st.PromptTokens))
-	metric("vllm:generation_tokens_total", "counter", "Number of generation tokens processed.", float64(st.GenerationTokens))
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 	w.WriteHeader(http.StatusOK)
-	_, _ = io.WriteString(w, b.String())
+	_, _ = io.WriteString(w, body)
 }
 
 // connCounter counts an engine's TCP connections with atomics: the

@@ -73,6 +73,7 @@ type instance struct {
 	frozenStatus any // actual_status at the moment of destruction
 
 	eng           *engine
+	engSpec       EngineSpec // behaviour under load (queue.go)
 	readyOverride *bool
 	hung          bool
 	unhang        chan struct{}
