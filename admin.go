@@ -2,7 +2,6 @@ package vastai
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"sort"
@@ -48,87 +47,130 @@ func (a *adminAPI) Provision(ctx caddy.Context) error {
 
 // Routes returns the admin routes.
 func (a *adminAPI) Routes() []caddy.AdminRoute {
-	return []caddy.AdminRoute{{Pattern: "/vastai/", Handler: caddy.AdminHandlerFunc(a.handle)}}
+	return []caddy.AdminRoute{{Pattern: "/vastai/", Handler: adminHandler(a.handleAPIEndpoints)}}
 }
 
-// handle serves a request; a 405 carries the Allow header.
-func (a *adminAPI) handle(w http.ResponseWriter, r *http.Request) error {
-	err := a.serve(w, r)
-	var apiErr caddy.APIError
-	var mna *methodNotAllowedError
-	if errors.As(err, &apiErr) && errors.As(apiErr.Err, &mna) {
-		w.Header().Set("Allow", strings.Join(mna.allow, ", "))
-	}
-	return err
+// adminEndpoint is one method on one resource of /vastai/.
+type adminEndpoint struct {
+	// shape is the path below /vastai/ with the id segment as "*".
+	shape  string
+	method string
+	// handle serves the request; arg is the id segment ("" if none).
+	handle func(a *adminAPI, w http.ResponseWriter, r *http.Request, arg string) error
 }
 
-func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
+// adminEndpoints is the whole /vastai/ API. A path listed here with
+// another method is a 405 naming the methods it takes; a path not listed
+// is a 404.
+var adminEndpoints = []adminEndpoint{
+	{"instances", http.MethodGet, (*adminAPI).handleInstances},
+	{"instances/*", http.MethodGet, (*adminAPI).handleInstance},
+	{"instances/*", http.MethodDelete, (*adminAPI).handleDestroy},   // admin_lifecycle.go
+	{"instances/*/drain", http.MethodPost, (*adminAPI).handleDrain}, // admin_lifecycle.go
+	{"pools", http.MethodGet, (*adminAPI).handlePools},
+	{"pools/*", http.MethodGet, (*adminAPI).handlePool},
+	{"pools/*/instances", http.MethodPost, (*adminAPI).handleProvision}, // admin_lifecycle.go
+	{"operations", http.MethodGet, (*adminAPI).handleOperations},        // admin_lifecycle.go
+	{"operations/*", http.MethodGet, (*adminAPI).handleOperation},       // admin_lifecycle.go
+	{"reconcile", http.MethodPost, (*adminAPI).handleReconcile},         // admin_lifecycle.go
+	{"offers", http.MethodGet, (*adminAPI).handleOffers},                // admin_lifecycle.go
+	{"status", http.MethodGet, (*adminAPI).handleStatus},
+	{"costs", http.MethodGet, (*adminAPI).handleCosts}, // costs.go
+}
+
+// handleAPIEndpoints routes a request of /vastai/ to its handler.
+func (a *adminAPI) handleAPIEndpoints(w http.ResponseWriter, r *http.Request) error {
 	if a.app == nil || a.app.state == nil {
-		return apiError(http.StatusServiceUnavailable, ErrNotConfigured)
+		return ErrNotConfigured
 	}
-	parts := strings.Split(strings.Trim(strings.TrimPrefix(r.URL.Path, "/vastai"), "/"), "/")
+	shape, arg := routeShape(r.URL.Path)
+	var allow []string
+	for _, e := range adminEndpoints {
+		if e.shape != shape {
+			continue
+		}
+		if e.method == r.Method {
+			return e.handle(a, w, r, arg)
+		}
+		allow = append(allow, e.method)
+	}
+	if len(allow) > 0 {
+		sort.Strings(allow)
+		return &methodNotAllowedError{method: r.Method, path: r.URL.Path, allow: allow}
+	}
+	return fmt.Errorf("%w: %s %s (see /vastai/instances, /vastai/pools, /vastai/operations, /vastai/offers, /vastai/status)", errNoEndpoint, r.Method, r.URL.Path)
+}
+
+// routeShape splits a /vastai/ path into its shape (the id segment of
+// instances, pools and operations replaced by "*") and that id.
+func routeShape(path string) (shape, arg string) {
+	parts := strings.Split(strings.Trim(strings.TrimPrefix(path, "/vastai"), "/"), "/")
+	if len(parts) >= 2 && (parts[0] == "pools" || parts[0] == "operations" || parts[0] == "instances") {
+		arg, parts[1] = parts[1], "*"
+	}
+	return strings.Join(parts, "/"), arg
+}
+
+// handleInstances answers GET /vastai/instances: every instance of the
+// account the watcher sees.
+func (a *adminAPI) handleInstances(w http.ResponseWriter, r *http.Request, _ string) error {
 	snap := a.app.state.watcher.Snapshot()
-	if handled, err := a.serveLifecycle(w, r, parts, snap); handled {
+	out := make([]instanceView, 0, len(snap.Members))
+	for _, m := range snap.Members {
+		out = append(out, a.instanceView(m))
+	}
+	return writeJSON(w, http.StatusOK, out)
+}
+
+// handleInstance answers GET /vastai/instances/{id}.
+func (a *adminAPI) handleInstance(w http.ResponseWriter, r *http.Request, arg string) error {
+	id, err := instanceID(arg)
+	if err != nil {
 		return err
 	}
-	switch {
-	case len(parts) == 1 && parts[0] == "instances":
-		if err := onlyGET(r); err != nil {
-			return err
-		}
-		out := make([]instanceView, 0, len(snap.Members))
-		for _, m := range snap.Members {
-			out = append(out, a.instanceView(m))
-		}
-		return writeJSON(w, http.StatusOK, out)
-
-	case len(parts) == 2 && parts[0] == "instances":
-		if err := onlyGET(r); err != nil {
-			return err
-		}
-		id, err := strconv.ParseInt(parts[1], 10, 64)
-		if err != nil || id <= 0 {
-			return apiError(http.StatusBadRequest, fmt.Errorf("instance id %q is not a positive integer", parts[1]))
-		}
-		m, ok := snap.Member(id)
-		if !ok {
-			return apiError(http.StatusNotFound, fmt.Errorf("instance %d is not known", id))
-		}
-		return writeJSON(w, http.StatusOK, a.instanceView(m))
-
-	case len(parts) == 1 && parts[0] == "pools":
-		if err := onlyGET(r); err != nil {
-			return err
-		}
-		names := make([]string, 0, len(snap.Pools))
-		for n := range snap.Pools {
-			names = append(names, n)
-		}
-		sort.Strings(names)
-		return writeJSON(w, http.StatusOK, a.poolViews(snap, names...))
-
-	case len(parts) == 2 && parts[0] == "pools":
-		if err := onlyGET(r); err != nil {
-			return err
-		}
-		if _, ok := snap.Pools[parts[1]]; !ok {
-			return apiError(http.StatusNotFound, fmt.Errorf("pool %q is not configured", parts[1]))
-		}
-		return writeJSON(w, http.StatusOK, a.poolViews(snap, parts[1])[0])
-
-	case len(parts) == 1 && parts[0] == "costs":
-		return a.serveCosts(w, r, snap) // costs.go
-
-	case len(parts) == 1 && parts[0] == "status":
-		if err := onlyGET(r); err != nil {
-			return err
-		}
-		v := newStatusView(snap, a.app.state.watcher.Running(), time.Now())
-		v.addProbeFailing(a.app.state.probeFailingPools(snap))
-		v.SpendPerHour = spendPerHour(snap)
-		return writeJSON(w, http.StatusOK, v)
+	m, ok := a.app.state.watcher.Snapshot().Member(id)
+	if !ok {
+		return classify(lifecycle.ErrInstanceNotFound, fmt.Errorf("instance %d is not known", id))
 	}
-	return apiError(http.StatusNotFound, fmt.Errorf("no such endpoint: %s %s (see /vastai/instances, /vastai/pools, /vastai/operations, /vastai/offers, /vastai/status)", r.Method, r.URL.Path))
+	return writeJSON(w, http.StatusOK, a.instanceView(m))
+}
+
+// instanceID reads the id segment of /vastai/instances/{id}.
+func instanceID(arg string) (int64, error) {
+	id, err := strconv.ParseInt(arg, 10, 64)
+	if err != nil || id <= 0 {
+		return 0, invalidf("instance id %q is not a positive integer", arg)
+	}
+	return id, nil
+}
+
+// handlePools answers GET /vastai/pools: every configured pool, by name.
+func (a *adminAPI) handlePools(w http.ResponseWriter, r *http.Request, _ string) error {
+	snap := a.app.state.watcher.Snapshot()
+	names := make([]string, 0, len(snap.Pools))
+	for n := range snap.Pools {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return writeJSON(w, http.StatusOK, a.poolViews(snap, names...))
+}
+
+// handlePool answers GET /vastai/pools/{name}.
+func (a *adminAPI) handlePool(w http.ResponseWriter, r *http.Request, name string) error {
+	snap := a.app.state.watcher.Snapshot()
+	if _, ok := snap.Pools[name]; !ok {
+		return classify(ErrUnknownPool, fmt.Errorf("pool %q is not configured", name))
+	}
+	return writeJSON(w, http.StatusOK, a.poolViews(snap, name)[0])
+}
+
+// handleStatus answers GET /vastai/status: the watcher's health.
+func (a *adminAPI) handleStatus(w http.ResponseWriter, r *http.Request, _ string) error {
+	snap := a.app.state.watcher.Snapshot()
+	v := newStatusView(snap, a.app.state.watcher.Running(), time.Now())
+	v.addProbeFailing(a.app.state.probeFailingPools(snap))
+	v.SpendPerHour = spendPerHour(snap)
+	return writeJSON(w, http.StatusOK, v)
 }
 
 // instanceView is the admin representation of an instance.
@@ -392,24 +434,6 @@ func timePtr(t time.Time) *time.Time {
 		return nil
 	}
 	return &t
-}
-
-// onlyGET refuses other methods with 405, allowing what adminRoutes lists
-// for the path (GET for paths it does not list).
-func onlyGET(r *http.Request) error {
-	if r.Method == http.MethodGet {
-		return nil
-	}
-	parts := strings.Split(strings.Trim(strings.TrimPrefix(r.URL.Path, "/vastai"), "/"), "/")
-	allow, ok := adminRoutes[strings.Join(routeShape(parts), "/")]
-	if !ok {
-		allow = []string{http.MethodGet}
-	}
-	return methodNotAllowed(r, allow)
-}
-
-func apiError(status int, err error) error {
-	return caddy.APIError{HTTPStatus: status, Err: err, Message: err.Error()}
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) error {

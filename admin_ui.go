@@ -78,10 +78,10 @@ func (d *dashboardAPI) Provision(ctx caddy.Context) error {
 // Routes returns the dashboard's routes.
 func (d *dashboardAPI) Routes() []caddy.AdminRoute {
 	return []caddy.AdminRoute{
-		{Pattern: "/vastai/ui", Handler: caddy.AdminHandlerFunc(redirectUI)},
-		{Pattern: "/vastai/ui/", Handler: caddy.AdminHandlerFunc(serveUI)},
-		{Pattern: "/vastai/events", Handler: caddy.AdminHandlerFunc(d.serveEvents)},
-		{Pattern: "/vastai/history", Handler: caddy.AdminHandlerFunc(d.serveHistory)},
+		{Pattern: "/vastai/ui", Handler: adminHandler(redirectUI)},
+		{Pattern: "/vastai/ui/", Handler: adminHandler(serveUI)},
+		{Pattern: "/vastai/events", Handler: adminHandler(d.serveEvents)},
+		{Pattern: "/vastai/history", Handler: adminHandler(d.serveHistory)},
 	}
 }
 
@@ -103,7 +103,7 @@ func serveUI(w http.ResponseWriter, r *http.Request) error {
 	}
 	sub, err := fs.Sub(uiFiles, "ui")
 	if err != nil {
-		return apiError(http.StatusInternalServerError, err)
+		return classify(errInternal, err)
 	}
 	h := w.Header()
 	h.Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
@@ -115,16 +115,24 @@ func serveUI(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// onlyGET refuses every method but GET.
+func onlyGET(r *http.Request) error {
+	if r.Method == http.MethodGet {
+		return nil
+	}
+	return &methodNotAllowedError{method: r.Method, path: r.URL.Path, allow: []string{http.MethodGet}}
+}
+
 func onlyGETorHEAD(r *http.Request) error {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		return apiError(http.StatusMethodNotAllowed, fmt.Errorf("method %s not allowed; use GET", r.Method))
+		return classify(errMethodNotAllowed, fmt.Errorf("method %s not allowed; use GET", r.Method))
 	}
 	return nil
 }
 
 func (d *dashboardAPI) ready() (*state, error) {
 	if d.api.app == nil || d.api.app.state == nil {
-		return nil, apiError(http.StatusServiceUnavailable, ErrNotConfigured)
+		return nil, ErrNotConfigured
 	}
 	return d.api.app.state, nil
 }
@@ -173,11 +181,7 @@ func (d *dashboardAPI) snapshotEvent(r *http.Request, st *state) ([]byte, error)
 func (d *dashboardAPI) get(r *http.Request, path string) (json.RawMessage, error) {
 	req := (&http.Request{Method: http.MethodGet, URL: &url.URL{Path: path}, Header: http.Header{}}).WithContext(r.Context())
 	rec := &bufferWriter{header: http.Header{}}
-	if err := d.api.serve(rec, req); err != nil {
-		var ae caddy.APIError
-		if errors.As(err, &ae) && ae.Message != "" {
-			return nil, errors.New(ae.Message)
-		}
+	if err := d.api.handleAPIEndpoints(rec, req); err != nil {
 		return nil, err
 	}
 	if rec.status != http.StatusOK {
@@ -224,7 +228,7 @@ func (d *dashboardAPI) serveEvents(w http.ResponseWriter, r *http.Request) error
 	}
 	if st.dash.streams.Add(1) > maxEventStreams {
 		st.dash.streams.Add(-1)
-		return apiError(http.StatusServiceUnavailable, fmt.Errorf("%w (at most %d)", ErrTooManyStreams, maxEventStreams))
+		return fmt.Errorf("%w (at most %d)", ErrTooManyStreams, maxEventStreams)
 	}
 	defer st.dash.streams.Add(-1)
 
@@ -296,12 +300,12 @@ func (d *dashboardAPI) serveHistory(w http.ResponseWriter, r *http.Request) erro
 	}
 	h := st.dash.hist.Load()
 	if h == nil {
-		return apiError(http.StatusServiceUnavailable, errors.New("the dashboard sampler has not started yet"))
+		return errSamplerNotStarted
 	}
 	q := r.URL.Query()
 	for k := range q {
 		if k != "instance" && k != "pool" {
-			return apiError(http.StatusBadRequest, fmt.Errorf("%s: unknown parameter (use instance or pool)", k))
+			return invalidf("%s: unknown parameter (use instance or pool)", k)
 		}
 	}
 	instArg, poolArg := q.Get("instance"), q.Get("pool")
@@ -330,7 +334,7 @@ func historyInstances(h *history.Store, arg string, out map[string]history.Serie
 		for _, f := range strings.Split(arg, ",") {
 			id, err := strconv.ParseInt(strings.TrimSpace(f), 10, 64)
 			if err != nil || id <= 0 {
-				return apiError(http.StatusBadRequest, fmt.Errorf("instance: %q is not a positive integer", f))
+				return invalidf("instance: %q is not a positive integer", f)
 			}
 			ids = append(ids, id)
 		}
@@ -341,7 +345,7 @@ func historyInstances(h *history.Store, arg string, out map[string]history.Serie
 			if arg == "all" {
 				continue // left between listing and reading
 			}
-			return apiError(http.StatusNotFound, fmt.Errorf("instance %d: %w (not known, or not sampled yet)", id, ErrNoHistory))
+			return fmt.Errorf("instance %d: %w (not known, or not sampled yet)", id, ErrNoHistory)
 		}
 		out[strconv.FormatInt(id, 10)] = s
 	}
@@ -364,7 +368,7 @@ func historyPools(h *history.Store, arg string, out map[string]history.Series) e
 			if arg == "all" {
 				continue
 			}
-			return apiError(http.StatusNotFound, fmt.Errorf("pool %q: %w (not configured, or not sampled yet)", n, ErrNoHistory))
+			return fmt.Errorf("pool %q: %w (not configured, or not sampled yet)", n, ErrNoHistory)
 		}
 		out[n] = s
 	}

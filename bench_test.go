@@ -122,7 +122,7 @@ func BenchmarkProxy(b *testing.B) {
 		vastai_proxy llm
 	}`, addr, token)
 	startCaddy(b, testConfig(sim.URL(), llmPool, site))
-	waitRoutable(b, ids, 10*time.Second)
+	waitRoutable(b, 10*time.Second, ids)
 
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 	for _, route := range []string{"static", "vastai"} {
@@ -191,7 +191,7 @@ func BenchmarkKeepAlivePool(b *testing.B) {
 		}
 	}`
 	startCaddy(b, testConfig(sim.URL(), llmPool, site))
-	waitRoutable(b, ids, 10*time.Second)
+	waitRoutable(b, 10*time.Second, ids)
 
 	for _, clients := range []int{32, 256} {
 		// The client side must not be the bottleneck: one keep-alive

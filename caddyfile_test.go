@@ -11,7 +11,9 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddytest"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 )
 
 var updateGolden = flag.Bool("update", false, "rewrite the expected JSON of testdata/caddyfile_adapt/*.caddyfiletest (review the diff!)")
@@ -247,5 +249,42 @@ func TestRefuseLiteralSecretsCaddyfileOption(t *testing.T) {
 	}
 	if _, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte("{\n\tvastai {\n\t\trefuse_literal_secrets yes\n\t}\n}\n"), nil); err == nil || !strings.Contains(err.Error(), "refuse_literal_secrets: takes no argument") {
 		t.Fatalf("an argument: %v", err)
+	}
+}
+
+// TestTransportCaddyfileHandsOtherOptionsOn checks that transport vastai
+// takes out only its own tunnel option, wherever it stands, and hands every
+// other option (nested blocks included) to the http transport unchanged.
+func TestTransportCaddyfileHandsOtherOptionsOn(t *testing.T) {
+	const pool = "\t\ttls_trust_pool file {\n\t\t\tpem_file a.pem\n\t\t}\n"
+	cases := []struct {
+		name, body, httpBody, tunnel string
+	}{
+		{"no block", "", "", ""},
+		{"empty block", " {\n}", "", ""},
+		{"tunnel only", " {\n\ttunnel ssh\n}", "", "ssh"},
+		{"tunnel first", " {\n\ttunnel ssh\n\tdial_timeout 3s\n" + pool + "}", " {\n\tdial_timeout 3s\n" + pool + "}", "ssh"},
+		{"tunnel after a nested block", " {\n\tdial_timeout 3s\n" + pool + "\ttunnel ssh\n\tkeepalive_idle_conns 7\n}", " {\n\tdial_timeout 3s\n" + pool + "\tkeepalive_idle_conns 7\n}", "ssh"},
+		{"no tunnel", " {\n\tread_buffer 8KiB\n" + pool + "}", " {\n\tread_buffer 8KiB\n" + pool + "}", ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			var got Transport
+			if err := got.UnmarshalCaddyfile(caddyfile.NewTestDispenser("vastai" + c.body)); err != nil {
+				t.Fatalf("transport vastai: %v", err)
+			}
+			want := new(reverseproxy.HTTPTransport)
+			if err := want.UnmarshalCaddyfile(caddyfile.NewTestDispenser("http" + c.httpBody)); err != nil {
+				t.Fatalf("transport http: %v", err)
+			}
+			if got.Tunnel != c.tunnel {
+				t.Errorf("tunnel = %q, want %q", got.Tunnel, c.tunnel)
+			}
+			gotJSON, _ := json.Marshal(got.HTTPTransport)
+			wantJSON, _ := json.Marshal(want)
+			if !bytes.Equal(gotJSON, wantJSON) {
+				t.Errorf("http transport options differ:\n got %s\nwant %s", gotJSON, wantJSON)
+			}
+		})
 	}
 }

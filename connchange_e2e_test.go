@@ -51,7 +51,7 @@ func TestOneInstancesSSHChangeKeepsTheOthersConnections(t *testing.T) {
 			startCaddy(t, sshConfig(sim.URL(), keyFile, filepath.Join(dir, "storage"), quietHealthPool, `	vastai_proxy llm {
 		lb_policy round_robin`+tc.transport+`
 	}`))
-			waitRoutable(t, ids, 30*time.Second)
+			waitRoutable(t, 30*time.Second, ids)
 			waitFor(t, 30*time.Second, "both SSH connections up on the direct path", func() bool {
 				return sshPath(t, a) == "direct" && sshPath(t, b) == "direct"
 			})

@@ -5,7 +5,6 @@ package vastai
 
 import (
 	"errors"
-	"fmt"
 	"net/http"
 	"time"
 
@@ -13,6 +12,7 @@ import (
 
 	"github.com/caddy-vastai/caddy-vastai/fleet"
 	"github.com/caddy-vastai/caddy-vastai/ledger"
+	"github.com/caddy-vastai/caddy-vastai/lifecycle"
 )
 
 // fleetSpend is what the gateway's instances bill per hour now, in total
@@ -44,32 +44,29 @@ type costsView struct {
 	Rows         []ledger.Row `json:"rows"`
 }
 
-// serveCosts answers GET /vastai/costs?by=pool|instance&period=day|month
+// handleCosts answers GET /vastai/costs?by=pool|instance&period=day|month
 // &since=YYYY-MM-DD from the ledger in memory: no storage access.
-func (a *adminAPI) serveCosts(w http.ResponseWriter, r *http.Request, snap *fleet.Snapshot) error {
-	if err := onlyGET(r); err != nil {
-		return err
-	}
+func (a *adminAPI) handleCosts(w http.ResponseWriter, r *http.Request, _ string) error {
 	q := r.URL.Query()
 	for name := range q {
 		if name != "by" && name != "period" && name != "since" {
-			return apiError(http.StatusBadRequest, fmt.Errorf("%s: unknown parameter (use by, period, since)", name))
+			return invalidf("%s: unknown parameter (use by, period, since)", name)
 		}
 	}
 	query, err := ledger.ParseQuery(q.Get("by"), q.Get("period"), q.Get("since"))
 	if err != nil {
-		return apiError(http.StatusBadRequest, err)
+		return classify(lifecycle.ErrInvalidRequest, err)
 	}
 	rt := a.app.state.ledger.Load()
 	if rt == nil || !rt.led.Loaded() {
-		return apiError(http.StatusServiceUnavailable, errLedgerNotLoaded)
+		return errLedgerNotLoaded
 	}
 	rep := rt.led.Report(query)
 	v := costsView{By: query.By, Period: query.Period, TotalDollars: rep.TotalDollars, Rows: rep.Rows}
 	if !query.Since.IsZero() {
 		v.Since = query.Since.Format(time.DateOnly)
 	}
-	v.SpendPerHour, _ = fleetSpend(snap)
+	v.SpendPerHour, _ = fleetSpend(a.app.state.watcher.Snapshot())
 	return writeJSON(w, http.StatusOK, v)
 }
 

@@ -54,7 +54,7 @@ func TestCostOfADestroyedInstanceSurvivesARestartAndMatchesBilling(t *testing.T)
 	cfg := lifecycleConfig(t, sim.URL(), provisionPool, `	vastai_proxy llm`)
 	tc := startCaddy(t, cfg)
 
-	op := waitOperation(t, provisionOne(t, "llm").ID, "succeeded", 30*time.Second)
+	op := waitOperation(t, 30*time.Second, provisionOne(t, "llm").ID, "succeeded")
 	id := op.InstanceID
 	var inst adminInstance
 	waitFor(t, 30*time.Second, "the instance running in the admin API", func() bool {
@@ -158,5 +158,3 @@ func scrapeMetrics(t *testing.T) string {
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
 }
-
-func near(a, b float64) bool { return math.Abs(a-b) < 1e-9 }

@@ -155,7 +155,7 @@ func TestEventsStreamASnapshotOnConnectThenOnChange(t *testing.T) {
 	sim := newSim(t, vastsim.Options{})
 	ids := launch(t, sim, 3, "llm-")
 	startCaddy(t, lifecycleConfig(t, sim.URL(), llmPool, `	vastai_proxy llm`))
-	waitRoutable(t, ids, 30*time.Second)
+	waitRoutable(t, 30*time.Second, ids)
 
 	s, resp := openEvents(t, nil)
 	if s == nil {
@@ -285,7 +285,7 @@ func TestHistoryHasAPointPerInstanceAndPoolAndOneSamplerAcrossReloads(t *testing
 	sim := newSim(t, vastsim.Options{})
 	ids := launch(t, sim, 2, "llm-")
 	tc := startCaddy(t, testConfig(sim.URL(), llmPool, `	vastai_proxy llm`))
-	waitRoutable(t, ids, 30*time.Second)
+	waitRoutable(t, 30*time.Second, ids)
 
 	for i := 0; i < 3; i++ {
 		tc.InitServer(testConfig(sim.URL(), llmPool, fmt.Sprintf("\tvastai_proxy llm {\n\t\theader_down X-Reload %d\n\t}", i)), "caddyfile")
@@ -546,7 +546,7 @@ func TestDashboardInHeadlessChromium(t *testing.T) {
 	sim := newSim(t, vastsim.Options{SSHAuthorizedKeys: []ssh.PublicKey{pub}})
 	ids := launch(t, sim, 3, "llm-")
 	startCaddy(t, allowNavigation(t, sshConfig(sim.URL(), keyFile, dir, dashPools, `	vastai_proxy llm`)))
-	waitRoutable(t, ids, 30*time.Second)
+	waitRoutable(t, 30*time.Second, ids)
 
 	tctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()

@@ -1,13 +1,7 @@
 package vastai
 
-// End-to-end tests: a real Caddy (in-process, through caddytest's admin
-// /load), real HTTP over loopback, and vastsim standing in for vast.ai with
-// a real OpenAI-compatible engine per instance.
-//
-// caddytest runs one Caddy per test binary on fixed ports (admin 2999, HTTP
-// 9080), so these tests must not run in parallel; each one loads its own
-// config and unloads the vastai app when it ends, so no fleet state leaks
-// from one test into the next.
+// End-to-end tests of routing, health and the admin API; the harness
+// (a real Caddy, vastsim, the wait helpers) is in helpers_test.go.
 
 import (
 	"bufio"
@@ -22,253 +16,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2/caddytest"
-
 	"github.com/caddy-vastai/caddy-vastai/vastsim"
 )
-
-const (
-	testAPIKey   = "sim-test-key-0123456789"
-	testProxyURL = "http://localhost:9080"
-	testAdminURL = "http://localhost:2999"
-	testPoll     = "500ms"
-)
-
-// e2eRuns counts end-to-end tests that got a running Caddy; TestMain fails
-// the binary if caddytest silently skipped all of them.
-var (
-	e2eMu   sync.Mutex
-	e2eRuns int
-)
-
-// e2eStorage is the Caddy storage folder of this test binary: tests never
-// read or write the developer's own Caddy data (host keys, records).
-var e2eStorage string
-
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "caddy-vastai-e2e-storage-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	e2eStorage = dir
-	code := m.Run()
-	os.RemoveAll(dir)
-	if code == 0 && !testing.Short() && runFlagEmpty() {
-		e2eMu.Lock()
-		n := e2eRuns
-		e2eMu.Unlock()
-		if n == 0 {
-			fmt.Fprintln(os.Stderr, "FAIL: no end-to-end test ran: caddytest skipped them (missing test certificates or admin endpoint?)")
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
-
-func runFlagEmpty() bool {
-	for _, a := range os.Args[1:] {
-		if strings.HasPrefix(a, "-test.run") || strings.HasPrefix(a, "-test.bench") {
-			return false
-		}
-	}
-	return true
-}
-
-// newSim starts a simulator that is closed when the test ends.
-func newSim(t testing.TB, opts vastsim.Options) *vastsim.Sim {
-	t.Helper()
-	if opts.APIKey == "" {
-		opts.APIKey = testAPIKey
-	}
-	sim := vastsim.New(opts)
-	if _, err := sim.Start(""); err != nil {
-		t.Fatalf("starting vastsim: %v", err)
-	}
-	t.Cleanup(sim.Close)
-	return sim
-}
-
-func launch(t testing.TB, sim *vastsim.Sim, n int, labelPrefix string) []int64 {
-	t.Helper()
-	ids := make([]int64, 0, n)
-	for i := 1; i <= n; i++ {
-		id, err := sim.Launch(vastsim.LaunchSpec{Label: fmt.Sprintf("%s%d", labelPrefix, i), GPUName: "RTX 4090", NumGPUs: 1, DPH: 0.4, Running: true})
-		if err != nil {
-			t.Fatalf("launch: %v", err)
-		}
-		ids = append(ids, id)
-	}
-	return ids
-}
-
-// caddyfile renders a test config; site is the body of the :9080 site.
-func testConfig(simURL, pools, site string) string {
-	return fmt.Sprintf(`{
-	admin localhost:2999
-	http_port 9080
-	https_port 9443
-	grace_period 1ns
-	skip_install_trust
-	storage file_system %s
-	vastai {
-		api_key {env.VASTAI_E2E_KEY}
-		api_url %s
-		poll_interval %s
-%s
-	}
-}
-
-:9080 {
-%s
-}
-`, e2eStorage, simURL, testPoll, pools, site)
-}
-
-const llmPool = `		pool llm {
-			label_prefix llm-
-			port 8000
-			token jupyter_token
-		}`
-
-// idleConfig is loaded between tests: no vastai app, so the shared state is
-// released (what a clean stop does, too).
-const idleConfig = `{
-	admin localhost:2999
-	http_port 9080
-	https_port 9443
-	grace_period 1ns
-	skip_install_trust
-}
-:9080 {
-	respond "idle"
-}`
-
-// startCaddy loads cfg into the in-process Caddy and arranges for the
-// vastai app to be unloaded at the end of the test.
-func startCaddy(t testing.TB, cfg string) *caddytest.Tester {
-	t.Helper()
-	t.Setenv("VASTAI_E2E_KEY", testAPIKey)
-	tc := caddytest.NewTester(t)
-	tc.InitServer(cfg, "caddyfile")
-	if t.Failed() {
-		t.FailNow()
-	}
-	e2eMu.Lock()
-	e2eRuns++
-	e2eMu.Unlock()
-	t.Cleanup(func() {
-		// Unloading the vastai app releases the shared state, so the next
-		// test starts with an empty fleet.
-		tc.InitServer(idleConfig, "caddyfile")
-	})
-	return tc
-}
-
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t testing.TB, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", within, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-type adminInstance struct {
-	ID           int64   `json:"id"`
-	Pool         *string `json:"pool"`
-	Label        string  `json:"label"`
-	ActualStatus *string `json:"actual_status"`
-	Upstream     *string `json:"upstream"`
-	Routable     bool    `json:"routable"`
-	GPUName      string  `json:"gpu_name"`
-	NumGPUs      int     `json:"num_gpus"`
-	DPHTotal     float64 `json:"dph_total"`
-}
-
-func adminGET(t testing.TB, path string, out any) (int, []byte) {
-	t.Helper()
-	resp, err := http.Get(testAdminURL + path)
-	if err != nil {
-		t.Fatalf("GET %s: %v", path, err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	if out != nil && resp.StatusCode == http.StatusOK {
-		if err := json.Unmarshal(body, out); err != nil {
-			t.Fatalf("GET %s: decoding %s: %v", path, body, err)
-		}
-	}
-	return resp.StatusCode, body
-}
-
-func routableIDs(t testing.TB) map[int64]bool {
-	var list []adminInstance
-	adminGET(t, "/vastai/instances", &list)
-	out := map[int64]bool{}
-	for _, in := range list {
-		if in.Routable {
-			out[in.ID] = true
-		}
-	}
-	return out
-}
-
-func waitRoutable(t testing.TB, ids []int64, within time.Duration) {
-	t.Helper()
-	waitFor(t, within, fmt.Sprintf("instances %v routable", ids), func() bool {
-		r := routableIDs(t)
-		for _, id := range ids {
-			if !r[id] {
-				return false
-			}
-		}
-		return true
-	})
-}
-
-// streamEvents posts a streaming request through the proxy and returns the
-// status and the arrival time of each "data:" event after the request was
-// sent.
-func streamEvents(t testing.TB, path, body string) (int, []time.Duration) {
-	t.Helper()
-	req, _ := http.NewRequest(http.MethodPost, testProxyURL+path, strings.NewReader(body))
-	req.Header.Set("Content-Type", "application/json")
-	start := time.Now()
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var arrivals []time.Duration
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		if strings.HasPrefix(sc.Text(), "data: ") {
-			arrivals = append(arrivals, time.Since(start))
-		}
-	}
-	return resp.StatusCode, arrivals
-}
-
-// completion sends a non-streaming completion through the proxy with a
-// client Authorization header that must never reach an engine.
-func completion(t testing.TB, client *http.Client) (*http.Response, []byte) {
-	t.Helper()
-	req, _ := http.NewRequest(http.MethodPost, testProxyURL+"/v1/completions",
-		strings.NewReader(`{"model":"vastsim/tiny-llm","prompt":"hello","max_tokens":4}`))
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", "Bearer client-secret-must-not-leak")
-	resp, err := client.Do(req)
-	if err != nil {
-		t.Fatalf("request through the proxy: %v", err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	return resp, body
-}
 
 func TestProxySpreadsRequestsWithEachInstancesOwnToken(t *testing.T) {
 	sim := newSim(t, vastsim.Options{})
@@ -277,7 +26,7 @@ func TestProxySpreadsRequestsWithEachInstancesOwnToken(t *testing.T) {
 	startCaddy(t, testConfig(sim.URL(), llmPool, `	vastai_proxy llm {
 		lb_policy round_robin
 	}`))
-	waitRoutable(t, ids, 10*time.Second)
+	waitRoutable(t, 10*time.Second, ids)
 
 	client := &http.Client{Timeout: 10 * time.Second}
 	perInstance := map[string]int{}
@@ -314,7 +63,7 @@ func TestClientAuthorizationIsReplacedNotForwarded(t *testing.T) {
 	sim := newSim(t, vastsim.Options{})
 	ids := launch(t, sim, 1, "llm-")
 	startCaddy(t, testConfig(sim.URL(), llmPool, `	vastai_proxy llm`))
-	waitRoutable(t, ids, 10*time.Second)
+	waitRoutable(t, 10*time.Second, ids)
 
 	// The engine answers 401 unless the header is exactly its token; a
 	// forwarded or appended client credential would fail.
@@ -343,7 +92,7 @@ func TestStreamedCompletionArrivesEventByEvent(t *testing.T) {
 	sim := newSim(t, vastsim.Options{TokenInterval: interval})
 	ids := launch(t, sim, 1, "llm-")
 	startCaddy(t, testConfig(sim.URL(), llmPool, `	vastai_proxy llm`))
-	waitRoutable(t, ids, 10*time.Second)
+	waitRoutable(t, 10*time.Second, ids)
 
 	req, _ := http.NewRequest(http.MethodPost, testProxyURL+"/v1/chat/completions",
 		strings.NewReader(`{"model":"vastsim/tiny-llm","stream":true,"max_tokens":20,"messages":[{"role":"user","content":"count"}]}`))
@@ -391,7 +140,7 @@ func TestDestroyedInstanceStopsReceivingTraffic(t *testing.T) {
 		lb_policy round_robin
 		lb_try_duration 5s
 	}`))
-	waitRoutable(t, ids, 10*time.Second)
+	waitRoutable(t, 10*time.Second, ids)
 
 	victim := ids[1]
 	sim.Remove(victim)
@@ -427,7 +176,7 @@ func TestAPIOutageKeepsRoutingOnTheLastSnapshot(t *testing.T) {
 	startCaddy(t, testConfig(sim.URL(), llmPool, `	vastai_proxy llm {
 		lb_policy round_robin
 	}`))
-	waitRoutable(t, ids, 10*time.Second)
+	waitRoutable(t, 10*time.Second, ids)
 
 	for _, fault := range []vastsim.Faults{{Status: 503}, {RateLimit: true}, {Status: 500}, {MalformedJSON: true}} {
 		sim.SetFaults(fault)
@@ -469,7 +218,7 @@ func TestThirtyInstancesAcrossTwoPagesAreAllFound(t *testing.T) {
 	sim := newSim(t, vastsim.Options{})
 	ids := launch(t, sim, 30, "llm-")
 	startCaddy(t, testConfig(sim.URL(), llmPool, `	vastai_proxy llm`))
-	waitRoutable(t, ids, 15*time.Second)
+	waitRoutable(t, 15*time.Second, ids)
 
 	var pool struct {
 		Routable []int64 `json:"routable"`
@@ -498,7 +247,7 @@ func TestReloadKeepsStateAndRunsExactlyOneWatcher(t *testing.T) {
 	sim := newSim(t, vastsim.Options{})
 	ids := launch(t, sim, 3, "llm-")
 	tc := startCaddy(t, testConfig(sim.URL(), llmPool, `	vastai_proxy llm`))
-	waitRoutable(t, ids, 10*time.Second)
+	waitRoutable(t, 10*time.Second, ids)
 
 	for i := 0; i < 4; i++ {
 		// Each reload changes the config, so Caddy really swaps apps.
@@ -534,7 +283,7 @@ func TestAdminAPIListsInstancesWithoutSecrets(t *testing.T) {
 	ids := launch(t, sim, 2, "llm-")
 	other := launch(t, sim, 1, "batch-")
 	startCaddy(t, testConfig(sim.URL(), llmPool, `	vastai_proxy llm`))
-	waitRoutable(t, ids, 10*time.Second)
+	waitRoutable(t, 10*time.Second, ids)
 
 	var list []adminInstance
 	_, raw := adminGET(t, "/vastai/instances", &list)
@@ -611,47 +360,6 @@ func TestAdminAPIListsInstancesWithoutSecrets(t *testing.T) {
 	}
 }
 
-// healthPool is llmPool with fast probes, for the health tests.
-const healthPool = `		pool llm {
-			label_prefix llm-
-			health {
-				path /health
-				interval 200ms
-				timeout 500ms
-				unhealthy_threshold 2
-				grace 1m
-			}
-		}`
-
-func instanceState(t testing.TB, id int64) adminInstance2 {
-	t.Helper()
-	var in adminInstance2
-	adminGET(t, fmt.Sprintf("/vastai/instances/%d", id), &in)
-	return in
-}
-
-type adminInstance2 struct {
-	ID         int64      `json:"id"`
-	State      string     `json:"state"`
-	StateSince *time.Time `json:"state_since"`
-	Ready      bool       `json:"ready"`
-	Routable   bool       `json:"routable"`
-	LastProbe  *struct {
-		Time      time.Time `json:"time"`
-		Status    int       `json:"status"`
-		LatencyMS float64   `json:"latency_ms"`
-		Error     string    `json:"error"`
-		OK        bool      `json:"ok"`
-	} `json:"last_probe"`
-}
-
-func waitInstanceState(t testing.TB, id int64, state string, within time.Duration) {
-	t.Helper()
-	waitFor(t, within, fmt.Sprintf("instance %d in state %s", id, state), func() bool {
-		return instanceState(t, id).State == state
-	})
-}
-
 func TestEngineStillLoadingGetsNoTrafficUntilReady(t *testing.T) {
 	sim := newSim(t, vastsim.Options{})
 	ids := launch(t, sim, 1, "llm-")
@@ -678,7 +386,7 @@ func TestEngineStillLoadingGetsNoTrafficUntilReady(t *testing.T) {
 	}
 
 	sim.SetEngineReady(ids[0], true)
-	waitInstanceState(t, ids[0], "ready", 10*time.Second)
+	waitInstanceState(t, 10*time.Second, ids[0], "ready")
 	resp, body := completion(t, http.DefaultClient)
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("after ready: %d %s", resp.StatusCode, body)
@@ -694,14 +402,14 @@ func TestHangingEngineIsDrainedFromRouting(t *testing.T) {
 			response_header_timeout 3s
 		}
 	}`))
-	waitRoutable(t, ids, 10*time.Second)
+	waitRoutable(t, 10*time.Second, ids)
 
 	victim := ids[0]
 	sim.HangEngine(victim, true)
 	start := time.Now()
 	// timeout + unhealthy_threshold × interval = 500ms + 2×200ms, plus a
 	// probe tick and the admin read.
-	waitInstanceState(t, victim, "unhealthy", 3*time.Second)
+	waitInstanceState(t, 3*time.Second, victim, "unhealthy")
 	t.Logf("hung engine marked unhealthy after %s (bound 900ms)", time.Since(start))
 	for i := 0; i < 9; i++ {
 		resp, body := completion(t, &http.Client{Timeout: 5 * time.Second})
@@ -710,7 +418,7 @@ func TestHangingEngineIsDrainedFromRouting(t *testing.T) {
 		}
 	}
 	sim.HangEngine(victim, false)
-	waitInstanceState(t, victim, "ready", 5*time.Second)
+	waitInstanceState(t, 5*time.Second, victim, "ready")
 }
 
 func TestClientCancellationsNeverMarkAnInstanceUnhealthy(t *testing.T) {
@@ -725,7 +433,7 @@ func TestClientCancellationsNeverMarkAnInstanceUnhealthy(t *testing.T) {
 				unhealthy_threshold 2
 			}
 		}`, `	vastai_proxy llm`))
-	waitRoutable(t, ids, 10*time.Second)
+	waitRoutable(t, 10*time.Second, ids)
 
 	for i := 0; i < 6; i++ {
 		// A non-streaming completion of 20 tokens takes 2s; the client
@@ -766,11 +474,11 @@ func TestPlaceholderResponsesTakeAReadyInstanceOutOfRotation(t *testing.T) {
 		lb_policy round_robin
 		lb_try_duration 2s
 	}`))
-	waitRoutable(t, ids, 10*time.Second)
+	waitRoutable(t, 10*time.Second, ids)
 
 	victim := ids[1]
 	sim.SetEngineReady(victim, false) // the engine restarts behind the portal
-	waitInstanceState(t, victim, "unhealthy", 5*time.Second)
+	waitInstanceState(t, 5*time.Second, victim, "unhealthy")
 	for i := 0; i < 6; i++ {
 		resp, body := completion(t, http.DefaultClient)
 		if resp.StatusCode != http.StatusOK || resp.Header.Get(InstanceHeader) != fmt.Sprint(ids[0]) {
@@ -778,7 +486,7 @@ func TestPlaceholderResponsesTakeAReadyInstanceOutOfRotation(t *testing.T) {
 		}
 	}
 	sim.SetEngineReady(victim, true)
-	waitInstanceState(t, victim, "ready", 5*time.Second)
+	waitInstanceState(t, 5*time.Second, victim, "ready")
 }
 
 // withLogFile adds a JSON log file to a test config and returns its path:
@@ -811,17 +519,6 @@ func readLog(t testing.TB, path string) ([]logEntry, string) {
 		}
 	}
 	return out, string(raw)
-}
-
-func adminError(t testing.TB, body []byte) string {
-	t.Helper()
-	var e struct {
-		Error string `json:"error"`
-	}
-	if err := json.Unmarshal(body, &e); err != nil {
-		t.Errorf("not a JSON error: %s", body)
-	}
-	return e.Error
 }
 
 func TestProvisionCountZeroIsRefusedAndAbsentMeansOne(t *testing.T) {
@@ -907,7 +604,7 @@ func TestReloadsLeaveIdleUpstreamConnectionsFlat(t *testing.T) {
 		return testConfig(sim.URL(), llmPool, fmt.Sprintf("\tvastai_proxy llm {\n\t\theader_down X-Reload %d\n\t}", i))
 	}
 	tc := startCaddy(t, cfgFor(0))
-	waitRoutable(t, ids, 10*time.Second)
+	waitRoutable(t, 10*time.Second, ids)
 
 	// burst sends 8 overlapping completions, so the current transport
 	// holds about 8 idle connections afterwards.
@@ -939,14 +636,10 @@ func TestReloadsLeaveIdleUpstreamConnectionsFlat(t *testing.T) {
 		// Closing idle connections is asynchronous at the engine's end;
 		// a transport that never closes them stays above the bound.
 		var open int64
-		within := 10 * time.Second
-		deadline := time.Now().Add(within)
-		for open = sim.Engine(ids[0]).OpenConns; open > base+2; open = sim.Engine(ids[0]).OpenConns {
-			if time.Now().After(deadline) {
-				t.Fatalf("reload %d: %d upstream connections open at the engine, %d after the first burst: old transports keep theirs", i, open, base)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		waitFor(t, 10*time.Second, fmt.Sprintf("reload %d: at most %d upstream connections open at the engine (%d after the first burst; old transports keep theirs)", i, base+2, base), func() bool {
+			open = sim.Engine(ids[0]).OpenConns
+			return open <= base+2
+		})
 		t.Logf("reload %d: %d open engine connections", i, open)
 	}
 }
@@ -956,7 +649,7 @@ func TestDrainIsAllowedWhereDestroyIsAndHonoursForce(t *testing.T) {
 	pooled := launch(t, sim, 2, "llm-")
 	unpooled := launch(t, sim, 2, "batch-")
 	startCaddy(t, lifecycleConfig(t, sim.URL(), llmPool, `	vastai_proxy llm`))
-	waitRoutable(t, pooled, 10*time.Second)
+	waitRoutable(t, 10*time.Second, pooled)
 
 	// Each pair: the same request as drain and as DELETE, on two instances
 	// alike; both must answer the same.
@@ -1059,7 +752,7 @@ func TestAdminErrorsAndLoggerNamesSayThingsOnce(t *testing.T) {
 	pooled := launch(t, sim, 1, "llm-")
 	cfg, logPath := withLogFile(t, lifecycleConfig(t, sim.URL(), llmPool, `	vastai_proxy llm`))
 	startCaddy(t, cfg)
-	waitRoutable(t, pooled, 10*time.Second)
+	waitRoutable(t, 10*time.Second, pooled)
 
 	cases := []struct {
 		method, path, body string

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -13,119 +12,12 @@ import (
 	"github.com/caddy-vastai/caddy-vastai/vastsim"
 )
 
-// lifecycleConfig is testConfig with a storage folder of the test's own:
-// records and the machine blocklist must not carry over between tests.
-func lifecycleConfig(t testing.TB, simURL, pools, site string) string {
-	return strings.Replace(testConfig(simURL, pools, site), "storage file_system "+e2eStorage, "storage file_system "+t.TempDir(), 1)
-}
-
-// provisionPool is a pool that provisions RTX 4090s, with fast probes.
-const provisionPool = `		lease_ttl 3s
-		provision_poll_interval 300ms
-		pool llm {
-			health {
-				interval 200ms
-				timeout 1s
-			}
-			provision {
-				image vllm/vllm-openai:latest
-				disk 20
-				env HF_HOME /data
-				offer {
-					gpu_name "RTX 4090"
-					num_gpus 1
-				}
-				max_instances 3
-				max_price_per_hour 2
-				ready_timeout 20s
-			}
-		}`
-
-type operation struct {
-	ID         string `json:"id"`
-	Kind       string `json:"kind"`
-	Pool       string `json:"pool"`
-	State      string `json:"state"`
-	Error      string `json:"error"`
-	InstanceID int64  `json:"instance_id"`
-	Attempts   []struct {
-		OfferID    int64  `json:"offer_id"`
-		MachineID  int64  `json:"machine_id"`
-		InstanceID int64  `json:"instance_id"`
-		State      string `json:"state"`
-		Error      string `json:"error"`
-	} `json:"attempts"`
-}
-
-func adminDo(t testing.TB, method, path, body string) (int, []byte) {
-	t.Helper()
-	var rd io.Reader
-	if body != "" {
-		rd = strings.NewReader(body)
-	}
-	req, _ := http.NewRequest(method, testAdminURL+path, rd)
-	if body != "" {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, b
-}
-
-// provisionOne asks the admin API for one instance and returns the operation.
-func provisionOne(t testing.TB, pool string) operation {
-	t.Helper()
-	code, body := adminDo(t, http.MethodPost, "/vastai/pools/"+pool+"/instances", "")
-	if code != http.StatusAccepted {
-		t.Fatalf("POST /vastai/pools/%s/instances: %d %s", pool, code, body)
-	}
-	var out struct {
-		Operations []operation `json:"operations"`
-	}
-	if err := json.Unmarshal(body, &out); err != nil || len(out.Operations) != 1 {
-		t.Fatalf("provision answer %s: %v", body, err)
-	}
-	return out.Operations[0]
-}
-
-func waitOperation(t testing.TB, id, state string, within time.Duration) operation {
-	t.Helper()
-	var op operation
-	waitFor(t, within, "operation "+id+" "+state, func() bool {
-		code, body := adminDo(t, http.MethodGet, "/vastai/operations/"+id, "")
-		if code != http.StatusOK {
-			return false
-		}
-		_ = json.Unmarshal(body, &op)
-		if op.State == "failed" && state != "failed" {
-			t.Fatalf("operation failed: %s", body)
-		}
-		return op.State == state
-	})
-	return op
-}
-
-// ours lists the simulator's live instances carrying this gateway's label.
-func ours(sim *vastsim.Sim) []vastsim.InstanceInfo {
-	var out []vastsim.InstanceInfo
-	for _, in := range sim.Instances() {
-		if strings.HasPrefix(in.Label, "cv:default:") && !in.Destroyed {
-			out = append(out, in)
-		}
-	}
-	return out
-}
-
 func TestProvisioningThroughTheAdminAPIBringsAnInstanceIntoRouting(t *testing.T) {
 	sim := newSim(t, vastsim.Options{LoadingDelay: time.Second})
 	startCaddy(t, lifecycleConfig(t, sim.URL(), provisionPool, `	vastai_proxy llm`))
 
 	op := provisionOne(t, "llm")
-	done := waitOperation(t, op.ID, "succeeded", 30*time.Second)
+	done := waitOperation(t, 30*time.Second, op.ID, "succeeded")
 	if done.InstanceID == 0 || len(done.Attempts) != 1 {
 		t.Fatalf("operation %+v", done)
 	}
@@ -133,7 +25,7 @@ func TestProvisioningThroughTheAdminAPIBringsAnInstanceIntoRouting(t *testing.T)
 	if len(live) != 1 || live[0].ID != done.InstanceID || !strings.HasPrefix(live[0].Label, "cv:default:llm:") {
 		t.Fatalf("simulator instances with our label: %+v", live)
 	}
-	waitRoutable(t, []int64{done.InstanceID}, 10*time.Second)
+	waitRoutable(t, 10*time.Second, []int64{done.InstanceID})
 	resp, body := completion(t, http.DefaultClient)
 	if resp.StatusCode != http.StatusOK || resp.Header.Get(InstanceHeader) != fmt.Sprint(done.InstanceID) {
 		t.Fatalf("request: %d from %q: %s", resp.StatusCode, resp.Header.Get(InstanceHeader), body)
@@ -173,7 +65,7 @@ func TestAnExitedHostIsDestroyedAndReplacedFromAnotherMachine(t *testing.T) {
 		return false
 	})
 	sim.SetStatus(first, "exited") // the host gives up while loading
-	done := waitOperation(t, op.ID, "succeeded", 60*time.Second)
+	done := waitOperation(t, 60*time.Second, op.ID, "succeeded")
 	if len(done.Attempts) < 2 {
 		t.Fatalf("attempts %+v, want the failed one and its replacement", done.Attempts)
 	}
@@ -288,7 +180,7 @@ func TestReloadAndUnloadDestroyNothing(t *testing.T) {
 	storageCfg := lifecycleConfig(t, sim.URL(), provisionPool, `	vastai_proxy llm`)
 	tc := startCaddy(t, storageCfg)
 	op := provisionOne(t, "llm")
-	done := waitOperation(t, op.ID, "succeeded", 30*time.Second)
+	done := waitOperation(t, 30*time.Second, op.ID, "succeeded")
 
 	for i := 0; i < 3; i++ {
 		tc.InitServer(strings.Replace(storageCfg, "disk 20", fmt.Sprintf("disk %d", 21+i), 1), "caddyfile")
@@ -312,8 +204,8 @@ func TestDrainWaitsForInFlightStreamsThenDestroys(t *testing.T) {
 	sim := newSim(t, vastsim.Options{LoadingDelay: 500 * time.Millisecond, TokenInterval: 100 * time.Millisecond})
 	startCaddy(t, lifecycleConfig(t, sim.URL(), provisionPool, `	vastai_proxy llm`))
 	op := provisionOne(t, "llm")
-	id := waitOperation(t, op.ID, "succeeded", 30*time.Second).InstanceID
-	waitRoutable(t, []int64{id}, 10*time.Second)
+	id := waitOperation(t, 30*time.Second, op.ID, "succeeded").InstanceID
+	waitRoutable(t, 10*time.Second, []int64{id})
 
 	// A 3-second stream is in flight when the drain starts.
 	type result struct {
@@ -352,8 +244,8 @@ func TestDestroyTakesTheInstanceOutOfRoutingAtOnce(t *testing.T) {
 	sim := newSim(t, vastsim.Options{LoadingDelay: 500 * time.Millisecond, DestroyDelay: 3 * time.Second})
 	startCaddy(t, lifecycleConfig(t, sim.URL(), provisionPool, `	vastai_proxy llm`))
 	op := provisionOne(t, "llm")
-	id := waitOperation(t, op.ID, "succeeded", 30*time.Second).InstanceID
-	waitRoutable(t, []int64{id}, 10*time.Second)
+	id := waitOperation(t, 30*time.Second, op.ID, "succeeded").InstanceID
+	waitRoutable(t, 10*time.Second, []int64{id})
 
 	code, body := adminDo(t, http.MethodDelete, fmt.Sprintf("/vastai/instances/%d", id), "")
 	if code != http.StatusAccepted {
@@ -388,8 +280,8 @@ func TestRestartWithABrokenProbeKeepsTheReadyFleet(t *testing.T) {
 	sim := newSim(t, vastsim.Options{LoadingDelay: 300 * time.Millisecond})
 	cfg := lifecycleConfig(t, sim.URL(), provisionPool, `	vastai_proxy llm`)
 	tc := startCaddy(t, cfg)
-	done := waitOperation(t, provisionOne(t, "llm").ID, "succeeded", 30*time.Second)
-	waitRoutable(t, []int64{done.InstanceID}, 10*time.Second)
+	done := waitOperation(t, 30*time.Second, provisionOne(t, "llm").ID, "succeeded")
+	waitRoutable(t, 10*time.Second, []int64{done.InstanceID})
 
 	// A clean stop, then a start with a probe that can never pass and a
 	// fast reconcile: the old code destroyed the instance as dead.

@@ -35,7 +35,7 @@ func TestStatusLastErrorCarriesNoInstanceSecrets(t *testing.T) {
 		t.Fatalf("instance %d has no usable jupyter token %q", id, jt)
 	}
 	startCaddy(t, testConfig(sim.URL(), llmPool, `	vastai_proxy llm`))
-	waitRoutable(t, []int64{id}, 30*time.Second)
+	waitRoutable(t, 30*time.Second, []int64{id})
 
 	secrets := []string{jt, webPassword, hfToken, instKey, testAPIKey}
 	bodies := []struct {

@@ -1,12 +1,8 @@
 package vastai
 
 import (
-	"crypto/ed25519"
-	"crypto/rand"
-	"encoding/pem"
 	"fmt"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -18,58 +14,6 @@ import (
 	"github.com/caddy-vastai/caddy-vastai/internal/sshdtest"
 	"github.com/caddy-vastai/caddy-vastai/vastsim"
 )
-
-// writeSSHKey writes a fresh ed25519 private key in OpenSSH format and
-// returns its path and public key.
-func writeSSHKey(t testing.TB, dir string) (string, ssh.PublicKey) {
-	t.Helper()
-	pub, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	block, err := ssh.MarshalPrivateKey(priv, "caddy-vastai test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(dir, "id_ed25519")
-	if err := os.WriteFile(path, pem.EncodeToMemory(block), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	sshPub, err := ssh.NewPublicKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return path, sshPub
-}
-
-// sshConfig renders a test config with an ssh block and a storage folder
-// of the test's own (host keys are remembered there).
-func sshConfig(simURL, keyFile, storage, pools, site string) string {
-	cfg := testConfig(simURL, pools+fmt.Sprintf(`
-		ssh {
-			key %s
-			known_hosts storage
-			connect_timeout 5s
-			metrics_interval 300ms
-		}`, keyFile), site)
-	return strings.Replace(cfg, "storage file_system "+e2eStorage, "storage file_system "+storage, 1)
-}
-
-type gpuInstance struct {
-	ID   int64 `json:"id"`
-	GPUs []struct {
-		Index          int       `json:"index"`
-		Name           string    `json:"name"`
-		UtilizationGPU *float64  `json:"utilization_gpu"`
-		MemoryTotalMiB *float64  `json:"memory_total_mib"`
-		TemperatureC   *float64  `json:"temperature_c"`
-		CollectedAt    time.Time `json:"collected_at"`
-	} `json:"gpus"`
-	SSH *struct {
-		Path      string `json:"path"`
-		LastError string `json:"last_error"`
-	} `json:"ssh"`
-}
 
 func TestGPUMetricsFromTheSimulatorsSSH(t *testing.T) {
 	dir := t.TempDir()
@@ -133,7 +77,7 @@ func TestTunnelTransportCarriesAStreamOverTheSimulatorsSSH(t *testing.T) {
 			tunnel ssh
 		}
 	}`))
-	waitRoutable(t, ids, 15*time.Second)
+	waitRoutable(t, 15*time.Second, ids)
 
 	var list []struct {
 		ID       int64  `json:"id"`
@@ -218,7 +162,7 @@ func TestTunnelAndGPUMetricsThroughARealOpenSSHServer(t *testing.T) {
 			tunnel ssh
 		}
 	}`))
-	waitRoutable(t, ids, 20*time.Second)
+	waitRoutable(t, 20*time.Second, ids)
 
 	status, arrivals := streamEvents(t, "/v1/completions", `{"model":"vastsim/tiny-llm","prompt":"hi","stream":true,"max_tokens":15}`)
 	if status != http.StatusOK || len(arrivals) < 15 {

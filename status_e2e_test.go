@@ -36,13 +36,3 @@ func TestWrongAPIKeyIsReportedAsNeverListed(t *testing.T) {
 		t.Errorf("metrics lack caddy_vastai_api_auth_failed 1:\n%s", grepLines(string(metrics), "caddy_vastai_"))
 	}
 }
-
-func grepLines(text, substr string) string {
-	var out []string
-	for _, l := range strings.Split(text, "\n") {
-		if strings.Contains(l, substr) {
-			out = append(out, l)
-		}
-	}
-	return strings.Join(out, "\n")
-}

@@ -11,7 +11,6 @@ import (
 	"sync"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
 	"github.com/caddy-vastai/caddy-vastai/fleet"
@@ -235,55 +234,10 @@ type trackedRWBody struct {
 
 func (b *trackedRWBody) Write(p []byte) (int, error) { return b.w.Write(p) }
 
-// UnmarshalCaddyfile sets up the transport from Caddyfile tokens. Syntax:
-//
-//	transport vastai {
-//		tunnel ssh    # optional: carry requests over the instances' SSH connections
-//		<any option of the http transport>
-//		# keepalive_idle_conns_per_host defaults to 512, keepalive_idle_conns to 4096
-//	}
-func (t *Transport) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	if t.HTTPTransport == nil {
-		t.HTTPTransport = new(reverseproxy.HTTPTransport)
-	}
-	// Take out our own option, then hand the rest to the http transport.
-	depth := 0
-	for d.Next() {
-		switch d.Val() {
-		case "{":
-			depth++
-			continue
-		case "}":
-			depth--
-			continue
-		}
-		if d.Val() != "tunnel" || depth != 1 {
-			continue
-		}
-		if !d.NextArg() {
-			return d.Err("tunnel: expected ssh")
-		}
-		if d.Val() != "ssh" {
-			return d.Errf("tunnel: %q is not supported (use ssh)", d.Val())
-		}
-		if d.NextArg() {
-			return d.ArgErr()
-		}
-		if t.Tunnel != "" {
-			return d.Err("tunnel already specified")
-		}
-		t.Tunnel = "ssh"
-		d.DeleteN(2)
-	}
-	d.Reset()
-	return t.HTTPTransport.UnmarshalCaddyfile(d)
-}
-
 // Interface guards
 var (
 	_ caddy.Provisioner         = (*Transport)(nil)
 	_ http.RoundTripper         = (*Transport)(nil)
 	_ reverseproxy.TLSTransport = (*Transport)(nil)
-	_ caddyfile.Unmarshaler     = (*Transport)(nil)
 	_ caddy.CleanerUpper        = (*Transport)(nil)
 )

@@ -65,7 +65,7 @@ func TestUpgradedConnectionsPassThrough(t *testing.T) {
 	defer api.Close()
 
 	startCaddy(t, testConfig(api.URL, llmPool, `	vastai_proxy llm`))
-	waitRoutable(t, []int64{4242}, 10*time.Second)
+	waitRoutable(t, 10*time.Second, []int64{4242})
 
 	conn, err := net.DialTimeout("tcp", "127.0.0.1:9080", 5*time.Second)
 	if err != nil {

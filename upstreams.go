@@ -6,7 +6,6 @@ import (
 	"net/http"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
 	"github.com/caddy-vastai/caddy-vastai/fleet"
@@ -72,49 +71,8 @@ func (u *Upstreams) GetUpstreams(*http.Request) ([]*reverseproxy.Upstream, error
 	return out, nil
 }
 
-// UnmarshalCaddyfile sets up the source from Caddyfile tokens. Syntax:
-//
-//	dynamic vastai <pool>
-//
-// or
-//
-//	dynamic vastai {
-//		pool <pool>
-//	}
-func (u *Upstreams) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // module name
-	if d.NextArg() {
-		u.Pool = d.Val()
-		if d.NextArg() {
-			return d.ArgErr()
-		}
-	}
-	for d.NextBlock(0) {
-		switch d.Val() {
-		case "pool":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			if u.Pool != "" {
-				return d.Err("pool already specified")
-			}
-			u.Pool = d.Val()
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-		default:
-			return d.Errf("unrecognized vastai upstreams option %q", d.Val())
-		}
-	}
-	if u.Pool == "" {
-		return d.Err("vastai upstreams: a pool name is required")
-	}
-	return nil
-}
-
 // Interface guards
 var (
 	_ caddy.Provisioner           = (*Upstreams)(nil)
 	_ reverseproxy.UpstreamSource = (*Upstreams)(nil)
-	_ caddyfile.Unmarshaler       = (*Upstreams)(nil)
 )

@@ -419,6 +419,10 @@ func (c Config) Validate() error {
 	return nil
 }
 
+// ValidatePool reports a pool template's mistakes, each naming the field;
+// the Caddyfile parser calls it too so both config paths share one rule set.
+func ValidatePool(name string, p PoolTemplate) error { return validatePool(name, p) }
+
 func validatePool(name string, p PoolTemplate) error {
 	var errs []error
 	bad := func(format string, args ...any) {
@@ -428,7 +432,7 @@ func validatePool(name string, p PoolTemplate) error {
 		bad("name must match [A-Za-z0-9_.-]{1,40}")
 	}
 	if p.Image == "" && p.TemplateHashID == "" {
-		bad("image or template_hash_id is required")
+		bad("image: an image or a template_hash_id is required")
 	}
 	if p.Disk != 0 && p.Disk < 8 {
 		bad("disk %v GB must be at least 8", p.Disk)
