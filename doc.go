@@ -4,8 +4,8 @@
 // (the vast.ai REST client), fleet (the watcher, its immutable snapshots,
 // health), lifecycle (provisioning, verified destroys, reconciliation,
 // budgets), sshpool (the SSH connection pool that also carries tunnels),
-// gpumetrics (the nvidia-smi parser and collector), ledger (the persisted cost ledger), history
-// (the dashboard's rings) and vastsim (a simulated vast.ai for tests and the
+// gpumetrics (the nvidia-smi parser and collector), ledger (the
+// persisted cost ledger), history (the dashboard's rings) and vastsim (a simulated vast.ai for tests and the
 // demo).
 //
 // # Files
@@ -24,9 +24,14 @@
 //   - inflight.go: per-instance request counters (drains, requests/s).
 //   - upstreams.go, transport.go: the request path.
 //   - admin.go, admin_lifecycle.go, admin_ui.go, costs.go: the /vastai/
-//     admin API, the provisioning endpoints, the dashboard, /vastai/costs.
+//     admin API (adminEndpoints maps each path to one named handler), the
+//     provisioning endpoints, the dashboard, /vastai/costs.
+//   - admin_errors.go: the one mapping from errors to HTTP status codes.
 //   - metrics.go, costs.go: Prometheus collectors (read at scrape time).
-//   - caddyfile.go, provision.go: Caddyfile parsing.
+//   - caddyfile.go (the vastai global option), caddyfile_pool.go,
+//     caddyfile_provision.go, caddyfile_ssh.go, caddyfile_proxy.go (the
+//     vastai_proxy directive), caddyfile_transport.go: Caddyfile parsing,
+//     one case per option.
 //   - command.go: registers the `caddy vastai` command (package cli).
 //
 // # A request
