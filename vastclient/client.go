@@ -127,29 +127,72 @@ type Client struct {
 
 // New validates cfg, applies defaults and returns a Client.
 func New(cfg Config) (*Client, error) {
-	key := strings.TrimSpace(cfg.APIKey)
+	key, err := checkKey(cfg.APIKey)
+	if err != nil {
+		return nil, err
+	}
+	base, err := checkBaseURL(cfg.BaseURL, key)
+	if err != nil {
+		return nil, err
+	}
+	pacers, err := newPacers(cfg.Pacing)
+	if err != nil {
+		return nil, err
+	}
+	c := &Client{
+		base:        base,
+		key:         key,
+		red:         newRedactor(key),
+		userAgent:   cfg.UserAgent,
+		timeout:     cfg.RequestTimeout,
+		pacers:      pacers,
+		maxAttempts: cfg.MaxAttempts,
+		backoffBase: cfg.BackoffBase,
+		backoffMax:  cfg.BackoffMax,
+		log:         cfg.Logger,
+		hc:          newHTTPClient(cfg.HTTPClient),
+	}
+	c.setDefaults()
+	return c, nil
+}
+
+// checkKey trims the API key and refuses one that could not be sent in a
+// header as given (a pasted key with a newline would otherwise fail every
+// call with a confusing error).
+func checkKey(raw string) (string, error) {
+	key := strings.TrimSpace(raw)
 	if key == "" {
-		return nil, errors.New("vastclient: api_key is required")
+		return "", errors.New("vastclient: api_key is required")
 	}
 	if strings.IndexFunc(key, func(r rune) bool { return r <= ' ' || r == 0x7f }) >= 0 {
-		return nil, errors.New("vastclient: api_key contains whitespace or control characters")
+		return "", errors.New("vastclient: api_key contains whitespace or control characters")
 	}
+	return key, nil
+}
 
-	base := strings.TrimSpace(cfg.BaseURL)
+// checkBaseURL returns the API's base URL without a trailing slash; errors
+// quote it with the key redacted, in case it was pasted into the URL.
+func checkBaseURL(raw, key string) (string, error) {
+	base := strings.TrimSpace(raw)
 	if base == "" {
 		base = DefaultBaseURL
 	}
 	base = strings.TrimRight(base, "/")
 	u, err := url.Parse(base)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("vastclient: api_url %q must be an absolute http or https URL", redact(base, key))
+		return "", fmt.Errorf("vastclient: api_url %q must be an absolute http or https URL", redact(base, key))
 	}
 	if u.RawQuery != "" || u.Fragment != "" || u.User != nil {
-		return nil, fmt.Errorf("vastclient: api_url %q must not contain credentials, a query or a fragment", redact(u.Redacted(), key))
+		return "", fmt.Errorf("vastclient: api_url %q must not contain credentials, a query or a fragment", redact(u.Redacted(), key))
 	}
+	return base, nil
+}
 
+// newPacers builds one pacer per endpoint from the defaults and the
+// configured overrides.
+func newPacers(overrides map[Endpoint]time.Duration) (map[Endpoint]*pacer, error) {
 	pacing := DefaultPacing()
-	for ep, d := range cfg.Pacing {
+	for ep, d := range overrides {
 		if _, ok := pacing[ep]; !ok {
 			return nil, fmt.Errorf("vastclient: pacing: unknown endpoint %q", ep)
 		}
@@ -162,19 +205,11 @@ func New(cfg Config) (*Client, error) {
 	for _, ep := range allEndpoints {
 		pacers[ep] = &pacer{interval: pacing[ep]}
 	}
+	return pacers, nil
+}
 
-	c := &Client{
-		base:        base,
-		key:         key,
-		red:         newRedactor(key),
-		userAgent:   cfg.UserAgent,
-		timeout:     cfg.RequestTimeout,
-		pacers:      pacers,
-		maxAttempts: cfg.MaxAttempts,
-		backoffBase: cfg.BackoffBase,
-		backoffMax:  cfg.BackoffMax,
-		log:         cfg.Logger,
-	}
+// setDefaults fills the settings left zero.
+func (c *Client) setDefaults() {
 	if c.userAgent == "" {
 		c.userAgent = "caddy-vastai/" + Version
 	}
@@ -196,10 +231,14 @@ func New(cfg Config) (*Client, error) {
 	if c.log == nil {
 		c.log = zap.NewNop()
 	}
+}
 
+// newHTTPClient copies the given client, or clones the default transport,
+// so that setting CheckRedirect never changes a client the caller shares.
+func newHTTPClient(given *http.Client) *http.Client {
 	var hc http.Client
-	if cfg.HTTPClient != nil {
-		hc = *cfg.HTTPClient
+	if given != nil {
+		hc = *given
 	} else if t, ok := http.DefaultTransport.(*http.Transport); ok {
 		hc.Transport = t.Clone()
 	}
@@ -207,8 +246,7 @@ func New(cfg Config) (*Client, error) {
 	// URL (and the bearer token with it); a 3xx is reported as an error so
 	// a wrong api_url is noticed instead.
 	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
-	c.hc = &hc
-	return c, nil
+	return &hc
 }
 
 // call describes one logical API call, which may take several attempts.

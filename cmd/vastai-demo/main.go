@@ -121,23 +121,10 @@ func run(ctx context.Context, args []string, out io.Writer) (err error) {
 	return nil
 }
 
-// config writes the SSH key and the Caddyfile into the temporary folder and
-// returns the adapted JSON config.
-func (d *demo) config() ([]byte, error) {
-	// The simulated instances accept any SSH key: make one for GPU metrics.
-	keyFile := filepath.Join(d.dir, "id_ed25519")
-	if err := writeKey(keyFile); err != nil {
-		return nil, err
-	}
-	// A browser that opens the dashboard by its URL sends no Origin, which
-	// Caddy's admin refuses unless "" is an allowed origin; the loopback
-	// spellings of the admin address are the only others allowed.
-	_, port, err := net.SplitHostPort(d.admin)
-	if err != nil {
-		return nil, fmt.Errorf("-admin %q: %w", d.admin, err)
-	}
-	origins := fmt.Sprintf(`%s 127.0.0.1:%s [::1]:%s ""`, d.admin, port, port)
-	caddyfile := fmt.Sprintf(`{
+// demoCaddyfile is the demo's configuration; its verbs are, in order, the
+// admin address, the allowed origins, the storage folder, the simulator's
+// URL, the SSH key file and the listen address.
+const demoCaddyfile = `{
 	admin %s {
 		origins %s
 	}
@@ -193,7 +180,25 @@ http://%s {
 		lb_try_duration 10s
 	}
 }
-`, d.admin, origins, filepath.Join(d.dir, "storage"), d.simURL, keyFile, d.listen)
+`
+
+// config writes the SSH key and the Caddyfile into the temporary folder and
+// returns the adapted JSON config.
+func (d *demo) config() ([]byte, error) {
+	// The simulated instances accept any SSH key: make one for GPU metrics.
+	keyFile := filepath.Join(d.dir, "id_ed25519")
+	if err := writeKey(keyFile); err != nil {
+		return nil, err
+	}
+	// A browser that opens the dashboard by its URL sends no Origin, which
+	// Caddy's admin refuses unless "" is an allowed origin; the loopback
+	// spellings of the admin address are the only others allowed.
+	_, port, err := net.SplitHostPort(d.admin)
+	if err != nil {
+		return nil, fmt.Errorf("-admin %q: %w", d.admin, err)
+	}
+	origins := fmt.Sprintf(`%s 127.0.0.1:%s [::1]:%s ""`, d.admin, port, port)
+	caddyfile := fmt.Sprintf(demoCaddyfile, d.admin, origins, filepath.Join(d.dir, "storage"), d.simURL, keyFile, d.listen)
 	if err := os.WriteFile(filepath.Join(d.dir, "Caddyfile"), []byte(caddyfile), 0o600); err != nil {
 		return nil, err
 	}
