@@ -27,7 +27,7 @@ func TestCollectorKeepsLastGoodSample(t *testing.T) {
 	runCollector(t, c)
 
 	var good Sample
-	eventually(t, 5*time.Second, "first sample", func() bool {
+	waitFor(t, 5*time.Second, "first sample", func() bool {
 		var ok bool
 		good, ok = c.Sample(1)
 		return ok
@@ -39,7 +39,7 @@ func TestCollectorKeepsLastGoodSample(t *testing.T) {
 	// Command failure: Err recorded, previous GPUs and time kept.
 	fr.set(1, "", errors.New("exit status 1"))
 	var bad Sample
-	eventually(t, 5*time.Second, "failed sample", func() bool {
+	waitFor(t, 5*time.Second, "failed sample", func() bool {
 		bad, _ = c.Sample(1)
 		return bad.Err != ""
 	})
@@ -49,7 +49,7 @@ func TestCollectorKeepsLastGoodSample(t *testing.T) {
 
 	// Garbage output: the same.
 	fr.set(1, "garbage\n", nil)
-	eventually(t, 5*time.Second, "parse failure sample", func() bool {
+	waitFor(t, 5*time.Second, "parse failure sample", func() bool {
 		s, _ := c.Sample(1)
 		return bytes.Contains([]byte(s.Err), []byte("malformed"))
 	})
@@ -59,7 +59,7 @@ func TestCollectorKeepsLastGoodSample(t *testing.T) {
 
 	// Recovery clears Err and advances CollectedAt.
 	fr.set(1, oneGPU, nil)
-	eventually(t, 5*time.Second, "recovered sample", func() bool {
+	waitFor(t, 5*time.Second, "recovered sample", func() bool {
 		s, _ := c.Sample(1)
 		return s.Err == "" && s.CollectedAt.After(good.CollectedAt)
 	})
@@ -81,7 +81,7 @@ func TestCollectorSlowInstanceDoesNotDelayOthers(t *testing.T) {
 	c.run = fr.run
 	c.SetEndpoints([]sshpool.Endpoint{{ID: 1}, {ID: 2}, {ID: 3}})
 	runCollector(t, c)
-	eventually(t, 5*time.Second, "several polls of the fast instances", func() bool {
+	waitFor(t, 5*time.Second, "several polls of the fast instances", func() bool {
 		return fr.callCount(2) >= 3 && fr.callCount(3) >= 3
 	})
 	if n := fr.callCount(1); n != 1 {
@@ -100,9 +100,9 @@ func TestCollectorNewEndpointPolledAtOnce(t *testing.T) {
 	c.run = fr.run
 	c.SetEndpoints([]sshpool.Endpoint{{ID: 1}})
 	runCollector(t, c)
-	eventually(t, 5*time.Second, "first instance sampled", func() bool { _, ok := c.Sample(1); return ok })
+	waitFor(t, 5*time.Second, "first instance sampled", func() bool { _, ok := c.Sample(1); return ok })
 	c.SetEndpoints([]sshpool.Endpoint{{ID: 1}, {ID: 2}})
-	eventually(t, 5*time.Second, "added instance sampled before the next tick", func() bool { _, ok := c.Sample(2); return ok })
+	waitFor(t, 5*time.Second, "added instance sampled before the next tick", func() bool { _, ok := c.Sample(2); return ok })
 	if n := fr.callCount(1); n != 1 {
 		t.Errorf("existing instance re-polled %d times on SetEndpoints", n)
 	}
@@ -139,7 +139,7 @@ func TestCollectorConcurrentReads(t *testing.T) {
 	for i := 0; i < 50; i++ {
 		c.SetEndpoints(eps[:10+i%10])
 	}
-	eventually(t, 5*time.Second, "all sampled", func() bool {
+	waitFor(t, 5*time.Second, "all sampled", func() bool {
 		for i := range 10 {
 			if _, ok := c.Sample(int64(i)); !ok {
 				return false
@@ -171,7 +171,7 @@ func TestCollectorBlackHole(t *testing.T) {
 		{ID: 3, Proxy: s.Addr},
 	})
 	runCollector(t, c)
-	eventually(t, 10*time.Second, "samples from the good instances", func() bool {
+	waitFor(t, 10*time.Second, "samples from the good instances", func() bool {
 		s2, ok2 := c.Sample(2)
 		s3, ok3 := c.Sample(3)
 		return ok2 && ok3 && len(s2.GPUs) == 3 && len(s3.GPUs) == 3
@@ -179,7 +179,7 @@ func TestCollectorBlackHole(t *testing.T) {
 	if bh.Open.Load() != 1 {
 		t.Errorf("black hole connections open = %d, want 1 dial still hanging", bh.Open.Load())
 	}
-	eventually(t, 10*time.Second, "the black hole's poll to time out", func() bool {
+	waitFor(t, 10*time.Second, "the black hole's poll to time out", func() bool {
 		s1, ok := c.Sample(1)
 		return ok && s1.Err != "" && len(s1.GPUs) == 0
 	})
@@ -207,7 +207,7 @@ func TestMetricsFailureKeepsTunnel(t *testing.T) {
 	c.SetEndpoints([]sshpool.Endpoint{ep})
 	runCollector(t, c)
 	var good Sample
-	eventually(t, 10*time.Second, "first good sample", func() bool {
+	waitFor(t, 10*time.Second, "first good sample", func() bool {
 		var ok bool
 		good, ok = c.Sample(ep.ID)
 		return ok && good.Err == "" && len(good.GPUs) == 3
@@ -229,7 +229,7 @@ func TestMetricsFailureKeepsTunnel(t *testing.T) {
 	}
 	for i, f := range failures {
 		f.apply()
-		eventually(t, 10*time.Second, f.name+" recorded", func() bool {
+		waitFor(t, 10*time.Second, f.name+" recorded", func() bool {
 			s, _ := c.Sample(ep.ID)
 			return s.Err != ""
 		})
@@ -248,7 +248,7 @@ func TestMetricsFailureKeepsTunnel(t *testing.T) {
 		}
 		e.SetNvidiaSMISleep(0)
 		e.SetNvidiaSMI(readFixture(t, "query_full_3gpu.txt"), 0)
-		eventually(t, 10*time.Second, "recovery after "+f.name, func() bool {
+		waitFor(t, 10*time.Second, "recovery after "+f.name, func() bool {
 			s, _ := c.Sample(ep.ID)
 			return s.Err == ""
 		})

@@ -206,7 +206,7 @@ func openSSE(t *testing.T, p *sshpool.Pool, ep sshpool.Endpoint, srv *sshdtest.S
 
 // eventually waits until cond holds, failing the test at the deadline. It
 // is the package's only wait helper.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {

@@ -96,7 +96,7 @@ func (c *connChanges) want(t *testing.T, id int64, paths ...string) {
 	for _, p := range paths {
 		want = append(want, fmt.Sprint(id, " ", p))
 	}
-	eventually(t, 5*time.Second, fmt.Sprintf("OnConnChange calls %q", want), func() bool {
+	waitFor(t, 5*time.Second, fmt.Sprintf("OnConnChange calls %q", want), func() bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		return strings.Join(c.got, ",") == strings.Join(want, ",")
@@ -105,7 +105,7 @@ func (c *connChanges) want(t *testing.T, id int64, paths ...string) {
 
 // eventually waits until cond holds, failing the test at the deadline. It
 // is the package's only wait helper.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {

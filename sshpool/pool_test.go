@@ -99,7 +99,7 @@ func TestPoolTOFU(t *testing.T) {
 	s2 := e.StartServer(e.NewHostKey("hostB"))
 	fw.SetTarget(s2.Addr)
 	fw.Cut()
-	eventually(t, 10*time.Second, "host key change reported in Status", func() bool {
+	waitFor(t, 10*time.Second, "host key change reported in Status", func() bool {
 		return strings.Contains(p.Status(ep.ID).LastError, ErrHostKeyChanged.Error())
 	})
 	_, err := p.Run(ctxT(t, 10*time.Second), ep, "true")
@@ -113,7 +113,7 @@ func TestPoolTOFU(t *testing.T) {
 	// Back with the original key: the background reconnect succeeds.
 	s3 := e.StartServer(keyA)
 	fw.SetTarget(s3.Addr)
-	eventually(t, 10*time.Second, "reconnect with the trusted key", func() bool {
+	waitFor(t, 10*time.Second, "reconnect with the trusted key", func() bool {
 		st := p.Status(ep.ID)
 		return st.Path == PathDirect && st.Reconnects == 1
 	})
@@ -249,7 +249,7 @@ func TestPoolProxyToDirectDrains(t *testing.T) {
 	}
 
 	direct.SetTarget(s.Addr)
-	eventually(t, 10*time.Second, "move to the direct path", func() bool {
+	waitFor(t, 10*time.Second, "move to the direct path", func() bool {
 		return p.Status(ep.ID).Path == PathDirect
 	})
 	if n := proxy.Active.Load(); n != 1 {
@@ -267,7 +267,7 @@ func TestPoolProxyToDirectDrains(t *testing.T) {
 	stream.ReadRest(t, srv, 1)
 	stream.Resp.Body.Close()
 	stream.Transport.CloseIdleConnections()
-	eventually(t, 10*time.Second, "drained proxy connection to close", func() bool {
+	waitFor(t, 10*time.Second, "drained proxy connection to close", func() bool {
 		return proxy.Active.Load() == 0
 	})
 	if st := p.Status(ep.ID); st.Path != PathDirect || st.Reconnects != 0 {
@@ -290,7 +290,7 @@ func TestPoolKeepaliveRebuildsDeadConnection(t *testing.T) {
 	}
 	// The path dies silently (no FIN, no RST): only keepalives notice.
 	fw.Freeze()
-	eventually(t, 10*time.Second, "reconnect after keepalive failure", func() bool {
+	waitFor(t, 10*time.Second, "reconnect after keepalive failure", func() bool {
 		st := p.Status(ep.ID)
 		return st.Path == PathDirect && st.Reconnects == 1
 	})
@@ -390,7 +390,7 @@ func TestPoolForgetDrains(t *testing.T) {
 	}
 	stream.Resp.Body.Close()
 	stream.Transport.CloseIdleConnections()
-	eventually(t, 10*time.Second, "forgotten connection to close", func() bool {
+	waitFor(t, 10*time.Second, "forgotten connection to close", func() bool {
 		return fw.Active.Load() == 0
 	})
 	// The id can be used again.
@@ -416,7 +416,7 @@ func TestPoolEndpointChange(t *testing.T) {
 	if fw2.Accepted.Load() != 1 {
 		t.Error("new address not used")
 	}
-	eventually(t, 10*time.Second, "old address's connection to close", func() bool {
+	waitFor(t, 10*time.Second, "old address's connection to close", func() bool {
 		return fw1.Active.Load() == 0
 	})
 }
@@ -518,7 +518,7 @@ func TestPoolHostKeyTypeChange(t *testing.T) {
 	s2 := e.StartServer(e.WriteFile("rsa_host", pem.EncodeToMemory(block)))
 	fw.SetTarget(s2.Addr)
 	fw.Cut()
-	eventually(t, 10*time.Second, "host key change reported", func() bool {
+	waitFor(t, 10*time.Second, "host key change reported", func() bool {
 		return strings.Contains(p.Status(ep.ID).LastError, ErrHostKeyChanged.Error())
 	})
 	if _, err := p.Run(ctxT(t, 10*time.Second), ep, "true"); !errors.Is(err, ErrHostKeyChanged) {

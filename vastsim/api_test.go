@@ -494,7 +494,7 @@ func TestCreateLifecycle(t *testing.T) {
 
 	sawLoading := false
 	var running map[string]any
-	eventually(t, 30*time.Second, "running", func() bool {
+	waitFor(t, 30*time.Second, "running", func() bool {
 		in := show()
 		if in["actual_status"] == "loading" {
 			sawLoading = true
@@ -605,7 +605,7 @@ func TestDestroyIsAsynchronous(t *testing.T) {
 			t.Fatalf("v1 list should still list it: %v", list["total_instances"])
 		}
 	}
-	eventually(t, 5*time.Second, "disappearance", func() bool {
+	waitFor(t, 5*time.Second, "disappearance", func() bool {
 		return string(c.do("GET", fmt.Sprintf("/api/v0/instances/%d/", id), nil).body) == "{\"instances\":null}\n"
 	})
 	list := c.do("GET", "/api/v1/instances/", nil).obj(t)
@@ -628,7 +628,7 @@ func TestDestroyedOfferReturns(t *testing.T) {
 	r := c.do("PUT", fmt.Sprintf("/api/v0/asks/%d/", offerID), map[string]any{"image": "x", "env": map[string]string{}})
 	id := inum(t, r.obj(t)["new_contract"])
 	s.Remove(id)
-	eventually(t, 5*time.Second, "offer back on the market", func() bool {
+	waitFor(t, 5*time.Second, "offer back on the market", func() bool {
 		for _, o := range findOffers(t, c, map[string]any{}) {
 			if inum(t, o["id"]) == offerID {
 				return true
@@ -710,7 +710,7 @@ func TestLabelAndState(t *testing.T) {
 	if st := c.do("GET", p, nil).obj(t)["instances"].(map[string]any)["actual_status"]; st != "loading" {
 		t.Fatalf("after start: %v", st)
 	}
-	eventually(t, 5*time.Second, "running again", func() bool {
+	waitFor(t, 5*time.Second, "running again", func() bool {
 		return c.do("GET", p, nil).obj(t)["instances"].(map[string]any)["actual_status"] == "running"
 	})
 	info := s.info(t, id)
@@ -727,7 +727,7 @@ func TestRebootKeepsPorts(t *testing.T) {
 	if r.status != 200 {
 		t.Fatalf("reboot: %d %s", r.status, r.body)
 	}
-	eventually(t, 5*time.Second, "running", func() bool { return s.info(t, id).ActualStatus == "running" })
+	waitFor(t, 5*time.Second, "running", func() bool { return s.info(t, id).ActualStatus == "running" })
 	info := s.info(t, id)
 	if info.EngineAddr != before {
 		t.Logf("port changed on reboot (%s -> %s): allowed when the old one was taken", before, info.EngineAddr)

@@ -333,7 +333,7 @@ func TestSSEStopsWhenClientLeaves(t *testing.T) {
 	}
 	cancel()
 	resp.Body.Close()
-	eventually(t, 2*time.Second, "generation to stop", func() bool { return s.Engine(id).InFlight == 0 })
+	waitFor(t, 2*time.Second, "generation to stop", func() bool { return s.Engine(id).InFlight == 0 })
 	if st := s.Engine(id); st.GenerationTokens >= 512 {
 		t.Fatalf("generated %d tokens for a client that left", st.GenerationTokens)
 	}
@@ -349,7 +349,7 @@ func TestNonStreamingIsInFlight(t *testing.T) {
 	go func() {
 		done <- engineReq(t, info.EngineAddr, "POST", "/v1/completions", info.JupyterToken, map[string]any{"prompt": "x", "max_tokens": 20})
 	}()
-	eventually(t, 2*time.Second, "in flight", func() bool { return s.Engine(id).InFlight == 1 })
+	waitFor(t, 2*time.Second, "in flight", func() bool { return s.Engine(id).InFlight == 1 })
 	m := engineReq(t, info.EngineAddr, "GET", "/metrics", info.JupyterToken, nil)
 	if !strings.Contains(string(m.body), `vllm:num_requests_running{model_name="vastsim/tiny-llm"} 1`) {
 		t.Fatalf("metrics during a request:\n%s", m.body)
@@ -381,7 +381,7 @@ func TestEnginePlaceholder(t *testing.T) {
 	if r := engineReq(t, info.EngineAddr, "GET", "/health", "", nil); r.status != 401 {
 		t.Fatalf("unauthenticated: %d", r.status)
 	}
-	eventually(t, 30*time.Second, "engine ready", func() bool {
+	waitFor(t, 30*time.Second, "engine ready", func() bool {
 		return engineReq(t, info.EngineAddr, "GET", "/health", info.JupyterToken, nil).status == 200
 	})
 	s.SetEngineReady(id, false)
@@ -445,7 +445,7 @@ func TestKillAndHangEngine(t *testing.T) {
 			r.Body.Close()
 			got <- r.StatusCode
 		}()
-		eventually(t, 2*time.Second, "request to reach the hung engine", func() bool {
+		waitFor(t, 2*time.Second, "request to reach the hung engine", func() bool {
 			return s.Engine(id).Requests > before
 		})
 		s.HangEngine(id, false)
@@ -470,7 +470,7 @@ func TestKillAndHangEngine(t *testing.T) {
 			errc <- err
 		}()
 		before := s.Engine(id).Requests
-		eventually(t, 2*time.Second, "hung request", func() bool { return s.Engine(id).Requests > before })
+		waitFor(t, 2*time.Second, "hung request", func() bool { return s.Engine(id).Requests > before })
 		s.KillEngine(id)
 		select {
 		case err := <-errc:

@@ -190,7 +190,7 @@ func TestRateLimits(t *testing.T) {
 		t.Fatalf("show twice: %d", r.status)
 	}
 	// After the threshold the list answers again; 429s do not extend it.
-	eventually(t, 3*time.Second, "list to be allowed again", func() bool {
+	waitFor(t, 3*time.Second, "list to be allowed again", func() bool {
 		return c.do("GET", "/api/v1/instances/", nil).status == 200
 	})
 	var limited int

@@ -97,7 +97,7 @@ func TestQueueSlotsMakeRequestsWait(t *testing.T) {
 
 	doneB := make(chan genResult, 1)
 	go func() { doneB <- generate(context.Background(), info, chat("s", "b", 2, false), nil) }()
-	eventually(t, 30*time.Second, "B waiting on /metrics", func() bool {
+	waitFor(t, 30*time.Second, "B waiting on /metrics", func() bool {
 		st, ok := scrape(t, info)
 		return ok && st.Waiting == 1 && st.Running == 1
 	})
@@ -106,12 +106,12 @@ func TestQueueSlotsMakeRequestsWait(t *testing.T) {
 	ctxC, cancelC := context.WithCancel(context.Background())
 	doneC := make(chan genResult, 1)
 	go func() { doneC <- generate(ctxC, info, chat("s", "c", 2, false), nil) }()
-	eventually(t, 30*time.Second, "C waiting", func() bool { l, _ := s.EngineLoad(id); return l.Waiting == 2 })
+	waitFor(t, 30*time.Second, "C waiting", func() bool { l, _ := s.EngineLoad(id); return l.Waiting == 2 })
 	cancelC()
 	if r := <-doneC; !errors.Is(r.err, context.Canceled) {
 		t.Fatalf("C: %+v", r)
 	}
-	eventually(t, 30*time.Second, "C out of the queue", func() bool { l, _ := s.EngineLoad(id); return l.Waiting == 1 })
+	waitFor(t, 30*time.Second, "C out of the queue", func() bool { l, _ := s.EngineLoad(id); return l.Waiting == 1 })
 	select {
 	case r := <-doneB:
 		t.Fatalf("B finished while A held the only slot: %+v", r)
@@ -122,7 +122,7 @@ func TestQueueSlotsMakeRequestsWait(t *testing.T) {
 	if r := <-doneB; r.err != nil || r.status != http.StatusOK {
 		t.Fatalf("B after A left: %+v", r)
 	}
-	eventually(t, 30*time.Second, "an idle engine", func() bool {
+	waitFor(t, 30*time.Second, "an idle engine", func() bool {
 		st, ok := scrape(t, info)
 		return ok && st.Waiting == 0 && st.Running == 0
 	})
@@ -147,7 +147,7 @@ func TestQueueIsFIFO(t *testing.T) {
 				order <- name
 			}
 		}()
-		eventually(t, 30*time.Second, name+" queued", func() bool { l, _ := s.EngineLoad(id); return l.Waiting == i+1 })
+		waitFor(t, 30*time.Second, name+" queued", func() bool { l, _ := s.EngineLoad(id); return l.Waiting == i+1 })
 	}
 	cancelA()
 	var got []string
@@ -228,7 +228,7 @@ func TestMetricsFormatsParseToTrueLoad(t *testing.T) {
 			for i := range 3 { // two run, one waits
 				go generate(ctx, info, chat("sys", fmt.Sprint("q", i), 512, true), nil)
 			}
-			eventually(t, 30*time.Second, "2 running, 1 waiting", func() bool {
+			waitFor(t, 30*time.Second, "2 running, 1 waiting", func() bool {
 				l, _ := s.EngineLoad(id)
 				return l.Running == 2 && l.Waiting == 1
 			})
@@ -300,11 +300,11 @@ func TestSetEngineMoreSlotsAdmitsWaiters(t *testing.T) {
 	for i := range 3 {
 		go generate(ctx, info, chat("s", fmt.Sprint(i), 512, true), nil)
 	}
-	eventually(t, 30*time.Second, "1 running, 2 waiting", func() bool { l, _ := s.EngineLoad(id); return l.Running == 1 && l.Waiting == 2 })
+	waitFor(t, 30*time.Second, "1 running, 2 waiting", func() bool { l, _ := s.EngineLoad(id); return l.Running == 1 && l.Waiting == 2 })
 	if err := s.SetEngine(id, EngineSpec{Slots: 3, TokensPerSecond: 100}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 30*time.Second, "all running", func() bool { l, _ := s.EngineLoad(id); return l.Running == 3 && l.Waiting == 0 })
+	waitFor(t, 30*time.Second, "all running", func() bool { l, _ := s.EngineLoad(id); return l.Running == 3 && l.Waiting == 0 })
 }
 
 func TestPrefixLRUStaysBounded(t *testing.T) {

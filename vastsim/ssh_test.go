@@ -87,7 +87,7 @@ func run(t *testing.T, c *ssh.Client, cmd string) (string, string, int) {
 // refuses waits until nothing accepts TCP connections on addr.
 func refuses(t *testing.T, addr string) {
 	t.Helper()
-	eventually(t, 5*time.Second, addr+" refusing connections", func() bool {
+	waitFor(t, 5*time.Second, addr+" refusing connections", func() bool {
 		c, err := net.DialTimeout("tcp", addr, time.Second)
 		if err != nil {
 			return true
@@ -317,14 +317,14 @@ func TestSSHNvidiaSMI(t *testing.T) {
 			}
 		}()
 	}
-	eventually(t, 5*time.Second, "generations in flight", func() bool { return s.Engine(id).InFlight == int64(streams) })
+	waitFor(t, 5*time.Second, "generations in flight", func() bool { return s.Engine(id).InFlight == int64(streams) })
 	for _, g := range smi() {
 		if g.util < 50 || g.power < first[g.index].power+50 || g.memUtil < 20 {
 			t.Fatalf("loaded GPU %d: util %d mem %d power %.2f", g.index, g.util, g.memUtil, g.power)
 		}
 	}
 	cancel()
-	eventually(t, 5*time.Second, "generations finished", func() bool { return s.Engine(id).InFlight == 0 })
+	waitFor(t, 5*time.Second, "generations finished", func() bool { return s.Engine(id).InFlight == 0 })
 	for _, g := range smi() {
 		if g.util > 5 {
 			t.Fatalf("GPU %d still busy after load: %d", g.index, g.util)
@@ -583,7 +583,7 @@ func TestSSHHostKey(t *testing.T) {
 	c.do("PUT", p, map[string]any{"state": "stopped"})
 	refuses(t, direct)
 	c.do("PUT", p, map[string]any{"state": "running"})
-	eventually(t, 5*time.Second, "running again", func() bool {
+	waitFor(t, 5*time.Second, "running again", func() bool {
 		return c.do("GET", p, nil).obj(t)["instances"].(map[string]any)["actual_status"] == "running"
 	})
 	d2, p2 := sshAddrs(t, s, id)
@@ -667,7 +667,7 @@ func TestSSHSetPath(t *testing.T) {
 	if r := c.do("PUT", fmt.Sprintf("/api/v0/instances/reboot/%d/", id), nil); r.status != 200 {
 		t.Fatalf("reboot: %d", r.status)
 	}
-	eventually(t, 5*time.Second, "running after reboot", func() bool { return show()["actual_status"] == "running" })
+	waitFor(t, 5*time.Second, "running after reboot", func() bool { return show()["actual_status"] == "running" })
 	if d, p := s.SSHAddrs(id); d != direct || p != "" {
 		t.Fatalf("after reboot: %q %q", d, p)
 	}
@@ -744,7 +744,7 @@ func TestSSHInstanceJSON(t *testing.T) {
 	if ports, _ := show(cid)["ports"].(map[string]any); ports["22/tcp"] != nil {
 		t.Fatal("22/tcp published while loading")
 	}
-	eventually(t, 5*time.Second, "created instance running", func() bool { return show(cid)["actual_status"] == "running" })
+	waitFor(t, 5*time.Second, "created instance running", func() bool { return show(cid)["actual_status"] == "running" })
 	cin := show(cid)
 	if cin["ports"].(map[string]any)["22/tcp"] == nil || cin["ports"].(map[string]any)["8000/tcp"] == nil {
 		t.Fatalf("ports %v", cin["ports"])
@@ -823,7 +823,7 @@ func TestSSHShutdown(t *testing.T) {
 				t.Fatal(err)
 			}
 			fmt.Fprintf(tun, "GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n", info.JupyterToken)
-			eventually(t, 5*time.Second, "request reached the engine", func() bool { return s.Engine(id).Requests == 1 })
+			waitFor(t, 5*time.Second, "request reached the engine", func() bool { return s.Engine(id).Requests == 1 })
 
 			tc.do(s, c, id)
 			refuses(t, direct)
@@ -885,7 +885,7 @@ func TestSSHClosedPathsEndTunnels(t *testing.T) {
 		}
 		fmt.Fprintf(tun, "GET /health HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n", info.JupyterToken)
 	}
-	eventually(t, 5*time.Second, "requests reached the engine", func() bool { return s.Engine(id).Requests == 2 })
+	waitFor(t, 5*time.Second, "requests reached the engine", func() bool { return s.Engine(id).Requests == 2 })
 	s.SetSSHPath(id, false, false)
 	if !srv.wait(5 * time.Second) {
 		t.Fatal("goroutines left behind by closed paths")
