@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/caddy-vastai/caddy-vastai/internal/display"
+	"github.com/caddy-vastai/caddy-vastai/lifecycle"
 )
 
 // maxProvisionCount is the admin API's limit per request.
@@ -170,7 +171,7 @@ confirmation.`,
 				if errors.As(err, &ae) && len(ae.Body) > 0 && ae.Body[0] == '{' {
 					// A failed reconciliation still says what it did.
 					var w struct {
-						Report *reconcileReport `json:"report"`
+						Report *lifecycle.Report `json:"report"`
 					}
 					if decode(ae.Body, &w) == nil && w.Report != nil && !e.jsonOut {
 						e.reconcileTable(*w.Report)
@@ -185,7 +186,7 @@ confirmation.`,
 				if e.jsonOut {
 					return e.printJSON(raw)
 				}
-				var rep reconcileReport
+				var rep lifecycle.Report
 				if err := decode(raw, &rep); err != nil {
 					return err
 				}
@@ -196,27 +197,7 @@ confirmation.`,
 	}
 }
 
-type reconcileReport struct {
-	Started           time.Time `json:"started"`
-	Finished          time.Time `json:"finished"`
-	Listed            bool      `json:"listed"`
-	ListError         string    `json:"list_error"`
-	Owned             int       `json:"owned"`
-	OrphansAdopted    []int64   `json:"orphans_adopted"`
-	OrphansDestroyed  []int64   `json:"orphans_destroyed"`
-	OrphansPending    []int64   `json:"orphans_pending"`
-	OrphansIgnored    []int64   `json:"orphans_ignored"`
-	GhostSuspects     []int64   `json:"ghost_suspects"`
-	Ghosts            []int64   `json:"ghosts"`
-	DeadDestroyed     []int64   `json:"dead_destroyed"`
-	Unmanaged         []int64   `json:"unmanaged"`
-	ProvisionsStarted []string  `json:"provisions_started"`
-	Resumed           []string  `json:"resumed"`
-	DestroyRetries    []int64   `json:"destroy_retries"`
-	Errors            []string  `json:"errors"`
-}
-
-func (e *env) reconcileTable(r reconcileReport) {
+func (e *env) reconcileTable(r lifecycle.Report) {
 	kv := [][2]string{
 		{"Listed", strconv.FormatBool(r.Listed)},
 		{"Owned", strconv.Itoa(r.Owned)},

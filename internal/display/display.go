@@ -6,7 +6,6 @@ package display
 import (
 	"fmt"
 	"math"
-	"strings"
 	"time"
 )
 
@@ -75,33 +74,5 @@ func GiB(mib float64) string {
 // Table renders rows as left-aligned columns separated by two spaces, with
 // the header first. Cells are measured in runes so "$" and "µ" align.
 func Table(header []string, rows [][]string) string {
-	widths := make([]int, len(header))
-	for i, h := range header {
-		widths[i] = len([]rune(h))
-	}
-	for _, r := range rows {
-		for i, c := range r {
-			if i < len(widths) && len([]rune(c)) > widths[i] {
-				widths[i] = len([]rune(c))
-			}
-		}
-	}
-	var b strings.Builder
-	line := func(cells []string) {
-		for i, c := range cells {
-			if i >= len(widths) {
-				break
-			}
-			b.WriteString(c)
-			if i < len(cells)-1 {
-				b.WriteString(strings.Repeat(" ", widths[i]-len([]rune(c))+2))
-			}
-		}
-		b.WriteString("\n")
-	}
-	line(header)
-	for _, r := range rows {
-		line(r)
-	}
-	return b.String()
+	return TableStyled(header, rows, nil)
 }
