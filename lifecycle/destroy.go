@@ -360,7 +360,10 @@ func (m *Manager) verifyGone(ctx context.Context, id int64) (bool, error) {
 // destroyConfirmed closes a verified destruction.
 func (m *Manager) destroyConfirmed(ctx context.Context, h *opHandle) {
 	op := h.get()
-	m.finishDestroy(ctx, h)
+	// The record is marked destroyed before the operation succeeds, so
+	// whoever sees the operation finished also sees the record final. A
+	// crash in between leaves the operation running; its resumption
+	// verifies the absence again.
 	pctx, cancel := persistCtx(ctx)
 	defer cancel()
 	if _, err := m.updateInst(pctx, op.InstanceID, func(rec *InstanceRecord) *InstanceRecord {
@@ -373,6 +376,7 @@ func (m *Manager) destroyConfirmed(ctx context.Context, h *opHandle) {
 	}); err != nil {
 		m.log.Error("could not record a confirmed destruction", logInst(op.InstanceID), logErr(err))
 	}
+	m.finishDestroy(ctx, h)
 	m.stats.destroysConfirmed.Add(1)
 	m.log.Info("destruction verified", logInst(op.InstanceID), logOp(op.ID),
 		zap.Int("verifications", op.DestroyAttempts+1))
