@@ -9,6 +9,8 @@ import (
 	"time"
 
 	tea "github.com/charmbracelet/bubbletea"
+
+	"github.com/caddy-vastai/caddy-vastai/adminapi"
 )
 
 // sortKeys are the orders `s` cycles through.
@@ -30,7 +32,7 @@ type model struct {
 	// value while errs says why it is not newer.
 	status     *Status
 	instances  []Instance
-	pools      []Pool
+	pools      []adminapi.Pool
 	operations []Operation
 	errs       map[string]error
 	loadedAt   time.Time // last refresh with status and instances
