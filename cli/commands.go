@@ -16,6 +16,7 @@ import (
 	"github.com/caddy-vastai/caddy-vastai/adminapi"
 	"github.com/caddy-vastai/caddy-vastai/fleet"
 	"github.com/caddy-vastai/caddy-vastai/internal/display"
+	"github.com/caddy-vastai/caddy-vastai/lifecycle"
 )
 
 // getRaw fetches path and decodes it into out, returning the raw answer
@@ -446,7 +447,7 @@ func (e *env) operationsCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return e.call(cmd, func(ctx context.Context, a *Admin) error {
 				if len(args) == 1 {
-					var op operationView
+					var op lifecycle.Operation
 					raw, err := getRaw(ctx, a, "/vastai/operations/"+url.PathEscape(args[0]), &op)
 					if err != nil {
 						return err
@@ -457,7 +458,7 @@ func (e *env) operationsCmd() *cobra.Command {
 					e.operationDetail(op)
 					return nil
 				}
-				var ops []operationView
+				var ops []lifecycle.Operation
 				raw, err := getRaw(ctx, a, "/vastai/operations", &ops)
 				if err != nil {
 					return err
@@ -472,7 +473,7 @@ func (e *env) operationsCmd() *cobra.Command {
 	}
 }
 
-func (e *env) operationsTable(ops []operationView) {
+func (e *env) operationsTable(ops []lifecycle.Operation) {
 	if len(ops) == 0 {
 		fmt.Fprintln(e.io.Out, "No operations.")
 		return
@@ -488,7 +489,7 @@ func (e *env) operationsTable(ops []operationView) {
 	e.table([]string{"OPERATION", "KIND", "POOL", "STATE", "INSTANCE", "AGE", "ATTEMPTS", "ERROR"}, rows, 3)
 }
 
-func (e *env) operationDetail(op operationView) {
+func (e *env) operationDetail(op lifecycle.Operation) {
 	now := time.Now()
 	kv := [][2]string{
 		{"Operation", op.ID}, {"Kind", op.Kind}, {"Pool", textOr(op.Pool)}, {"State", op.State},

@@ -11,37 +11,6 @@ import (
 
 // The admin API's JSON the tables show that adminapi does not hold yet.
 
-type attemptView struct {
-	OfferID    int64     `json:"offer_id"`
-	MachineID  int64     `json:"machine_id"`
-	GPUName    string    `json:"gpu_name"`
-	Price      float64   `json:"price"`
-	InstanceID int64     `json:"instance_id"`
-	Started    time.Time `json:"started"`
-	Ended      time.Time `json:"ended"`
-	State      string    `json:"state"`
-	Error      string    `json:"error"`
-}
-
-type operationView struct {
-	ID              string        `json:"id"`
-	Kind            string        `json:"kind"`
-	Pool            string        `json:"pool"`
-	State           string        `json:"state"`
-	Reason          string        `json:"reason"`
-	Error           string        `json:"error"`
-	Created         time.Time     `json:"created"`
-	Updated         time.Time     `json:"updated"`
-	Ended           time.Time     `json:"ended"`
-	Label           string        `json:"label"`
-	InstanceID      int64         `json:"instance_id"`
-	OfferID         int64         `json:"offer_id"`
-	Attempts        []attemptView `json:"attempts"`
-	Drain           bool          `json:"drain"`
-	Force           bool          `json:"force"`
-	DestroyAttempts int           `json:"destroy_attempts"`
-}
-
 type offerView struct {
 	ID              int64   `json:"id"`
 	MachineID       int64   `json:"machine_id"`

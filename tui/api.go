@@ -16,6 +16,7 @@ import (
 	tea "github.com/charmbracelet/bubbletea"
 
 	"github.com/caddy-vastai/caddy-vastai/adminapi"
+	"github.com/caddy-vastai/caddy-vastai/lifecycle"
 )
 
 // API is the admin API as the view needs it. Do sends one request (body
@@ -83,38 +84,6 @@ type Instance struct {
 	RequestsTotal *uint64 `json:"requests_total"`
 }
 
-// Operation is one entry of GET /vastai/operations.
-type Operation struct {
-	ID              string    `json:"id"`
-	Kind            string    `json:"kind"`
-	Pool            string    `json:"pool"`
-	State           string    `json:"state"`
-	Reason          string    `json:"reason"`
-	Error           string    `json:"error"`
-	Created         time.Time `json:"created"`
-	Updated         time.Time `json:"updated"`
-	Ended           time.Time `json:"ended"`
-	InstanceID      int64     `json:"instance_id"`
-	Attempts        []Attempt `json:"attempts"`
-	Drain           bool      `json:"drain"`
-	DestroyAttempts int       `json:"destroy_attempts"`
-}
-
-// Final reports whether the operation is over.
-func (o *Operation) Final() bool { return o.State == "succeeded" || o.State == "failed" }
-
-// Attempt is one try of a provisioning.
-type Attempt struct {
-	OfferID    int64     `json:"offer_id"`
-	MachineID  int64     `json:"machine_id"`
-	GPUName    string    `json:"gpu_name"`
-	Price      float64   `json:"price"`
-	InstanceID int64     `json:"instance_id"`
-	Started    time.Time `json:"started"`
-	State      string    `json:"state"`
-	Error      string    `json:"error"`
-}
-
 // snapshot is one refresh: every part that loaded, and the error of every
 // part that did not (the view keeps showing the previous value then).
 type snapshot struct {
@@ -122,7 +91,7 @@ type snapshot struct {
 	status     *Status
 	instances  []Instance
 	pools      []adminapi.Pool
-	operations []Operation
+	operations []lifecycle.Operation
 	errs       map[string]error // by part: status, instances, pools, operations
 }
 

@@ -11,6 +11,7 @@ import (
 	tea "github.com/charmbracelet/bubbletea"
 
 	"github.com/caddy-vastai/caddy-vastai/adminapi"
+	"github.com/caddy-vastai/caddy-vastai/lifecycle"
 )
 
 // sortKeys are the orders `s` cycles through.
@@ -33,7 +34,7 @@ type model struct {
 	status     *Status
 	instances  []Instance
 	pools      []adminapi.Pool
-	operations []Operation
+	operations []lifecycle.Operation
 	errs       map[string]error
 	loadedAt   time.Time // last refresh with status and instances
 	fetching   bool
