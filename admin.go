@@ -11,8 +11,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/caddy-vastai/caddy-vastai/adminapi"
 	"github.com/caddy-vastai/caddy-vastai/fleet"
-	"github.com/caddy-vastai/caddy-vastai/gpumetrics"
 	"github.com/caddy-vastai/caddy-vastai/ledger"
 	"github.com/caddy-vastai/caddy-vastai/lifecycle"
 	"github.com/caddy-vastai/caddy-vastai/vastclient"
@@ -115,7 +115,7 @@ func routeShape(path string) (shape, arg string) {
 // account the watcher sees.
 func (a *adminAPI) handleInstances(w http.ResponseWriter, r *http.Request, _ string) error {
 	snap := a.app.state.watcher.Snapshot()
-	out := make([]instanceView, 0, len(snap.Members))
+	out := make([]adminapi.Instance, 0, len(snap.Members))
 	for _, m := range snap.Members {
 		out = append(out, a.instanceView(m))
 	}
@@ -168,44 +168,15 @@ func (a *adminAPI) handlePool(w http.ResponseWriter, r *http.Request, name strin
 func (a *adminAPI) handleStatus(w http.ResponseWriter, r *http.Request, _ string) error {
 	snap := a.app.state.watcher.Snapshot()
 	v := newStatusView(snap, a.app.state.watcher.Running(), time.Now())
-	v.addProbeFailing(a.app.state.probeFailingPools(snap))
-	v.SpendPerHour = spendPerHour(snap)
+	addProbeFailing(&v, a.app.state.probeFailingPools(snap))
+	spend := spendPerHour(snap)
+	v.SpendPerHour = &spend
 	return writeJSON(w, http.StatusOK, v)
 }
 
-// instanceView is the admin representation of an instance.
-type instanceView struct {
-	ID             int64      `json:"id"`
-	Pool           *string    `json:"pool"`
-	Label          string     `json:"label"`
-	ActualStatus   *string    `json:"actual_status"`
-	IntendedStatus string     `json:"intended_status,omitempty"`
-	StatusMsg      string     `json:"status_msg,omitempty"`
-	Upstream       *string    `json:"upstream"`
-	Routable       bool       `json:"routable"`
-	Reason         string     `json:"reason,omitempty"`
-	State          string     `json:"state"`
-	StateSince     *time.Time `json:"state_since"`
-	Ready          bool       `json:"ready"`
-	LastProbe      *probeView `json:"last_probe"`
-	GPUs           []gpuView  `json:"gpus,omitempty"`
-	GPUError       string     `json:"gpu_error,omitempty"`
-	SSH            *sshView   `json:"ssh,omitempty"`
-	GPUName        string     `json:"gpu_name"`
-	NumGPUs        int        `json:"num_gpus"`
-	DPHTotal       float64    `json:"dph_total"`
-	PublicIPAddr   string     `json:"public_ipaddr,omitempty"`
-	MachineID      int64      `json:"machine_id,omitempty"`
-	StartDate      *time.Time `json:"start_date,omitempty"`
-	Accrued        float64    `json:"accrued_dollars"`
-	FirstSeen      time.Time  `json:"first_seen"`
-	LastSeen       time.Time  `json:"last_seen"`
-	MissedListings int        `json:"missed_listings"`
-}
-
-func newInstanceView(m fleet.Member) instanceView {
+func newInstanceView(m fleet.Member) adminapi.Instance {
 	in := m.Instance
-	v := instanceView{
+	v := adminapi.Instance{
 		ID: in.ID, Label: in.Label, IntendedStatus: in.IntendedStatus, StatusMsg: in.StatusMsg,
 		Routable: m.Routable, Reason: m.Reason, GPUName: in.GPUName, NumGPUs: in.NumGPUs,
 		DPHTotal: in.DPHTotal, PublicIPAddr: in.PublicIPAddr, MachineID: in.MachineID,
@@ -216,7 +187,7 @@ func newInstanceView(m fleet.Member) instanceView {
 	}
 	v.State, v.StateSince, v.Ready = m.State, timePtr(m.StateSince), m.State == fleet.StateReady
 	if p := m.LastProbe(); p != nil {
-		v.LastProbe = &probeView{Time: p.Time, Status: p.Status, LatencyMS: float64(p.Latency.Microseconds()) / 1000, Error: p.Error, OK: p.OK}
+		v.LastProbe = &adminapi.Probe{Time: p.Time, Status: p.Status, LatencyMS: float64(p.Latency.Microseconds()) / 1000, Error: p.Error, OK: p.OK}
 	}
 	if in.ActualStatus != "" {
 		v.ActualStatus = &in.ActualStatus
@@ -234,67 +205,27 @@ func newInstanceView(m fleet.Member) instanceView {
 
 // instanceView adds what the SSH side knows (GPU figures, connection path)
 // to the snapshot's view of an instance.
-func (a *adminAPI) instanceView(m fleet.Member) instanceView {
+func (a *adminAPI) instanceView(m fleet.Member) adminapi.Instance {
 	v := newInstanceView(m)
 	rt := a.app.state.ssh.Load()
 	if rt == nil || m.Pool == "" {
 		return v
 	}
 	st := rt.pool.Status(m.Instance.ID)
-	v.SSH = &sshView{Path: st.Path, LastError: st.LastError, ConnectedSince: timePtr(st.ConnectedSince), Reconnects: st.Reconnects}
+	v.SSH = &adminapi.SSH{Path: st.Path, LastError: st.LastError, ConnectedSince: timePtr(st.ConnectedSince), Reconnects: st.Reconnects}
 	if sample, ok := rt.collector.Sample(m.Instance.ID); ok {
 		v.GPUError = sample.Err
-		v.GPUs = make([]gpuView, 0, len(sample.GPUs))
+		v.GPUs = make([]adminapi.GPU, 0, len(sample.GPUs))
 		for _, g := range sample.GPUs {
-			v.GPUs = append(v.GPUs, gpuView{GPU: g, CollectedAt: sample.CollectedAt})
+			v.GPUs = append(v.GPUs, adminapi.GPU{GPU: g, CollectedAt: sample.CollectedAt})
 		}
 	}
 	return v
 }
 
-// gpuView is one GPU's figures from nvidia-smi; unknown figures are null.
-type gpuView struct {
-	gpumetrics.GPU
-	CollectedAt time.Time `json:"collected_at"`
-}
-
-type sshView struct {
-	Path           string     `json:"path"`
-	LastError      string     `json:"last_error,omitempty"`
-	ConnectedSince *time.Time `json:"connected_since,omitempty"`
-	Reconnects     int        `json:"reconnects"`
-}
-
-type probeView struct {
-	Time      time.Time `json:"time"`
-	Status    int       `json:"status,omitempty"`
-	LatencyMS float64   `json:"latency_ms"`
-	Error     string    `json:"error,omitempty"`
-	OK        bool      `json:"ok"`
-}
-
-type poolView struct {
-	Name      string         `json:"name"`
-	Label     string         `json:"label,omitempty"`
-	Prefix    string         `json:"label_prefix,omitempty"`
-	Port      int            `json:"port"`
-	Members   []int64        `json:"members"`
-	Routable  []int64        `json:"routable"`
-	States    map[string]int `json:"states"`
-	SpendRate float64        `json:"spend_rate_dollars_per_hour"`
-	// SpendPerHour is the same rate under the name /vastai/status uses.
-	SpendPerHour float64 `json:"spend_per_hour"`
-	// Accrued is what the pool's instances have cost so far (from
-	// start_date at their current rates), in dollars.
-	Accrued float64 `json:"accrued_dollars"`
-	// Provisioning is the lifecycle manager's view (records, operations in
-	// progress, budgets) for pools with a provision block.
-	Provisioning *lifecycle.PoolStatus `json:"provisioning,omitempty"`
-}
-
 // poolViews adds the provisioning figures to the snapshot's view of each
 // named pool; the lifecycle report is computed once for all of them.
-func (a *adminAPI) poolViews(snap *fleet.Snapshot, names ...string) []poolView {
+func (a *adminAPI) poolViews(snap *fleet.Snapshot, names ...string) []adminapi.Pool {
 	provisioning := map[string]lifecycle.PoolStatus{}
 	if rt := a.app.state.lifecycle.Load(); rt != nil {
 		for _, ps := range rt.mgr.Pools().Pools {
@@ -303,7 +234,7 @@ func (a *adminAPI) poolViews(snap *fleet.Snapshot, names ...string) []poolView {
 			}
 		}
 	}
-	out := make([]poolView, 0, len(names))
+	out := make([]adminapi.Pool, 0, len(names))
 	for _, name := range names {
 		v := newPoolView(snap, name)
 		if ps, ok := provisioning[name]; ok {
@@ -314,10 +245,10 @@ func (a *adminAPI) poolViews(snap *fleet.Snapshot, names ...string) []poolView {
 	return out
 }
 
-func newPoolView(snap *fleet.Snapshot, name string) poolView {
+func newPoolView(snap *fleet.Snapshot, name string) adminapi.Pool {
 	pv := snap.Pools[name]
 	now := time.Now()
-	v := poolView{Name: name, Label: pv.Spec.Label, Prefix: pv.Spec.LabelPrefix, Port: pv.Spec.Port, Members: []int64{}, Routable: []int64{}, States: map[string]int{}}
+	v := adminapi.Pool{Name: name, Label: pv.Spec.Label, Prefix: pv.Spec.LabelPrefix, Port: pv.Spec.Port, Members: []int64{}, Routable: []int64{}, States: map[string]int{}}
 	if v.Port == 0 {
 		v.Port = fleet.DefaultPort
 	}
@@ -334,7 +265,8 @@ func newPoolView(snap *fleet.Snapshot, name string) poolView {
 	for _, t := range pv.Targets {
 		v.Routable = append(v.Routable, t.ID)
 	}
-	v.SpendPerHour = v.SpendRate
+	rate := v.SpendRate
+	v.SpendPerHour = &rate
 	return v
 }
 
@@ -351,50 +283,9 @@ func instanceCost(in *vastclient.Instance, now time.Time) (rate, accrued float64
 	return rate, accrued
 }
 
-// statusView is the watcher's health: whether listings work, how fresh the
-// routing data is and how long a listing takes.
-type statusView struct {
-	Generation  uint64     `json:"generation"`
-	LastSuccess *time.Time `json:"last_success"`
-	LastAttempt *time.Time `json:"last_attempt"`
-	LastError   string     `json:"last_error,omitempty"`
-	// ListingOK is true when the last listing succeeded.
-	ListingOK bool `json:"listing_ok"`
-	// NeverSucceeded is true until a listing succeeds: nothing is routed.
-	NeverSucceeded bool `json:"never_succeeded"`
-	// AuthError is true while vast.ai rejects the API key.
-	AuthError bool `json:"auth_error"`
-	// Problem explains, in a sentence, what is wrong; empty when nothing is.
-	Problem             string `json:"problem,omitempty"`
-	ConsecutiveFailures int    `json:"consecutive_failures"`
-	// StaleSeconds is how long listings have failed: since the last
-	// success, or since the first attempt when none succeeded; 0 while
-	// listings succeed.
-	StaleSeconds float64 `json:"stale_seconds"`
-	// ListingSeconds is how long the last successful listing took (null
-	// before the first); ListingPages how many pages it had.
-	ListingSeconds *float64 `json:"listing_seconds"`
-	ListingPages   int      `json:"listing_pages"`
-	// ListingLabels are the exact labels the listing asks vast.ai for
-	// (all pools select exact labels); null means the whole account.
-	ListingLabels []string `json:"listing_labels"`
-	// DataAgeSeconds is the age of the oldest routing data: the time since
-	// the last successful listing started (null before the first).
-	DataAgeSeconds *float64 `json:"data_age_seconds"`
-	// ProbeFailingPools are pools whose every instance fails its health
-	// probe although vast.ai reports them running: usually a config
-	// change (probe path, model, token). They are not replaced.
-	ProbeFailingPools []string `json:"probe_failing_pools,omitempty"`
-	SkippedRows       int      `json:"skipped_rows"`
-	Instances         int      `json:"instances"`
-	WatchersRunning   int      `json:"watchers_running"`
-	// SpendPerHour is the fleet-wide billing rate now, in $/h (costs.go).
-	SpendPerHour float64 `json:"spend_per_hour"`
-}
-
-func newStatusView(snap *fleet.Snapshot, running int, now time.Time) statusView {
+func newStatusView(snap *fleet.Snapshot, running int, now time.Time) adminapi.Status {
 	p := snap.Poll
-	v := statusView{
+	v := adminapi.Status{
 		Generation: snap.Generation, LastSuccess: timePtr(p.LastSuccess), LastAttempt: timePtr(p.LastAttempt),
 		LastError: p.LastError, ListingOK: !p.NeverSucceeded() && p.ConsecutiveFailures == 0,
 		NeverSucceeded: p.NeverSucceeded(), AuthError: p.AuthError, ConsecutiveFailures: p.ConsecutiveFailures,
@@ -422,7 +313,7 @@ func newStatusView(snap *fleet.Snapshot, running int, now time.Time) statusView 
 
 // addProbeFailing names the pools whose every instance fails its probe;
 // a listing problem, when there is one, stays the headline.
-func (v *statusView) addProbeFailing(pools []string) {
+func addProbeFailing(v *adminapi.Status, pools []string) {
 	v.ProbeFailingPools = pools
 	if len(pools) > 0 && v.Problem == "" {
 		v.Problem = fmt.Sprintf("every instance of pool(s) %s fails its health probe: check the health block (path, model, token); they are kept, not replaced", strings.Join(pools, ", "))

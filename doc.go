@@ -6,7 +6,7 @@
 // budgets), sshpool (the SSH connection pool that also carries tunnels),
 // gpumetrics (the nvidia-smi parser and collector), ledger (the
 // persisted cost ledger), history (the dashboard's rings) and vastsim (a simulated vast.ai for tests and the
-// demo).
+// demo). adminapi holds the /vastai/ admin API's JSON shapes, shared with cli and tui.
 //
 // # Files
 //

@@ -69,7 +69,7 @@ until it serves. Budgets and max_instances are enforced by the gateway.`,
 					return e.printJSON(raw)
 				}
 				var out struct {
-					Operations []operationView `json:"operations"`
+					Operations []lifecycle.Operation `json:"operations"`
 				}
 				if err := decode(raw, &out); err != nil {
 					return err
@@ -142,7 +142,7 @@ func (e *env) destroyLike(cmd *cobra.Command, id int64, what, path, method strin
 		if e.jsonOut {
 			return e.printJSON(raw)
 		}
-		var op operationView
+		var op lifecycle.Operation
 		if err := decode(raw, &op); err != nil {
 			return err
 		}

@@ -13,8 +13,10 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/caddy-vastai/caddy-vastai/adminapi"
 	"github.com/caddy-vastai/caddy-vastai/fleet"
 	"github.com/caddy-vastai/caddy-vastai/internal/display"
+	"github.com/caddy-vastai/caddy-vastai/lifecycle"
 )
 
 // getRaw fetches path and decodes it into out, returning the raw answer
@@ -38,7 +40,7 @@ func (e *env) statusCmd() *cobra.Command {
 		Args:    e.exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return e.call(cmd, func(ctx context.Context, a *Admin) error {
-				var st statusView
+				var st adminapi.Status
 				raw, err := getRaw(ctx, a, "/vastai/status", &st)
 				if err != nil {
 					return err
@@ -87,9 +89,9 @@ func (e *env) instancesCmd() *cobra.Command {
 					return err
 				}
 				var keep []json.RawMessage
-				var list []instanceView
+				var list []adminapi.Instance
 				for _, r := range raws {
-					var v instanceView
+					var v adminapi.Instance
 					if err := json.Unmarshal(r, &v); err != nil {
 						return fmt.Errorf("GET /vastai/instances: an instance is not the expected JSON: %w", err)
 					}
@@ -120,7 +122,7 @@ var instanceStates = []string{
 	fleet.StateUnhealthy, fleet.StateFailed, fleet.StateStopped, fleet.StateGone,
 }
 
-func (e *env) instancesTable(list []instanceView) {
+func (e *env) instancesTable(list []adminapi.Instance) {
 	if len(list) == 0 {
 		fmt.Fprintln(e.io.Out, "No instances.")
 		return
@@ -159,7 +161,7 @@ func (e *env) instanceCmd() *cobra.Command {
 				return err
 			}
 			return e.call(cmd, func(ctx context.Context, a *Admin) error {
-				var v instanceView
+				var v adminapi.Instance
 				raw, err := getRaw(ctx, a, "/vastai/instances/"+strconv.FormatInt(id, 10), &v)
 				if err != nil {
 					return err
@@ -174,7 +176,7 @@ func (e *env) instanceCmd() *cobra.Command {
 	}
 }
 
-func (e *env) instanceDetail(v instanceView) {
+func (e *env) instanceDetail(v adminapi.Instance) {
 	now := time.Now()
 	kv := [][2]string{
 		{"ID", strconv.FormatInt(v.ID, 10)},
@@ -242,7 +244,7 @@ func (e *env) poolsCmd() *cobra.Command {
 		Args:    e.exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return e.call(cmd, func(ctx context.Context, a *Admin) error {
-				var pools []poolView
+				var pools []adminapi.Pool
 				raw, err := getRaw(ctx, a, "/vastai/pools", &pools)
 				if err != nil {
 					return err
@@ -400,7 +402,7 @@ block is used.`,
 // onlyProvisionedPool returns the pool with a provision block when there
 // is exactly one, and a usage error naming the choices otherwise.
 func onlyProvisionedPool(ctx context.Context, a *Admin) (string, error) {
-	var pools []poolView
+	var pools []adminapi.Pool
 	if err := a.Get(ctx, "/vastai/pools", &pools); err != nil {
 		return "", err
 	}
@@ -445,7 +447,7 @@ func (e *env) operationsCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return e.call(cmd, func(ctx context.Context, a *Admin) error {
 				if len(args) == 1 {
-					var op operationView
+					var op lifecycle.Operation
 					raw, err := getRaw(ctx, a, "/vastai/operations/"+url.PathEscape(args[0]), &op)
 					if err != nil {
 						return err
@@ -456,7 +458,7 @@ func (e *env) operationsCmd() *cobra.Command {
 					e.operationDetail(op)
 					return nil
 				}
-				var ops []operationView
+				var ops []lifecycle.Operation
 				raw, err := getRaw(ctx, a, "/vastai/operations", &ops)
 				if err != nil {
 					return err
@@ -471,7 +473,7 @@ func (e *env) operationsCmd() *cobra.Command {
 	}
 }
 
-func (e *env) operationsTable(ops []operationView) {
+func (e *env) operationsTable(ops []lifecycle.Operation) {
 	if len(ops) == 0 {
 		fmt.Fprintln(e.io.Out, "No operations.")
 		return
@@ -487,7 +489,7 @@ func (e *env) operationsTable(ops []operationView) {
 	e.table([]string{"OPERATION", "KIND", "POOL", "STATE", "INSTANCE", "AGE", "ATTEMPTS", "ERROR"}, rows, 3)
 }
 
-func (e *env) operationDetail(op operationView) {
+func (e *env) operationDetail(op lifecycle.Operation) {
 	now := time.Now()
 	kv := [][2]string{
 		{"Operation", op.ID}, {"Kind", op.Kind}, {"Pool", textOr(op.Pool)}, {"State", op.State},

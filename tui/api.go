@@ -14,6 +14,9 @@ import (
 	"time"
 
 	tea "github.com/charmbracelet/bubbletea"
+
+	"github.com/caddy-vastai/caddy-vastai/adminapi"
+	"github.com/caddy-vastai/caddy-vastai/lifecycle"
 )
 
 // API is the admin API as the view needs it. Do sends one request (body
@@ -59,142 +62,26 @@ func Run(ctx context.Context, api API, opts Options) error {
 	return fmt.Errorf("tui: %w", err)
 }
 
-// The types below decode what the view shows of the admin API's answers.
-// Fields another version of the gateway may lack are pointers, so that an
-// absent figure is shown as absent rather than as zero.
+// The admin API's shapes are adminapi's; the view adds only what the
+// dashboard's snapshot event carries beside them.
 
-// Status is GET /vastai/status.
+// Status is GET /vastai/status, with the gateway's spend budget when the
+// answer carries one.
 type Status struct {
-	Generation          uint64     `json:"generation"`
-	LastSuccess         *time.Time `json:"last_success"`
-	LastAttempt         *time.Time `json:"last_attempt"`
-	LastError           string     `json:"last_error"`
-	ConsecutiveFailures int        `json:"consecutive_failures"`
-	StaleSeconds        float64    `json:"stale_seconds"`
-	Instances           int        `json:"instances"`
-	WatchersRunning     int        `json:"watchers_running"`
-	SpendPerHour        *float64   `json:"spend_per_hour"`
-	MaxSpendPerHour     *float64   `json:"max_spend_per_hour"`
+	adminapi.Status
+	// MaxSpendPerHour is the gateway-wide budget, in $/h; nil when absent.
+	MaxSpendPerHour *float64 `json:"max_spend_per_hour"`
 }
 
-// Instance is one entry of GET /vastai/instances.
+// Instance is one entry of GET /vastai/instances, with the request
+// counters when the gateway exposes them.
 type Instance struct {
-	ID           int64      `json:"id"`
-	Pool         *string    `json:"pool"`
-	Label        string     `json:"label"`
-	ActualStatus *string    `json:"actual_status"`
-	StatusMsg    string     `json:"status_msg"`
-	Upstream     *string    `json:"upstream"`
-	Routable     bool       `json:"routable"`
-	Reason       string     `json:"reason"`
-	State        string     `json:"state"`
-	StateSince   *time.Time `json:"state_since"`
-	LastProbe    *Probe     `json:"last_probe"`
-	GPUs         []GPU      `json:"gpus"`
-	GPUError     string     `json:"gpu_error"`
-	SSH          *SSH       `json:"ssh"`
-	GPUName      string     `json:"gpu_name"`
-	NumGPUs      int        `json:"num_gpus"`
-	DPHTotal     float64    `json:"dph_total"`
-	PublicIPAddr string     `json:"public_ipaddr"`
-	MachineID    int64      `json:"machine_id"`
-	StartDate    *time.Time `json:"start_date"`
-	Accrued      float64    `json:"accrued_dollars"`
+	adminapi.Instance
 	// InFlight and RequestsTotal are the gateway's request counters, when
 	// it exposes them; requests/s is derived from RequestsTotal between
 	// refreshes.
 	InFlight      *int64  `json:"in_flight"`
 	RequestsTotal *uint64 `json:"requests_total"`
-}
-
-// PoolName is the instance's pool, "" when it belongs to none.
-func (in *Instance) PoolName() string {
-	if in.Pool == nil {
-		return ""
-	}
-	return *in.Pool
-}
-
-// Probe is an instance's last health probe.
-type Probe struct {
-	Time      time.Time `json:"time"`
-	Status    int       `json:"status"`
-	LatencyMS float64   `json:"latency_ms"`
-	Error     string    `json:"error"`
-	OK        bool      `json:"ok"`
-}
-
-// GPU is one GPU's figures from nvidia-smi; unknown figures are nil.
-type GPU struct {
-	Index          int      `json:"index"`
-	Name           string   `json:"name"`
-	UtilizationGPU *float64 `json:"utilization_gpu"`
-	MemoryUsedMiB  *float64 `json:"memory_used_mib"`
-	MemoryTotalMiB *float64 `json:"memory_total_mib"`
-	TemperatureC   *float64 `json:"temperature_c"`
-	PowerDrawW     *float64 `json:"power_draw_w"`
-}
-
-// SSH is the instance's SSH connection.
-type SSH struct {
-	Path       string `json:"path"`
-	LastError  string `json:"last_error"`
-	Reconnects int    `json:"reconnects"`
-}
-
-// Pool is one entry of GET /vastai/pools.
-type Pool struct {
-	Name         string         `json:"name"`
-	Members      []int64        `json:"members"`
-	Routable     []int64        `json:"routable"`
-	States       map[string]int `json:"states"`
-	SpendRate    float64        `json:"spend_rate_dollars_per_hour"`
-	Accrued      float64        `json:"accrued_dollars"`
-	Provisioning *Provisioning  `json:"provisioning"`
-}
-
-// Provisioning is a pool's lifecycle figures, budgets included.
-type Provisioning struct {
-	MinInstances    int     `json:"min_instances"`
-	MaxInstances    int     `json:"max_instances"`
-	Active          int     `json:"active"`
-	InProgress      int     `json:"in_progress"`
-	Destroying      int     `json:"destroying"`
-	SpendPerHour    float64 `json:"spend_per_hour"`
-	MaxSpendPerHour float64 `json:"max_spend_per_hour"`
-	MaxPricePerHour float64 `json:"max_price_per_hour"`
-}
-
-// Operation is one entry of GET /vastai/operations.
-type Operation struct {
-	ID              string    `json:"id"`
-	Kind            string    `json:"kind"`
-	Pool            string    `json:"pool"`
-	State           string    `json:"state"`
-	Reason          string    `json:"reason"`
-	Error           string    `json:"error"`
-	Created         time.Time `json:"created"`
-	Updated         time.Time `json:"updated"`
-	Ended           time.Time `json:"ended"`
-	InstanceID      int64     `json:"instance_id"`
-	Attempts        []Attempt `json:"attempts"`
-	Drain           bool      `json:"drain"`
-	DestroyAttempts int       `json:"destroy_attempts"`
-}
-
-// Final reports whether the operation is over.
-func (o *Operation) Final() bool { return o.State == "succeeded" || o.State == "failed" }
-
-// Attempt is one try of a provisioning.
-type Attempt struct {
-	OfferID    int64     `json:"offer_id"`
-	MachineID  int64     `json:"machine_id"`
-	GPUName    string    `json:"gpu_name"`
-	Price      float64   `json:"price"`
-	InstanceID int64     `json:"instance_id"`
-	Started    time.Time `json:"started"`
-	State      string    `json:"state"`
-	Error      string    `json:"error"`
 }
 
 // snapshot is one refresh: every part that loaded, and the error of every
@@ -203,8 +90,8 @@ type snapshot struct {
 	at         time.Time
 	status     *Status
 	instances  []Instance
-	pools      []Pool
-	operations []Operation
+	pools      []adminapi.Pool
+	operations []lifecycle.Operation
 	errs       map[string]error // by part: status, instances, pools, operations
 }
 

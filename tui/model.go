@@ -9,6 +9,9 @@ import (
 	"time"
 
 	tea "github.com/charmbracelet/bubbletea"
+
+	"github.com/caddy-vastai/caddy-vastai/adminapi"
+	"github.com/caddy-vastai/caddy-vastai/lifecycle"
 )
 
 // sortKeys are the orders `s` cycles through.
@@ -30,8 +33,8 @@ type model struct {
 	// value while errs says why it is not newer.
 	status     *Status
 	instances  []Instance
-	pools      []Pool
-	operations []Operation
+	pools      []adminapi.Pool
+	operations []lifecycle.Operation
 	errs       map[string]error
 	loadedAt   time.Time // last refresh with status and instances
 	fetching   bool

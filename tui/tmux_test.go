@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-vastai/caddy-vastai/lifecycle"
 	"github.com/caddy-vastai/caddy-vastai/tui"
 )
 
@@ -183,7 +184,7 @@ func provision(t *testing.T, f *fleet, n int) []int64 {
 	t.Helper()
 	ctx := context.Background()
 	var out struct {
-		Operations []tui.Operation `json:"operations"`
+		Operations []lifecycle.Operation `json:"operations"`
 	}
 	if err := f.api.Do(ctx, "POST", "/vastai/pools/llm/instances", map[string]int{"count": n}, &out); err != nil {
 		t.Fatalf("provisioning: %v", err)
@@ -195,7 +196,7 @@ func provision(t *testing.T, f *fleet, n int) []int64 {
 	waitFor(t, 90*time.Second, "the provisionings to succeed", func() bool {
 		ids = ids[:0]
 		for _, op := range out.Operations {
-			var cur tui.Operation
+			var cur lifecycle.Operation
 			if err := f.api.Do(ctx, "GET", "/vastai/operations/"+op.ID, nil, &cur); err != nil {
 				return false
 			}
@@ -215,7 +216,7 @@ func provision(t *testing.T, f *fleet, n int) []int64 {
 // drainOps counts the destroy operations (drains included) of an instance.
 func drainOps(t *testing.T, f *fleet, id int64) int {
 	t.Helper()
-	var ops []tui.Operation
+	var ops []lifecycle.Operation
 	if err := f.api.Do(context.Background(), "GET", "/vastai/operations", nil, &ops); err != nil {
 		t.Fatalf("listing operations: %v", err)
 	}

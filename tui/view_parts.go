@@ -8,12 +8,13 @@ import (
 	"github.com/charmbracelet/lipgloss"
 
 	"github.com/caddy-vastai/caddy-vastai/internal/display"
+	"github.com/caddy-vastai/caddy-vastai/lifecycle"
 )
 
 // activeOperations are the operations not finished yet, oldest first, in
 // the view's pool.
-func (m *model) activeOperations() []Operation {
-	var out []Operation
+func (m *model) activeOperations() []lifecycle.Operation {
+	var out []lifecycle.Operation
 	for _, op := range m.operations {
 		if op.Final() || (m.opts.Pool != "" && op.Pool != m.opts.Pool) {
 			continue
@@ -26,7 +27,7 @@ func (m *model) activeOperations() []Operation {
 	return out
 }
 
-func (m *model) viewOperations(b *strings.Builder, ops []Operation, now time.Time) {
+func (m *model) viewOperations(b *strings.Builder, ops []lifecycle.Operation, now time.Time) {
 	b.WriteString("\n")
 	title := fmt.Sprintf("Operations in progress (%d)", len(ops))
 	if err := m.errs["operations"]; err != nil {
@@ -49,7 +50,7 @@ func (m *model) viewOperations(b *strings.Builder, ops []Operation, now time.Tim
 }
 
 // currentAttempt describes where an operation is now.
-func currentAttempt(op *Operation) string {
+func currentAttempt(op *lifecycle.Operation) string {
 	if n := len(op.Attempts); n > 0 {
 		a := op.Attempts[n-1]
 		s := fmt.Sprintf("attempt %d: offer %d", n, a.OfferID)
