@@ -40,7 +40,10 @@ func unmarshalProvision(d *caddyfile.Dispenser, pool string) (*ProvisionConfig, 
 		case "order":
 			err = orderArg(d, in, &p.Order)
 		case "offer":
-			p.Offer, err = unmarshalOffer(d, pool)
+			var f *lifecycle.OfferFilter
+			if f, err = unmarshalOffer(d, pool); f != nil {
+				p.Offer = *f
+			}
 		case "min_instances":
 			err = nonNegativeInt(d, &p.MinInstances)
 		case "max_instances":
@@ -50,9 +53,9 @@ func unmarshalProvision(d *caddyfile.Dispenser, pool string) (*ProvisionConfig, 
 		case "max_spend_per_hour":
 			err = positiveFloat(d, &p.MaxSpendPerHour)
 		case "max_lifetime":
-			err = durationArg(d, in, &p.MaxLifetime)
+			err = durationArg(d, in, (*caddy.Duration)(&p.MaxLifetime))
 		case "ready_timeout":
-			err = durationArg(d, in, &p.ReadyTimeout)
+			err = durationArg(d, in, (*caddy.Duration)(&p.ReadyTimeout))
 		case "max_attempts":
 			err = nonNegativeInt(d, &p.MaxAttempts)
 		default:

@@ -8,8 +8,6 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-
-	"github.com/caddy-vastai/caddy-vastai/lifecycle"
 )
 
 // TestJSONProvisionConfigGetsTheCaddyfileChecks: a JSON config is refused
@@ -53,22 +51,44 @@ func everyFieldSet(t *testing.T, v any) {
 	}
 }
 
-// TestProvisionConfigCarriesEveryFieldToTheTemplate: ProvisionConfig (the
-// JSON, with Caddy durations) and lifecycle.PoolTemplate (the engine's)
-// describe the same fields; the conversion must carry each one, so the
-// two JSON forms are the same apart from the port mapping it adds.
-func TestProvisionConfigCarriesEveryFieldToTheTemplate(t *testing.T) {
-	p := ProvisionConfig{
-		Image: "img", TemplateHashID: "hash", Disk: 20, Env: map[string]string{"A": "b"}, Onstart: "run",
-		Args: []string{"--x"}, Runtype: "args", Offer: &lifecycle.OfferFilter{GPUName: "RTX 4090"},
-		Order: [][2]string{{"dph_total", "asc"}}, Type: lifecycle.TypeBid, BidPrice: 0.2,
-		MinInstances: 1, MaxInstances: 2, MaxPricePerHour: 0.5, MaxLifetime: caddy.Duration(time.Hour),
-		ReadyTimeout: caddy.Duration(time.Minute), MaxAttempts: 4, MaxSpendPerHour: 3,
+// TestProvisionConfigLoadsEveryFieldIntoTheTemplate: a JSON provision
+// block with every field loads the same whether its durations are written
+// as "1h" or as nanoseconds, the template carries every field (the offer
+// and the port mapping included), and the config encodes back to what
+// the template encodes to, apart from that mapping.
+func TestProvisionConfigLoadsEveryFieldIntoTheTemplate(t *testing.T) {
+	const fields = `"image": "img", "template_hash_id": "hash", "disk": 20, "env": {"A": "b"},
+		"onstart": "run", "args": ["--x"], "runtype": "args", "offer": {"gpu_name": "RTX 4090"},
+		"order": [["dph_total", "asc"]], "type": "bid", "bid_price": 0.2, "min_instances": 1,
+		"max_instances": 2, "max_price_per_hour": 0.5, "max_attempts": 4, "max_spend_per_hour": 3`
+	var loaded []ProvisionConfig
+	for _, durations := range []string{
+		`"max_lifetime": "1h", "ready_timeout": "1m"`,
+		`"max_lifetime": 3600000000000, "ready_timeout": 60000000000`,
+		`"max_lifetime": "0.5h30m", "ready_timeout": 60000000000`,
+	} {
+		var p ProvisionConfig
+		if err := json.Unmarshal([]byte("{"+fields+", "+durations+"}"), &p); err != nil {
+			t.Fatalf("%s: %v", durations, err)
+		}
+		if p.MaxLifetime.D() != time.Hour || p.ReadyTimeout.D() != time.Minute {
+			t.Errorf("%s: max_lifetime %v, ready_timeout %v; want 1h, 1m", durations, p.MaxLifetime, p.ReadyTimeout)
+		}
+		loaded = append(loaded, p)
 	}
-	everyFieldSet(t, p)
+	for _, p := range loaded[1:] {
+		if !reflect.DeepEqual(p, loaded[0]) {
+			t.Errorf("loaded %+v\nwant   %+v", p, loaded[0])
+		}
+	}
+	p := loaded[0]
 	tpl := p.template(9000, caddy.NewReplacer())
+	everyFieldSet(t, tpl)
 	if tpl.Env["-p 9000:9000"] != "1" {
 		t.Errorf("env %v lacks the engine port mapping", tpl.Env)
+	}
+	if _, ok := p.Env["-p 9000:9000"]; ok {
+		t.Errorf("template() wrote the port mapping into the config's env %v", p.Env)
 	}
 	delete(tpl.Env, "-p 9000:9000")
 	asMap := func(v any) map[string]any {
@@ -84,6 +104,14 @@ func TestProvisionConfigCarriesEveryFieldToTheTemplate(t *testing.T) {
 	}
 	if got, want := asMap(tpl), asMap(p); !reflect.DeepEqual(got, want) {
 		t.Errorf("template = %v\nwant        %v", got, want)
+	}
+	// Without an offer, Caddy writes the config back without one.
+	var bare ProvisionConfig
+	if err := json.Unmarshal([]byte(`{"image": "x"}`), &bare); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := json.Marshal(bare); !strings.Contains(string(b), `"image":"x"`) || strings.Contains(string(b), "offer") {
+		t.Errorf("bare config encodes as %s", b)
 	}
 }
 

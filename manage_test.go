@@ -29,7 +29,7 @@ func TestFleetAndLifecycleAgreeOnStates(t *testing.T) {
 		t.Errorf("managed token variable: fleet %q, lifecycle %q", fleet.ManagedTokenVar, lifecycle.EnvToken)
 	}
 	for _, pool := range []string{"llm", "a.b-c_d"} {
-		app := &App{GatewayID: "gw-1", Pools: map[string]*Pool{pool: {Provision: &ProvisionConfig{Image: "x"}}}}
+		app := &App{GatewayID: "gw-1", Pools: map[string]*Pool{pool: {Provision: &ProvisionConfig{PoolTemplate: lifecycle.PoolTemplate{Image: "x"}}}}}
 		if got, want := lifecycle.PoolLabelPrefix(app.gatewayID(), pool), "cv:gw-1:"+pool+":"; got != want {
 			t.Errorf("label prefix %q, want %q", got, want)
 		}

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/caddy-vastai/caddy-vastai/internal/jsondur"
 )
 
 // Orphan policies: what reconciliation does with an instance that carries
@@ -141,54 +143,76 @@ type OfferFilter struct {
 }
 
 // PoolTemplate says what to provision for a pool and within which limits.
+// The root package's ProvisionConfig embeds it, so these field comments are
+// the JSON config's documentation.
 type PoolTemplate struct {
-	// Image is the Docker image; required unless TemplateHashID is set.
+	// Docker image to run; required unless template_hash_id is set.
 	Image string `json:"image,omitempty"`
-	// TemplateHashID selects a vast.ai template. Hash ids change when a
-	// template is edited; pin the image where possible.
+
+	// A vast.ai template instead of an image. Template hash ids change when
+	// the template is edited; prefer pinning the image.
 	TemplateHashID string `json:"template_hash_id,omitempty"`
-	// Disk is the disk size in GB (at least 8, default 10; it cannot change
-	// later, and it bills even while the instance is stopped).
+
+	// Disk size in GB, at least 8. It cannot change later and bills even
+	// while the instance is stopped. Default: 10.
 	Disk float64 `json:"disk,omitempty"`
-	// Env are environment variables and Docker options such as
-	// "-p 8000:8000": "1". WEB_PASSWORD is generated per instance and must
-	// not be set here.
+
+	// Environment variables and Docker options (for example "-p 8000:8000":
+	// "1"). The pool's engine port is requested automatically. WEB_PASSWORD
+	// is generated per instance and must not be set here.
 	Env map[string]string `json:"env,omitempty"`
-	// Onstart is the onstart script.
+
+	// The onstart script (SSH and Jupyter runtypes replace the image's
+	// entrypoint, so the engine is started here).
 	Onstart string `json:"onstart,omitempty"`
-	// Args are the entrypoint arguments for runtype "args".
+
+	// Entrypoint arguments, for runtype "args".
 	Args []string `json:"args,omitempty"`
-	// Runtype is "args", "ssh_direct", ... (empty: vast.ai's default).
+
+	// vast.ai runtype: "args", "ssh_direct", "ssh_proxy", "jupyter_direct"...
+	// (empty: vast.ai's default).
 	Runtype string `json:"runtype,omitempty"`
-	// Offer selects offers.
-	Offer OfferFilter `json:"offer"`
-	// Order is the offer order as [field, "asc"|"desc"] pairs; default
-	// dph_total ascending.
+
+	// Which offers may be rented. Omitted when empty, so a config without
+	// one encodes without one.
+	Offer OfferFilter `json:"offer,omitzero"`
+
+	// Offer order as [field, "asc"|"desc"] pairs. Default: cheapest
+	// (dph_total) first.
 	Order [][2]string `json:"order,omitempty"`
-	// Type is "on-demand" (default) or "bid".
+
+	// "on-demand" (default) or "bid" (interruptible, at bid_price; vast.ai
+	// stops an outbid instance, and its disk keeps billing).
 	Type string `json:"type,omitempty"`
-	// BidPrice is the bid in $/hour for Type "bid" (sent as the create
-	// "price").
+
+	// The bid in $/hour for type "bid" (sent as the create "price").
 	BidPrice float64 `json:"bid_price,omitempty"`
-	// MinInstances is kept running by reconciliation.
+
+	// Instances kept in the pool by reconciliation.
 	MinInstances int `json:"min_instances,omitempty"`
-	// MaxInstances bounds the pool (0: no bound).
+
+	// Upper bound of the pool (0: none).
 	MaxInstances int `json:"max_instances,omitempty"`
-	// MaxPricePerHour is the highest $/hour for one instance; offers above
-	// it are never used (0: no cap).
+
+	// Highest price of one instance in $/hour; offers above it are never
+	// used (0: no cap).
 	MaxPricePerHour float64 `json:"max_price_per_hour,omitempty"`
-	// MaxLifetime replaces instances older than this (0: never). The
-	// replacement is made ready before the old instance is drained.
-	MaxLifetime time.Duration `json:"max_lifetime,omitempty"`
-	// ReadyTimeout is how long an instance may stay in one provisioning
-	// state (loading, starting, ...) before it is given up (default 30m).
-	// The clock restarts when the state changes, so a slow image pull does
-	// not eat the engine's start-up time.
-	ReadyTimeout time.Duration `json:"ready_timeout,omitempty"`
-	// MaxAttempts bounds the offers tried per provisioning (default 3).
+
+	// Instances older than this are replaced: the new one is made ready
+	// first, then the old one drained and destroyed (0: never).
+	MaxLifetime jsondur.Duration `json:"max_lifetime,omitempty"`
+
+	// How long an instance may stay in one start-up state (loading,
+	// starting...) before it is destroyed and another offer tried. The
+	// clock restarts when the state changes, so a slow image pull does not
+	// eat the engine's start-up time. Default: 30m.
+	ReadyTimeout jsondur.Duration `json:"ready_timeout,omitempty"`
+
+	// Offers tried per provisioning before giving up. Default: 3.
 	MaxAttempts int `json:"max_attempts,omitempty"`
-	// MaxSpendPerHour is the pool budget in $/hour: running instances plus
-	// creates in progress (0: none).
+
+	// Pool budget in $/hour: running instances plus creates in progress
+	// (0: none).
 	MaxSpendPerHour float64 `json:"max_spend_per_hour,omitempty"`
 }
 
@@ -339,7 +363,7 @@ func (p PoolTemplate) withDefaults() PoolTemplate {
 		p.Disk = DefaultDisk
 	}
 	if p.ReadyTimeout <= 0 {
-		p.ReadyTimeout = DefaultReadyTimeout
+		p.ReadyTimeout = jsondur.Duration(DefaultReadyTimeout)
 	}
 	if p.MaxAttempts <= 0 {
 		p.MaxAttempts = DefaultMaxAttempts

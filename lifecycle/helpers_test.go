@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/caddy-vastai/caddy-vastai/internal/jsondur"
 	"github.com/caddy-vastai/caddy-vastai/vastclient"
 	"github.com/caddy-vastai/caddy-vastai/vastsim"
 )
@@ -259,7 +260,7 @@ func testPool() PoolTemplate {
 		Image:        "vllm/vllm-openai:latest",
 		Env:          map[string]string{"-p 8000:8000": "1", "VLLM_MODEL": "test/model"},
 		Offer:        OfferFilter{GPUName: "RTX 4090", NumGPUs: 1, MinGPURAMGB: 24, MinDirectPorts: 1},
-		ReadyTimeout: 3 * time.Second,
+		ReadyTimeout: jsondur.Duration(3 * time.Second),
 	}
 }
 

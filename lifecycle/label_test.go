@@ -152,11 +152,11 @@ func TestConfigValidate(t *testing.T) {
 	p := d.Pools["p"]
 	if d.Orphans != OrphansAdopt || d.GhostConfirmations != 3 || d.DestroyVerifyAttempts != 10 ||
 		d.BlocklistTTL != 24*time.Hour || d.ReconcileInterval != 5*time.Minute ||
-		p.ReadyTimeout != 3*time.Second || p.MaxAttempts != 3 || p.Type != TypeOnDemand || p.Disk != 10 ||
+		p.ReadyTimeout.D() != 3*time.Second || p.MaxAttempts != 3 || p.Type != TypeOnDemand || p.Disk != 10 ||
 		p.Order[0] != [2]string{"dph_total", "asc"} {
 		t.Errorf("defaults = %+v / %+v", d, p)
 	}
-	if testPool().withDefaults().ReadyTimeout != 3*time.Second || (PoolTemplate{}).withDefaults().ReadyTimeout != 30*time.Minute {
+	if testPool().withDefaults().ReadyTimeout.D() != 3*time.Second || (PoolTemplate{}).withDefaults().ReadyTimeout.D() != 30*time.Minute {
 		t.Error("ready_timeout default")
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-vastai/caddy-vastai/internal/jsondur"
 	"github.com/caddy-vastai/caddy-vastai/vastclient"
 	"github.com/caddy-vastai/caddy-vastai/vastsim"
 )
@@ -366,7 +367,7 @@ func TestReadyInstanceNotDestroyedForFailingProbes(t *testing.T) {
 
 	// The restart: a new manager; the new probe fails on the instance.
 	p := cfg.Pools["p"]
-	p.ReadyTimeout = 150 * time.Millisecond
+	p.ReadyTimeout = jsondur.Duration(150 * time.Millisecond)
 	cfg.Pools = map[string]PoolTemplate{"p": p}
 	b := h.manager(cfg)
 	h.fleet.force(id, FleetFailed)
@@ -503,7 +504,7 @@ func TestMaxLifetimeReplacementsRespectMaxInstances(t *testing.T) {
 		p := c.Pools["p"]
 		p.MinInstances = 2
 		p.MaxInstances = 2
-		p.MaxLifetime = 2 * time.Second
+		p.MaxLifetime = jsondur.Duration(2 * time.Second)
 		c.Pools["p"] = p
 	}))
 	for i := 0; i < 6; i++ {

@@ -619,7 +619,7 @@ func (m *Manager) waitReady(ctx context.Context, h *opHandle, tpl PoolTemplate) 
 	if m.runHook(h, "waiting") {
 		return
 	}
-	w := &readyWatch{id: cur.InstanceID, created: cur.Started, hardCap: 3 * tpl.ReadyTimeout}
+	w := &readyWatch{id: cur.InstanceID, created: cur.Started, hardCap: 3 * tpl.ReadyTimeout.D()}
 	for {
 		if msg := m.destroyRequested(ctx, w.id); msg != "" {
 			m.failAttempt(ctx, h, thenFail, msg)
@@ -684,7 +684,7 @@ func (m *Manager) pollReady(ctx context.Context, w *readyWatch, tpl PoolTemplate
 		since = w.created
 	}
 	now := m.now()
-	if now.Sub(since) > tpl.ReadyTimeout {
+	if now.Sub(since) > tpl.ReadyTimeout.D() {
 		return false, fmt.Sprintf("not ready within %s (state %q since %s)",
 			tpl.ReadyTimeout, state, since.UTC().Format(time.RFC3339))
 	}

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-vastai/caddy-vastai/internal/jsondur"
 	"github.com/caddy-vastai/caddy-vastai/vastclient"
 	"github.com/caddy-vastai/caddy-vastai/vastsim"
 )
@@ -194,7 +195,7 @@ func TestProvisionGivesUpAfterMaxAttempts(t *testing.T) {
 	h := newHarness(t, fastSim(func(o *vastsim.Options) { o.EngineReadyDelay = time.Minute }))
 	m := h.manager(h.config(func(c *Config) {
 		p := c.Pools["p"]
-		p.ReadyTimeout = 300 * time.Millisecond
+		p.ReadyTimeout = jsondur.Duration(300 * time.Millisecond)
 		p.MaxAttempts = 3
 		p.Offer.MinDirectPorts = 0 // three RTX 4090 machines
 		c.Pools["p"] = p

@@ -546,7 +546,7 @@ func (m *Manager) reconcileDead(ctx context.Context, recs *records, st *reconcil
 		if !seen {
 			st.DeadSince[id], since = l.now, l.now
 		}
-		if l.now.Sub(since) < tpl.ReadyTimeout {
+		if l.now.Sub(since) < tpl.ReadyTimeout.D() {
 			continue
 		}
 		op, err := m.startDestroyLocked(ctx, rec, "dead: "+why)
@@ -797,7 +797,7 @@ func (m *Manager) reconcileLifetime(ctx context.Context, recs *records, dead map
 			// The replacement failed or its record is gone: try again.
 			rec.ReplacedBy = ""
 		}
-		if rec.age(now) < tpl.MaxLifetime {
+		if rec.age(now) < tpl.MaxLifetime.D() {
 			continue
 		}
 		// A replacement is made before the old instance goes, so at the

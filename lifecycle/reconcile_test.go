@@ -15,6 +15,7 @@ import (
 
 	"github.com/caddyserver/certmagic"
 
+	"github.com/caddy-vastai/caddy-vastai/internal/jsondur"
 	"github.com/caddy-vastai/caddy-vastai/vastclient"
 	"github.com/caddy-vastai/caddy-vastai/vastsim"
 )
@@ -225,7 +226,7 @@ func TestMinInstancesAndMaxLifetime(t *testing.T) {
 		p := c.Pools["p"]
 		p.MinInstances = 1
 		p.MaxInstances = 1
-		p.MaxLifetime = 1500 * time.Millisecond
+		p.MaxLifetime = jsondur.Duration(1500 * time.Millisecond)
 		c.Pools["p"] = p
 	}))
 	var maxAlive atomic.Int64
@@ -302,7 +303,7 @@ func TestDeadInstanceReplaced(t *testing.T) {
 		p.MinInstances = 1
 		c.Pools["p"] = p
 	})
-	readyTimeout := cfg.Pools["p"].ReadyTimeout
+	readyTimeout := cfg.Pools["p"].ReadyTimeout.D()
 	m := h.manager(cfg)
 	ctx := ctxT(t)
 	rep, err := m.Reconcile(ctx)
