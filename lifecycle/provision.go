@@ -141,12 +141,19 @@ func (c poolCounts) capTotal() int { return c.billing + c.inProgress }
 func (m *Manager) poolCount(recs *records, pool string, dead map[int64]bool) poolCounts {
 	var c poolCounts
 	counted := map[int64]bool{}
+	// Operations whose instance is already counted as serving or about
+	// to: recordCreated writes the record before the attempt learns the
+	// id, and a count in between must not see them as two.
+	countedOps := map[string]bool{}
 	for id, rec := range recs.insts {
 		if rec.Pool != pool || !rec.Live() {
 			continue
 		}
 		c.billing++
 		counted[id] = true
+		if rec.OpID != "" && (rec.State == InstanceProvisioning || rec.State == InstanceActive) {
+			countedOps[rec.OpID] = true
+		}
 		if !dead[id] && (rec.State == InstanceProvisioning || rec.State == InstanceActive) {
 			c.live++
 		}
@@ -156,6 +163,9 @@ func (m *Manager) poolCount(recs *records, pool string, dead map[int64]bool) poo
 			continue
 		}
 		if cur := op.current(); cur != nil && cur.InstanceID > 0 && counted[cur.InstanceID] {
+			continue
+		}
+		if cur := op.current(); cur != nil && cur.InstanceID == 0 && countedOps[op.ID] {
 			continue
 		}
 		c.inProgress++
