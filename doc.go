@@ -3,10 +3,13 @@
 // wiring between them; the engine lives in Caddy-free packages: vastclient
 // (the vast.ai REST client), fleet (the watcher, its immutable snapshots,
 // health), lifecycle (provisioning, verified destroys, reconciliation,
-// budgets), sshpool (the SSH connection pool that also carries tunnels),
-// gpumetrics (the nvidia-smi parser and collector), ledger (the
-// persisted cost ledger), history (the dashboard's rings) and vastsim (a simulated vast.ai for tests and the
-// demo). adminapi holds the /vastai/ admin API's JSON shapes, shared with cli and tui.
+// budgets; its PoolTemplate carries the provision block's JSON, embedded
+// by ProvisionConfig), sshpool (the SSH connection pool that also carries
+// tunnels), gpumetrics (the nvidia-smi parser and collector), enginestate
+// (the engines' /metrics parser and scraper), ledger (the persisted cost
+// ledger), history (the dashboard's rings) and vastsim (a simulated
+// vast.ai for tests and the demo). adminapi holds the /vastai/ admin API's
+// JSON shapes, shared with cli and tui.
 //
 // # Files
 //
