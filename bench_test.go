@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-vastai/caddy-vastai/internal/jsondur"
+
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
 	"github.com/caddy-vastai/caddy-vastai/fleet"
@@ -47,7 +49,7 @@ func upstreamsOver(tb testing.TB, n int) *Upstreams {
 	tb.Cleanup(func() { _ = srv.Close() })
 	w := fleet.NewWatcher(nil)
 	w.Configure(staticLister{res}, fleet.Config{
-		Pools:        []fleet.PoolSpec{{Name: "llm", LabelPrefix: "llm-", Health: fleet.HealthSpec{Interval: time.Hour}}},
+		Pools:        []fleet.PoolSpec{{Name: "llm", LabelPrefix: "llm-", Health: fleet.HealthSpec{Interval: jsondur.Duration(time.Hour)}}},
 		PollInterval: time.Hour,
 	})
 	ctx, cancel := context.WithCancel(context.Background())

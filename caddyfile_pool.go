@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
 	"github.com/caddy-vastai/caddy-vastai/fleet"
@@ -144,11 +145,11 @@ func unmarshalHealth(d *caddyfile.Dispenser, pool string) (*HealthConfig, error)
 		case "expect":
 			err = statusCodesArg(d, in, &h.Expect)
 		case "interval":
-			err = durationArg(d, in, &h.Interval)
+			err = durationArg(d, in, (*caddy.Duration)(&h.Interval))
 		case "timeout":
-			err = durationArg(d, in, &h.Timeout)
+			err = durationArg(d, in, (*caddy.Duration)(&h.Timeout))
 		case "grace":
-			err = durationArg(d, in, &h.Grace)
+			err = durationArg(d, in, (*caddy.Duration)(&h.Grace))
 		case "healthy_threshold":
 			err = positiveInt(d, &h.HealthyThreshold)
 		case "unhealthy_threshold":

@@ -133,51 +133,16 @@ type Pool struct {
 
 // HealthConfig configures a pool's active probes. Probes carry the
 // instance's Bearer token and take the same path as traffic.
+// The fields, their JSON and their docs are fleet.HealthSpec's.
 type HealthConfig struct {
-	// Path of the probe request. Default: /health.
-	Path string `json:"path,omitempty"`
-
-	// HTTP method of the probe. Default: GET.
-	Method string `json:"method,omitempty"`
-
-	// Optional JSON request body, so that a tiny generation (for example a
-	// one-token completion) can be the probe: a hung engine can still
-	// answer /health.
-	Body string `json:"body,omitempty"`
-
-	// Status codes that mean healthy. Default: [200]. A response with
-	// the X-Portal-Placeholder header is never healthy.
-	Expect []int `json:"expect,omitempty"`
-
-	// Time between probes of one instance. Default: 5s.
-	Interval caddy.Duration `json:"interval,omitempty"`
-
-	// Time limit of one probe. Default: 5s.
-	Timeout caddy.Duration `json:"timeout,omitempty"`
-
-	// Consecutive successes that make an instance ready. Default: 1.
-	HealthyThreshold int `json:"healthy_threshold,omitempty"`
-
-	// Consecutive failures (probes, or connection errors and 5xx of live
-	// traffic) that make a ready instance unhealthy. Default: 2.
-	UnhealthyThreshold int `json:"unhealthy_threshold,omitempty"`
-
-	// Start-up grace: while an engine is starting (pulling weights can
-	// take many minutes), failing probes do not make it unhealthy; past
-	// the grace it is reported as failed. Default: 30m.
-	Grace caddy.Duration `json:"grace,omitempty"`
+	fleet.HealthSpec
 }
 
 func (h *HealthConfig) spec() fleet.HealthSpec {
 	if h == nil {
 		return fleet.HealthSpec{}
 	}
-	return fleet.HealthSpec{
-		Path: h.Path, Method: h.Method, Body: h.Body, Expect: h.Expect,
-		Interval: time.Duration(h.Interval), Timeout: time.Duration(h.Timeout),
-		HealthyThreshold: h.HealthyThreshold, UnhealthyThreshold: h.UnhealthyThreshold,
-		Grace: time.Duration(h.Grace),
-	}
+	return h.HealthSpec
 }
 
 // TokenConfig says where an instance's Bearer token comes from.

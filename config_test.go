@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-vastai/caddy-vastai/fleet"
+	"github.com/caddy-vastai/caddy-vastai/internal/jsondur"
 	"github.com/caddyserver/caddy/v2"
 )
 
@@ -115,30 +117,36 @@ func TestProvisionConfigLoadsEveryFieldIntoTheTemplate(t *testing.T) {
 	}
 }
 
-// TestHealthConfigCarriesEveryFieldToTheSpec: the same for HealthConfig
-// and fleet.HealthSpec, field by field.
-func TestHealthConfigCarriesEveryFieldToTheSpec(t *testing.T) {
-	h := HealthConfig{
+// TestHealthConfigLoadsEveryFieldIntoTheSpec: the health block's JSON is
+// fleet.HealthSpec's, and durations load the same as strings and as
+// nanoseconds (what caddy.Duration accepts).
+func TestHealthConfigLoadsEveryFieldIntoTheSpec(t *testing.T) {
+	want := fleet.HealthSpec{
 		Path: "/v1/models", Method: "POST", Body: "{}", Expect: []int{200, 204},
-		Interval: caddy.Duration(time.Second), Timeout: caddy.Duration(2 * time.Second),
-		HealthyThreshold: 3, UnhealthyThreshold: 4, Grace: caddy.Duration(time.Hour),
+		Interval: jsondur.Duration(time.Second), Timeout: jsondur.Duration(2 * time.Second),
+		HealthyThreshold: 3, UnhealthyThreshold: 4, Grace: jsondur.Duration(time.Hour),
 	}
-	everyFieldSet(t, h)
-	spec := reflect.ValueOf(h.spec())
-	rh := reflect.ValueOf(h)
-	for i := 0; i < rh.NumField(); i++ {
-		name := rh.Type().Field(i).Name
-		sf := spec.FieldByName(name)
-		if !sf.IsValid() {
-			t.Errorf("fleet.HealthSpec has no field %s", name)
-			continue
+	for _, raw := range []string{
+		`{"path":"/v1/models","method":"POST","body":"{}","expect":[200,204],"interval":"1s","timeout":"2s","healthy_threshold":3,"unhealthy_threshold":4,"grace":"1h"}`,
+		`{"path":"/v1/models","method":"POST","body":"{}","expect":[200,204],"interval":1000000000,"timeout":2000000000,"healthy_threshold":3,"unhealthy_threshold":4,"grace":3600000000000}`,
+	} {
+		var h HealthConfig
+		if err := json.Unmarshal([]byte(raw), &h); err != nil {
+			t.Fatalf("%s: %v", raw, err)
 		}
-		want := rh.Field(i)
-		if want.Type() != sf.Type() {
-			want = want.Convert(sf.Type())
+		if got := h.spec(); !reflect.DeepEqual(got, want) {
+			t.Errorf("%s loads as %+v, want %+v", raw, got, want)
 		}
-		if !reflect.DeepEqual(sf.Interface(), want.Interface()) {
-			t.Errorf("%s = %v, want %v", name, sf.Interface(), want.Interface())
+		b, err := json.Marshal(h)
+		if err != nil {
+			t.Fatal(err)
 		}
+		const encoded = `{"path":"/v1/models","method":"POST","body":"{}","expect":[200,204],"interval":1000000000,"timeout":2000000000,"healthy_threshold":3,"unhealthy_threshold":4,"grace":3600000000000}`
+		if string(b) != encoded {
+			t.Errorf("encodes as %s, want %s", b, encoded)
+		}
+	}
+	if (*HealthConfig)(nil).spec().Path != "" {
+		t.Error("an absent health block is not the zero spec")
 	}
 }

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/caddy-vastai/caddy-vastai/internal/jsondur"
 )
 
 // Instance states. Only StateReady instances receive traffic.
@@ -36,17 +38,41 @@ const (
 // presence means the engine is not ready whatever the status code.
 const PlaceholderHeader = "X-Portal-Placeholder"
 
-// HealthSpec configures a pool's active probes.
+// HealthSpec configures a pool's active probes. It carries the health
+// block's JSON and doc comments; the root package's HealthConfig embeds it.
 type HealthSpec struct {
-	Path               string        // default /health
-	Method             string        // default GET
-	Body               string        // optional JSON body (e.g. a 1-token completion)
-	Expect             []int         // accepted status codes, default 200
-	Interval           time.Duration // default 5s
-	Timeout            time.Duration // default 5s
-	HealthyThreshold   int           // default 1
-	UnhealthyThreshold int           // default 2
-	Grace              time.Duration // default 30m
+	// Path of the probe request. Default: /health.
+	Path string `json:"path,omitempty"`
+
+	// HTTP method of the probe. Default: GET.
+	Method string `json:"method,omitempty"`
+
+	// Optional JSON request body, so that a tiny generation (for example a
+	// one-token completion) can be the probe: a hung engine can still
+	// answer /health.
+	Body string `json:"body,omitempty"`
+
+	// Status codes that mean healthy. Default: [200]. A response with
+	// the X-Portal-Placeholder header is never healthy.
+	Expect []int `json:"expect,omitempty"`
+
+	// Time between probes of one instance. Default: 5s.
+	Interval jsondur.Duration `json:"interval,omitempty"`
+
+	// Time limit of one probe. Default: 5s.
+	Timeout jsondur.Duration `json:"timeout,omitempty"`
+
+	// Consecutive successes that make an instance ready. Default: 1.
+	HealthyThreshold int `json:"healthy_threshold,omitempty"`
+
+	// Consecutive failures (probes, or connection errors and 5xx of live
+	// traffic) that make a ready instance unhealthy. Default: 2.
+	UnhealthyThreshold int `json:"unhealthy_threshold,omitempty"`
+
+	// Start-up grace: while an engine is starting (pulling weights can
+	// take many minutes), failing probes do not make it unhealthy; past
+	// the grace it is reported as failed. Default: 30m.
+	Grace jsondur.Duration `json:"grace,omitempty"`
 
 	// fallbackPath is probed when the default path answers 404: not every
 	// engine has /health (Ollama, some OpenAI-compatible servers), but all
@@ -82,10 +108,10 @@ func (h HealthSpec) WithDefaults() HealthSpec {
 		h.Expect = []int{http.StatusOK}
 	}
 	if h.Interval <= 0 {
-		h.Interval = DefaultProbeInterval
+		h.Interval = jsondur.Duration(DefaultProbeInterval)
 	}
 	if h.Timeout <= 0 {
-		h.Timeout = DefaultProbeTimeout
+		h.Timeout = jsondur.Duration(DefaultProbeTimeout)
 	}
 	if h.HealthyThreshold <= 0 {
 		h.HealthyThreshold = DefaultHealthyThreshold
@@ -94,7 +120,7 @@ func (h HealthSpec) WithDefaults() HealthSpec {
 		h.UnhealthyThreshold = DefaultUnhealthyThreshold
 	}
 	if h.Grace <= 0 {
-		h.Grace = DefaultGrace
+		h.Grace = jsondur.Duration(DefaultGrace)
 	}
 	return h
 }
@@ -112,7 +138,7 @@ func (h HealthSpec) Validate() error {
 			return fmt.Errorf("health: expect: %d is not an HTTP status code", c)
 		}
 	}
-	for name, d := range map[string]time.Duration{"interval": h.Interval, "timeout": h.Timeout, "grace": h.Grace} {
+	for name, d := range map[string]jsondur.Duration{"interval": h.Interval, "timeout": h.Timeout, "grace": h.Grace} {
 		if d < 0 {
 			return fmt.Errorf("health: %s must not be negative", name)
 		}
@@ -204,7 +230,7 @@ func (h *healthRec) step(now time.Time, actual, curState, nextState string, spec
 	case StateStarting, StateFailed:
 		if h.okStreak >= spec.HealthyThreshold {
 			h.set(now, StateReady, "")
-		} else if h.state == StateStarting && now.Sub(h.since) > spec.Grace {
+		} else if h.state == StateStarting && now.Sub(h.since) > spec.Grace.D() {
 			h.set(now, StateFailed, fmt.Sprintf("engine not ready within the start-up grace of %s", spec.Grace))
 		}
 	case StateReady:

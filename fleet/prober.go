@@ -116,7 +116,7 @@ func (p *prober) schedule(ctx context.Context, now time.Time, next map[int64]tim
 		}
 		id, addr, token := m.Instance.ID, m.Upstream, m.token
 		inflight[id] = true
-		next[id] = now.Add(spec.Interval)
+		next[id] = now.Add(spec.Interval.D())
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -179,7 +179,7 @@ func (p *prober) wants(m *Member) bool {
 // probe sends one request the way traffic would: same address, same token.
 func (p *prober) probe(ctx context.Context, id int64, addr, token string, spec HealthSpec, dial Dialer) ProbeResult {
 	start := time.Now()
-	ctx, cancel := context.WithTimeout(ctx, spec.Timeout)
+	ctx, cancel := context.WithTimeout(ctx, spec.Timeout.D())
 	defer cancel()
 	ctx = context.WithValue(ctx, probeDialKey{}, probeDialInfo{id: id, dial: dial})
 	res := p.probePath(ctx, addr, token, spec, spec.Path)

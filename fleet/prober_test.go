@@ -12,11 +12,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-vastai/caddy-vastai/internal/jsondur"
+
 	"github.com/caddy-vastai/caddy-vastai/vastclient"
 )
 
 func TestHealthStateMachine(t *testing.T) {
-	spec := HealthSpec{HealthyThreshold: 2, UnhealthyThreshold: 2, Grace: time.Minute}.WithDefaults()
+	spec := HealthSpec{HealthyThreshold: 2, UnhealthyThreshold: 2, Grace: jsondur.Duration(time.Minute)}.WithDefaults()
 	type step struct {
 		status string // actual_status of the row ("-" keeps the previous)
 		obs    string // "+" success, "-" failure, "" none
@@ -96,7 +98,7 @@ func TestHealthStateMachine(t *testing.T) {
 
 func TestProbeCarriesTokenMethodAndBodyAndGatesRouting(t *testing.T) {
 	e := newEngine(t, "placeholder")
-	health := HealthSpec{Method: http.MethodPost, Path: "/v1/completions", Body: `{"model":"m","prompt":"hi","max_tokens":1}`, Interval: 50 * time.Millisecond, Timeout: time.Second}
+	health := HealthSpec{Method: http.MethodPost, Path: "/v1/completions", Body: `{"model":"m","prompt":"hi","max_tokens":1}`, Interval: jsondur.Duration(50 * time.Millisecond), Timeout: jsondur.Duration(time.Second)}
 	w := runWatcher(t, health, engineInstance(1, e))
 
 	waitFor(t, 5*time.Second, "three probes", func() bool { return e.requests.Load() >= 3 })
@@ -123,12 +125,12 @@ func TestProbeCarriesTokenMethodAndBodyAndGatesRouting(t *testing.T) {
 
 func TestHungEngineIsDrainedWithinTimeoutPlusThresholdIntervals(t *testing.T) {
 	e := newEngine(t, "ok")
-	health := HealthSpec{Interval: 100 * time.Millisecond, Timeout: 300 * time.Millisecond, UnhealthyThreshold: 2}
+	health := HealthSpec{Interval: jsondur.Duration(100 * time.Millisecond), Timeout: jsondur.Duration(300 * time.Millisecond), UnhealthyThreshold: 2}
 	w := runWatcher(t, health, engineInstance(1, e))
 	waitState(t, 5*time.Second, w, 1, StateReady)
 
 	e.mode.Store("hang") // accepts connections, never answers
-	bound := health.Timeout + time.Duration(health.UnhealthyThreshold)*health.Interval
+	bound := health.Timeout.D() + time.Duration(health.UnhealthyThreshold)*health.Interval.D()
 	took := waitState(t, bound+2*time.Second, w, 1, StateUnhealthy)
 	t.Logf("hung engine drained after %s (bound %s)", took, bound)
 	if len(targets(w.Snapshot(), "llm")) != 0 {
@@ -140,7 +142,7 @@ func TestHungEngineIsDrainedWithinTimeoutPlusThresholdIntervals(t *testing.T) {
 
 func TestGraceExpiryReportsFailedAndALateEngineRecovers(t *testing.T) {
 	e := newEngine(t, "fail")
-	w := runWatcher(t, HealthSpec{Interval: 30 * time.Millisecond, Timeout: time.Second, Grace: 300 * time.Millisecond}, engineInstance(1, e))
+	w := runWatcher(t, HealthSpec{Interval: jsondur.Duration(30 * time.Millisecond), Timeout: jsondur.Duration(time.Second), Grace: jsondur.Duration(300 * time.Millisecond)}, engineInstance(1, e))
 	waitState(t, 5*time.Second, w, 1, StateFailed)
 	m, _ := w.Snapshot().Member(1)
 	if !strings.Contains(m.Reason, "grace") {
@@ -152,7 +154,7 @@ func TestGraceExpiryReportsFailedAndALateEngineRecovers(t *testing.T) {
 
 func TestPassiveFailuresMarkUnhealthyButSuccessesDoNotRecover(t *testing.T) {
 	e := newEngine(t, "ok")
-	w := runWatcher(t, HealthSpec{Interval: time.Hour, Timeout: time.Second, UnhealthyThreshold: 2}, engineInstance(1, e))
+	w := runWatcher(t, HealthSpec{Interval: jsondur.Duration(time.Hour), Timeout: jsondur.Duration(time.Second), UnhealthyThreshold: 2}, engineInstance(1, e))
 	waitState(t, 5*time.Second, w, 1, StateReady)
 
 	w.ReportTraffic(1, false)
@@ -183,7 +185,7 @@ func TestOneHungEngineDoesNotDelayTheOthers(t *testing.T) {
 		good = append(good, e)
 		ins = append(ins, engineInstance(id, e))
 	}
-	w := runWatcher(t, HealthSpec{Interval: 50 * time.Millisecond, Timeout: 10 * time.Second}, ins...)
+	w := runWatcher(t, HealthSpec{Interval: jsondur.Duration(50 * time.Millisecond), Timeout: jsondur.Duration(10 * time.Second)}, ins...)
 	// With a 10 s timeout the hung probe is still in flight; the others
 	// must become ready long before it ends.
 	for id := int64(2); id <= 6; id++ {
@@ -229,7 +231,7 @@ func TestProbeConcurrencyIsBounded(t *testing.T) {
 	l := &scriptedLister{}
 	l.push(result(ins...), nil)
 	w := NewWatcher(nil)
-	w.Configure(l, Config{Pools: []PoolSpec{{Name: "llm", LabelPrefix: "llm-", Health: HealthSpec{Interval: 20 * time.Millisecond, Timeout: 5 * time.Second}}}, PollInterval: time.Hour, MaxConcurrentProbes: 3})
+	w.Configure(l, Config{Pools: []PoolSpec{{Name: "llm", LabelPrefix: "llm-", Health: HealthSpec{Interval: jsondur.Duration(20 * time.Millisecond), Timeout: jsondur.Duration(5 * time.Second)}}}, PollInterval: time.Hour, MaxConcurrentProbes: 3})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); w.Run(ctx) }()
@@ -256,13 +258,13 @@ func TestEngineWithoutHealthIsJudgedByItsModelList(t *testing.T) {
 	_, p, _ := net.SplitHostPort(srv.Listener.Addr().String())
 	port, _ := strconv.Atoi(p)
 	in := running(1, "llm-1", port)
-	w := runWatcher(t, HealthSpec{Interval: 50 * time.Millisecond, Timeout: time.Second}, in)
+	w := runWatcher(t, HealthSpec{Interval: jsondur.Duration(50 * time.Millisecond), Timeout: jsondur.Duration(time.Second)}, in)
 	waitState(t, 5*time.Second, w, 1, StateReady)
 	if _, ok := paths.Load("/health"); !ok {
 		t.Error("/health was not tried first")
 	}
 
 	// An explicitly configured path has no fallback: a 404 is a failure.
-	w2 := runWatcher(t, HealthSpec{Path: "/health", Interval: 50 * time.Millisecond, Timeout: time.Second, Grace: 200 * time.Millisecond}, in)
+	w2 := runWatcher(t, HealthSpec{Path: "/health", Interval: jsondur.Duration(50 * time.Millisecond), Timeout: jsondur.Duration(time.Second), Grace: jsondur.Duration(200 * time.Millisecond)}, in)
 	waitState(t, 5*time.Second, w2, 1, StateFailed)
 }

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-vastai/caddy-vastai/internal/jsondur"
+
 	"github.com/caddy-vastai/caddy-vastai/vastclient"
 )
 
@@ -46,7 +48,7 @@ func TestScaleProbing(t *testing.T) {
 	l.push(res, nil)
 	w := NewWatcher(nil)
 	w.Configure(l, Config{
-		Pools:               []PoolSpec{{Name: "llm", LabelPrefix: "llm-", Health: HealthSpec{Interval: 5 * time.Second, Timeout: 5 * time.Second}}},
+		Pools:               []PoolSpec{{Name: "llm", LabelPrefix: "llm-", Health: HealthSpec{Interval: jsondur.Duration(5 * time.Second), Timeout: jsondur.Duration(5 * time.Second)}}},
 		PollInterval:        10 * time.Second,
 		MaxConcurrentProbes: 64,
 	})
