@@ -15,7 +15,9 @@
 //
 //   - config.go: every JSON config type (App, Pool, HealthConfig,
 //     TokenConfig, SSHConfig, ProvisionConfig) with its doc comments, and
-//     their conversions into engine types.
+//     their conversions into engine types. HealthConfig and
+//     ProvisionConfig embed the engine types that carry their JSON
+//     (fleet.HealthSpec, lifecycle.PoolTemplate), so there is no copy.
 //   - app.go: the app (apps.vastai): Provision, Validate, Start, Stop,
 //     Cleanup; the literal-secret check.
 //   - shared_state.go: what survives config reloads (the state in a
