@@ -1,0 +1,103 @@
+// Package routing chooses an inference engine for a request from in-memory
+// state only: no network I/O and no lock shared by all requests. It is
+// Caddy-free; the root package's lb_policy modules call it.
+//
+// This file holds the in-flight accounting that load-aware selection rests
+// on. The peers' bugs it avoids (see the routing issue): counts that were
+// incremented after dispatch (a burst all lands on one engine), released
+// twice or never on errors and cancels (counts drifting negative or up
+// forever), and ties broken by order (the first engine takes everything).
+package routing
+
+import (
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+)
+
+// Loads counts the requests in flight per instance. The zero value is
+// ready to use; it is safe for concurrent use, and one Loads is meant to
+// outlive config reloads so that counts are not reset mid-request.
+type Loads struct {
+	m sync.Map // int64 → *atomic.Int64
+}
+
+func (l *Loads) counter(id int64) *atomic.Int64 {
+	if v, ok := l.m.Load(id); ok {
+		return v.(*atomic.Int64)
+	}
+	v, _ := l.m.LoadOrStore(id, new(atomic.Int64))
+	return v.(*atomic.Int64)
+}
+
+// Acquire counts a request in before it is dispatched and returns the
+// function that counts it out. Calling the release more than once (a
+// deferred release and an error path, or a context callback racing the
+// body close) counts it out only once, so a count never goes negative.
+func (l *Loads) Acquire(id int64) (release func()) {
+	n := l.counter(id)
+	n.Add(1)
+	var once sync.Once
+	return func() { once.Do(func() { n.Add(-1) }) }
+}
+
+// Forget drops an instance that has left the pool with nothing in flight,
+// so the map does not grow with every instance ever seen. A request that
+// still holds a release keeps its own counter and releases it harmlessly.
+func (l *Loads) Forget(id int64) {
+	if v, ok := l.m.Load(id); ok && v.(*atomic.Int64).Load() == 0 {
+		l.m.Delete(id)
+	}
+}
+
+// InFlight returns the requests in flight to an instance.
+func (l *Loads) InFlight(id int64) int64 {
+	if v, ok := l.m.Load(id); ok {
+		return v.(*atomic.Int64).Load()
+	}
+	return 0
+}
+
+// Candidate is one routable instance as a policy sees it.
+type Candidate struct {
+	ID int64
+	// Waiting is the engine's own queue length when its scraped figures
+	// are fresh, 0 otherwise.
+	Waiting int64
+	// Capacity weighs the load (GPU count or measured throughput); 0 or
+	// less counts as 1.
+	Capacity float64
+}
+
+// Load is a candidate's load: in flight plus the engine's waiting count,
+// divided by its capacity.
+func (l *Loads) Load(c Candidate) float64 {
+	capacity := c.Capacity
+	if capacity <= 0 {
+		capacity = 1
+	}
+	return float64(l.InFlight(c.ID)+max(c.Waiting, 0)) / capacity
+}
+
+// PowerOfTwo returns the index of the less loaded of two candidates drawn
+// at random (the power of two choices): it keeps load even without a
+// global order, and an exact tie goes either way at random. It returns -1
+// for an empty list.
+func (l *Loads) PowerOfTwo(cands []Candidate) int {
+	switch len(cands) {
+	case 0:
+		return -1
+	case 1:
+		return 0
+	}
+	i := rand.IntN(len(cands))
+	j := rand.IntN(len(cands) - 1)
+	if j >= i {
+		j++
+	}
+	li, lj := l.Load(cands[i]), l.Load(cands[j])
+	if lj < li || (lj == li && rand.IntN(2) == 0) {
+		return j
+	}
+	return i
+}
