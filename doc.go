@@ -8,10 +8,9 @@
 // tunnels), gpumetrics (the nvidia-smi parser and collector), enginestate
 // (the engines' /metrics parser and scraper), routing (in-flight
 // accounting and power-of-two selection, not yet wired to an lb_policy),
-// ledger (the persisted cost
-// ledger), history (the dashboard's rings) and vastsim (a simulated
-// vast.ai for tests and the demo). adminapi holds the /vastai/ admin API's
-// JSON shapes, shared with cli and tui.
+// ledger (the persisted cost ledger), history (the dashboard's rings) and
+// vastsim (a simulated vast.ai for tests and the demo). adminapi holds the
+// /vastai/ admin API's JSON shapes, shared with cli and tui.
 //
 // # Files
 //
