@@ -156,7 +156,7 @@ type fleetEvent struct {
 func (d *dashboardAPI) snapshotEvent(r *http.Request, st *state) ([]byte, error) {
 	ev := fleetEvent{InFlight: map[string]int64{}}
 	for _, m := range st.watcher.Snapshot().Members {
-		ev.InFlight[strconv.FormatInt(m.Instance.ID, 10)] = st.inflight.peek(m.Instance.ID)
+		ev.InFlight[strconv.FormatInt(m.Instance.ID, 10)] = st.inflight.count(m.Instance.ID)
 	}
 	parts := []struct {
 		name string

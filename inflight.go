@@ -6,21 +6,17 @@ package vastai
 import (
 	"sync"
 	"sync/atomic"
+
+	"github.com/caddy-vastai/caddy-vastai/routing"
 )
 
 // inflightCounter counts proxied requests in flight per instance, for
-// drains. The request path touches one atomic counter per request.
+// drains, with routing.Loads: the one in-flight count that load-aware
+// selection will read too. The request path touches one atomic counter per
+// request.
 type inflightCounter struct {
-	m      sync.Map        // int64 → *atomic.Int64
+	loads  routing.Loads
 	starts startedCounters // requests begun, for the dashboard (wire_dashboard.go)
-}
-
-func (c *inflightCounter) counter(id int64) *atomic.Int64 {
-	if v, ok := c.m.Load(id); ok {
-		return v.(*atomic.Int64)
-	}
-	v, _ := c.m.LoadOrStore(id, new(atomic.Int64))
-	return v.(*atomic.Int64)
 }
 
 // begin counts a request in and returns the function that counts it out.
@@ -28,18 +24,18 @@ func (c *inflightCounter) counter(id int64) *atomic.Int64 {
 // counter is dropped, so the map does not grow with every instance ever
 // seen; gone reports whether the instance has left.
 func (c *inflightCounter) begin(id int64, gone func(int64) bool) func() {
-	n := c.counter(id)
-	n.Add(1)
+	release := c.loads.Acquire(id)
 	c.countStarted(id)
 	return func() {
-		if n.Add(-1) == 0 && gone(id) {
-			c.m.Delete(id)
+		release()
+		if gone(id) {
+			c.loads.Forget(id)
 		}
 	}
 }
 
 // count returns the requests in flight to an instance.
-func (c *inflightCounter) count(id int64) int64 { return c.counter(id).Load() }
+func (c *inflightCounter) count(id int64) int64 { return c.loads.InFlight(id) }
 
 // forgotten reports whether the watcher no longer knows an instance.
 func (s *state) forgotten(id int64) bool {
@@ -78,13 +74,4 @@ func (c *inflightCounter) forgetStarted(known func(int64) bool) {
 		}
 		return true
 	})
-}
-
-// peek returns the requests in flight to an instance without creating a
-// counter for it.
-func (c *inflightCounter) peek(id int64) int64 {
-	if v, ok := c.m.Load(id); ok {
-		return v.(*atomic.Int64).Load()
-	}
-	return 0
 }

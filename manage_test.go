@@ -48,15 +48,15 @@ func TestInflightCounterDropsForgottenInstances(t *testing.T) {
 	}
 	gone[1] = true
 	a1()
-	if _, ok := c.m.Load(int64(1)); !ok || c.count(1) != 1 {
+	if !c.loads.Tracks(1) || c.count(1) != 1 {
 		t.Fatal("counter dropped while a request was still in flight")
 	}
 	a2()
-	if _, ok := c.m.Load(int64(1)); ok {
+	if c.loads.Tracks(1) {
 		t.Error("the counter of a forgotten instance was kept")
 	}
 	b()
-	if _, ok := c.m.Load(int64(2)); !ok {
+	if !c.loads.Tracks(2) {
 		t.Error("the counter of a known instance was dropped")
 	}
 }

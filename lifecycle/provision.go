@@ -151,10 +151,11 @@ func (m *Manager) poolCount(recs *records, pool string, dead map[int64]bool) poo
 		}
 		c.billing++
 		counted[id] = true
-		if rec.OpID != "" && (rec.State == InstanceProvisioning || rec.State == InstanceActive) {
+		serving := rec.State == InstanceProvisioning || rec.State == InstanceActive
+		if serving && rec.OpID != "" {
 			countedOps[rec.OpID] = true
 		}
-		if !dead[id] && (rec.State == InstanceProvisioning || rec.State == InstanceActive) {
+		if serving && !dead[id] {
 			c.live++
 		}
 	}
@@ -162,10 +163,7 @@ func (m *Manager) poolCount(recs *records, pool string, dead map[int64]bool) poo
 		if op.Kind != KindProvision || op.Pool != pool || op.Final() {
 			continue
 		}
-		if cur := op.current(); cur != nil && cur.InstanceID > 0 && counted[cur.InstanceID] {
-			continue
-		}
-		if cur := op.current(); cur != nil && cur.InstanceID == 0 && countedOps[op.ID] {
+		if cur := op.current(); cur != nil && (counted[cur.InstanceID] || (cur.InstanceID == 0 && countedOps[op.ID])) {
 			continue
 		}
 		c.inProgress++

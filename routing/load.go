@@ -50,6 +50,13 @@ func (l *Loads) Forget(id int64) {
 	}
 }
 
+// Tracks reports whether a counter is kept for an instance, which is what
+// Forget bounds.
+func (l *Loads) Tracks(id int64) bool {
+	_, ok := l.m.Load(id)
+	return ok
+}
+
 // InFlight returns the requests in flight to an instance.
 func (l *Loads) InFlight(id int64) int64 {
 	if v, ok := l.m.Load(id); ok {

@@ -141,7 +141,7 @@ func TestForgetDropsOnlyIdleInstances(t *testing.T) {
 	if l.InFlight(1) != 1 {
 		t.Errorf("an instance with a request in flight was forgotten")
 	}
-	if _, ok := l.m.Load(int64(2)); ok {
+	if l.Tracks(2) {
 		t.Errorf("an idle instance that left was kept")
 	}
 	release()
