@@ -24,10 +24,10 @@ type inflightCounter struct {
 // counter is dropped, so the map does not grow with every instance ever
 // seen; gone reports whether the instance has left.
 func (c *inflightCounter) begin(id int64, gone func(int64) bool) func() {
-	release := c.loads.Acquire(id)
+	lease := c.loads.Acquire(id)
 	c.countStarted(id)
 	return func() {
-		release()
+		lease.Release()
 		if gone(id) {
 			c.loads.Forget(id)
 		}

@@ -13,7 +13,7 @@ func BenchmarkPickAndRelease(b *testing.B) {
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			l.Acquire(cands[l.PowerOfTwo(cands)].ID)()
+			l.Acquire(cands[l.PowerOfTwo(cands)].ID).Release()
 		}
 	})
 }

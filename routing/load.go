@@ -30,15 +30,27 @@ func (l *Loads) counter(id int64) *atomic.Int64 {
 	return v.(*atomic.Int64)
 }
 
-// Acquire counts a request in before it is dispatched and returns the
-// function that counts it out. Calling the release more than once (a
-// deferred release and an error path, or a context callback racing the
-// body close) counts it out only once, so a count never goes negative.
-func (l *Loads) Acquire(id int64) (release func()) {
+// Lease is one request counted in; Release counts it out.
+type Lease struct {
+	n        *atomic.Int64
+	released atomic.Bool
+}
+
+// Release counts the request out. Calling it more than once (a deferred
+// release and an error path, or a context callback racing the body close)
+// counts it out only once, so a count never goes negative.
+func (r *Lease) Release() {
+	if r.released.CompareAndSwap(false, true) {
+		r.n.Add(-1)
+	}
+}
+
+// Acquire counts a request in before it is dispatched; the request path
+// pays one allocation (the Lease) and one atomic add.
+func (l *Loads) Acquire(id int64) *Lease {
 	n := l.counter(id)
 	n.Add(1)
-	var once sync.Once
-	return func() { once.Do(func() { n.Add(-1) }) }
+	return &Lease{n: n}
 }
 
 // Forget drops an instance that has left the pool with nothing in flight,

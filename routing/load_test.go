@@ -22,23 +22,23 @@ func TestReleaseCountsOutOnceUnderConcurrency(t *testing.T) {
 			defer wg.Done()
 			for i := 0; i < 2000; i++ {
 				id := ids[rand.IntN(len(ids))]
-				release := l.Acquire(id)
+				lease := l.Acquire(id)
 				switch rand.IntN(4) {
 				case 0: // finished
-					release()
+					lease.Release()
 				case 1: // error path and deferred release both run
-					release()
-					release()
+					lease.Release()
+					lease.Release()
 				case 2: // cancel callback races the body close
 					var both sync.WaitGroup
 					both.Add(2)
-					go func() { defer both.Done(); release() }()
-					go func() { defer both.Done(); release() }()
+					go func() { defer both.Done(); lease.Release() }()
+					go func() { defer both.Done(); lease.Release() }()
 					both.Wait()
 				case 3: // a panic in the handler, recovered, with a deferred release
 					func() {
 						defer func() { _ = recover() }()
-						defer release()
+						defer lease.Release()
 						panic("handler")
 					}()
 				}
@@ -134,8 +134,8 @@ func TestPowerOfTwoSpreadsABurst(t *testing.T) {
 
 func TestForgetDropsOnlyIdleInstances(t *testing.T) {
 	var l Loads
-	release := l.Acquire(1)
-	l.Acquire(2)()
+	lease := l.Acquire(1)
+	l.Acquire(2).Release()
 	l.Forget(1)
 	l.Forget(2)
 	if l.InFlight(1) != 1 {
@@ -144,7 +144,7 @@ func TestForgetDropsOnlyIdleInstances(t *testing.T) {
 	if l.Tracks(2) {
 		t.Errorf("an idle instance that left was kept")
 	}
-	release()
+	lease.Release()
 	if l.InFlight(1) != 0 {
 		t.Errorf("in flight %d after release", l.InFlight(1))
 	}
