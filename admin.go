@@ -207,6 +207,7 @@ func newInstanceView(m fleet.Member) adminapi.Instance {
 // to the snapshot's view of an instance.
 func (a *adminAPI) instanceView(m fleet.Member) adminapi.Instance {
 	v := newInstanceView(m)
+	a.app.state.addTraffic(&v)
 	rt := a.app.state.ssh.Load()
 	if rt == nil || m.Pool == "" {
 		return v

@@ -110,6 +110,9 @@ func (a *App) Validate() error {
 	if err := a.SSH.validate(); err != nil {
 		return err
 	}
+	if err := a.Engines.validate(); err != nil {
+		return err
+	}
 	if err := a.lifecycle.Validate(); err != nil {
 		return withoutSentinel(err, lifecycle.ErrInvalidConfig)
 	}
@@ -210,11 +213,19 @@ func (a *App) Start() error {
 	if interval == 0 {
 		interval = fleet.DefaultPollInterval
 	}
-	return a.state.apply(a.logger, clientSettings{baseURL: base, apiKey: a.apiKey}, fleet.Config{
-		Pools:               a.specs,
-		PollInterval:        interval,
-		MaxConcurrentProbes: a.MaxConcurrentProbes,
-	}, a.SSH, prefixedStore{a.storage, "vastai/"}, a.lifecycle, a.storage)
+	return a.state.apply(a.logger, applied{
+		client: clientSettings{baseURL: base, apiKey: a.apiKey},
+		fleet: fleet.Config{
+			Pools:               a.specs,
+			PollInterval:        interval,
+			MaxConcurrentProbes: a.MaxConcurrentProbes,
+		},
+		ssh:       a.SSH,
+		hostKeys:  prefixedStore{a.storage, "vastai/"},
+		lifecycle: a.lifecycle,
+		store:     a.storage,
+		engines:   a.Engines.settings(),
+	})
 }
 
 // Stop does nothing: on a reload the new app has already taken over the

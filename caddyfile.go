@@ -16,7 +16,7 @@ import (
 //	caddyfile.go            the vastai global option (App) and the argument helpers
 //	caddyfile_pool.go       pool { ... }, its token and health { ... }
 //	caddyfile_provision.go  provision { ... } and offer { ... }
-//	caddyfile_ssh.go        ssh { ... }
+//	caddyfile_ssh.go        ssh { ... } and engines { ... }
 //	caddyfile_proxy.go      the vastai_proxy directive and dynamic vastai
 //	caddyfile_transport.go  transport vastai { ... }
 //
@@ -110,6 +110,14 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //			connect_timeout  <duration>          # default 20s
 //			metrics_interval <duration>          # default 15s
 //		}
+//		engines {                             # engine /metrics for routing
+//			scrape_interval <duration>          # default 2s
+//			scrape_timeout  <duration>          # default scrape_interval
+//			stale_after     <duration>          # default 6s
+//			metrics_path    <path>              # default /metrics
+//			max_concurrent_scrapes <n>          # default 16
+//			off                                 # route on in-flight counts only
+//		}
 //	}
 func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // option name
@@ -148,6 +156,10 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "ssh":
 			if err = blockStart(d, "", a.SSH != nil); err == nil {
 				a.SSH, err = unmarshalSSH(d)
+			}
+		case "engines":
+			if err = blockStart(d, "", a.Engines != nil); err == nil {
+				a.Engines, err = unmarshalEngines(d)
 			}
 		default:
 			err = d.Errf("unrecognized vastai option %q", opt)

@@ -50,3 +50,33 @@ func knownHostsArg(d *caddyfile.Dispenser, prefix string, dst *string) error {
 	*dst = v
 	return nil
 }
+
+// unmarshalEngines parses the engines block of the vastai global option;
+// see App.UnmarshalCaddyfile for the syntax.
+func unmarshalEngines(d *caddyfile.Dispenser) (*EnginesConfig, error) {
+	const in = "engines: "
+	c := new(EnginesConfig)
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		var err error
+		switch opt := d.Val(); opt {
+		case "scrape_interval":
+			err = durationArg(d, in, &c.ScrapeInterval)
+		case "scrape_timeout":
+			err = durationArg(d, in, &c.ScrapeTimeout)
+		case "stale_after":
+			err = durationArg(d, in, &c.StaleAfter)
+		case "metrics_path":
+			err = oneArg(d, &c.MetricsPath)
+		case "max_concurrent_scrapes":
+			err = positiveInt(d, &c.MaxConcurrentScrapes)
+		case "off":
+			err = flagArg(d, in, &c.Disabled)
+		default:
+			err = d.Errf("%sunrecognized option %q", in, opt)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return c, nil
+}

@@ -95,6 +95,11 @@ type App struct {
 	// warning naming the field, and the config loads.
 	RefuseLiteralSecrets bool `json:"refuse_literal_secrets,omitempty"`
 
+	// Reading the engines' own load figures (/metrics) for the vastai
+	// selection policies, the admin API, the dashboard and metrics.
+	// Default: every routable instance every 2s.
+	Engines *EnginesConfig `json:"engines,omitempty"`
+
 	storage caddyStorage
 	apiKey  string
 	// literalSecrets names the fields that hold a literal secret.
@@ -258,4 +263,32 @@ func (p *ProvisionConfig) template(port int, repl *caddy.Replacer) lifecycle.Poo
 		t.Env[portKey] = "1"
 	}
 	return t
+}
+
+// EnginesConfig configures the scraping of every routable instance's
+// engine metrics page (vLLM, SGLang, TGI; an engine without one, such as
+// Ollama, is routed on the gateway's own in-flight count). Scrapes carry
+// the instance's Bearer token and take the same path as traffic, run in
+// parallel with bounded concurrency, and never run on the request path.
+type EnginesConfig struct {
+	// Turn engine scraping off: the selection policies then use the
+	// gateway's in-flight counts only.
+	Disabled bool `json:"disabled,omitempty"`
+
+	// The engines' metrics path. Default: /metrics.
+	MetricsPath string `json:"metrics_path,omitempty"`
+
+	// How often each instance is scraped. Default: 2s; minimum 100ms.
+	ScrapeInterval caddy.Duration `json:"scrape_interval,omitempty"`
+
+	// Bound on one scrape. Default: scrape_interval.
+	ScrapeTimeout caddy.Duration `json:"scrape_timeout,omitempty"`
+
+	// Figures older than this are ignored for routing (a slow or failing
+	// engine then counts with the gateway's in-flight count only).
+	// Default: 6s; must exceed scrape_interval.
+	StaleAfter caddy.Duration `json:"stale_after,omitempty"`
+
+	// Scrapes in flight at once, over all instances. Default: 16.
+	MaxConcurrentScrapes int `json:"max_concurrent_scrapes,omitempty"`
 }

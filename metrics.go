@@ -18,6 +18,7 @@ type collector struct {
 	w   *fleet.Watcher
 	ssh func() *sshRuntime
 	lc  func() *lifecycleRuntime
+	st  *state
 
 	instances      *prometheus.Desc
 	routable       *prometheus.Desc
@@ -41,17 +42,28 @@ type collector struct {
 	poolSpend      *prometheus.Desc
 	destroyFailed  *prometheus.Desc
 	lcCounters     *prometheus.Desc
+	inFlight       *prometheus.Desc
+	engWaiting     *prometheus.Desc
+	engRunning     *prometheus.Desc
+	engKV          *prometheus.Desc
+	engFresh       *prometheus.Desc
 }
 
-func newCollector(w *fleet.Watcher, ssh func() *sshRuntime, lc func() *lifecycleRuntime) *collector {
+func newCollector(st *state) *collector {
 	const ns, sub = "caddy", "vastai"
 	d := func(name, help string, labels ...string) *prometheus.Desc {
 		return prometheus.NewDesc(prometheus.BuildFQName(ns, sub, name), help, labels, nil)
 	}
 	return &collector{
-		w:              w,
-		ssh:            ssh,
-		lc:             lc,
+		w:              st.watcher,
+		ssh:            st.ssh.Load,
+		lc:             st.lifecycle.Load,
+		st:             st,
+		inFlight:       d("instance_in_flight_requests", "Requests the gateway has in flight to the instance now.", "pool", "instance"),
+		engWaiting:     d("engine_waiting_requests", "Requests queued in the instance's engine, from its last readable metrics page.", "pool", "instance"),
+		engRunning:     d("engine_running_requests", "Requests in the instance's engine's running batch, from its last readable metrics page.", "pool", "instance"),
+		engKV:          d("engine_kv_cache_usage_ratio", "Fraction of the engine's KV cache in use, 0 to 1 (engines that report it).", "pool", "instance"),
+		engFresh:       d("engine_metrics_fresh", "1 while the engine's figures are recent enough (stale_after) to route on, else 0.", "pool", "instance"),
 		accrued:        d("instance_accrued_dollars", "What the instance has cost since its start_date at its current rate.", "pool", "instance"),
 		poolSpend:      d("pool_spend_dollars_per_hour", "Current spend rate of the pool's instances.", "pool"),
 		destroyFailed:  d("destroy_failed_instances", "Instances whose destruction could not be confirmed after the verification attempts; they may still bill. Alert on > 0."),
@@ -80,7 +92,8 @@ func newCollector(w *fleet.Watcher, ssh func() *sshRuntime, lc func() *lifecycle
 // Describe implements prometheus.Collector.
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.instances, c.routable, c.price, c.poolRoutable, c.lastSuccess, c.failures, c.stale, c.watcherRunning,
-		c.authFailed, c.listingSecs, c.dataAge, c.gpuUtil, c.gpuMemUsed, c.gpuMemTotal, c.gpuTemp, c.gpuPower, c.sshPath, c.accrued, c.poolSpend, c.destroyFailed, c.lcCounters, c.probeFailing} {
+		c.authFailed, c.listingSecs, c.dataAge, c.gpuUtil, c.gpuMemUsed, c.gpuMemTotal, c.gpuTemp, c.gpuPower, c.sshPath, c.accrued, c.poolSpend, c.destroyFailed, c.lcCounters, c.probeFailing,
+		c.inFlight, c.engWaiting, c.engRunning, c.engKV, c.engFresh} {
 		ch <- d
 	}
 }
@@ -101,6 +114,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.routable, prometheus.GaugeValue, boolFloat(m.Routable), m.Pool, id)
 		ch <- prometheus.MustNewConstMetric(c.price, prometheus.GaugeValue, m.Instance.DPHTotal, m.Pool, id)
 	}
+	c.collectTraffic(ch, snap)
 	if rt := c.ssh(); rt != nil {
 		for _, m := range snap.Members {
 			if m.Pool != "" {
@@ -144,6 +158,34 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if age, ok := snap.Poll.DataAge(now); ok {
 		ch <- prometheus.MustNewConstMetric(c.dataAge, prometheus.GaugeValue, age.Seconds())
+	}
+}
+
+// collectTraffic exports the in-flight counts and the engines' figures of
+// the pools' members.
+func (c *collector) collectTraffic(ch chan<- prometheus.Metric, snap *fleet.Snapshot) {
+	for _, m := range snap.Members {
+		if m.Pool == "" {
+			continue
+		}
+		id := strconv.FormatInt(m.Instance.ID, 10)
+		if c.st.inflight.loads.Tracks(m.Instance.ID) {
+			ch <- prometheus.MustNewConstMetric(c.inFlight, prometheus.GaugeValue, float64(c.st.inflight.count(m.Instance.ID)), m.Pool, id)
+		}
+		r, ok := c.st.engineResult(m.Instance.ID)
+		if !ok {
+			continue
+		}
+		_, fresh := c.st.engineState(m.Instance.ID)
+		ch <- prometheus.MustNewConstMetric(c.engFresh, prometheus.GaugeValue, boolFloat(fresh), m.Pool, id)
+		if !r.OK {
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(c.engWaiting, prometheus.GaugeValue, r.State.Waiting, m.Pool, id)
+		ch <- prometheus.MustNewConstMetric(c.engRunning, prometheus.GaugeValue, r.State.Running, m.Pool, id)
+		if r.State.HasKVCacheUse() {
+			ch <- prometheus.MustNewConstMetric(c.engKV, prometheus.GaugeValue, r.State.KVCacheUse, m.Pool, id)
+		}
 	}
 }
 

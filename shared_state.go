@@ -15,6 +15,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
+	"github.com/caddy-vastai/caddy-vastai/enginestate"
 	"github.com/caddy-vastai/caddy-vastai/fleet"
 	"github.com/caddy-vastai/caddy-vastai/lifecycle"
 	"github.com/caddy-vastai/caddy-vastai/sshpool"
@@ -41,31 +42,45 @@ type state struct {
 	// transports are the provisioned vastai transports (*Transport keys).
 	transports sync.Map
 	lifecycle  atomic.Pointer[lifecycleRuntime]
-	dash       dashboard                     // the web dashboard's sampler and streams (wire_dashboard.go)
-	ledger     atomic.Pointer[ledgerRuntime] // wire_ledger.go
+	dash       dashboard                           // the web dashboard's sampler and streams (wire_dashboard.go)
+	ledger     atomic.Pointer[ledgerRuntime]       // wire_ledger.go
+	engines    atomic.Pointer[enginestate.Scraper] // wire_engines.go; nil when disabled
 
 	mu       sync.Mutex // guards the fields below
 	settings clientSettings
 	client   *vastclient.Client
 	cancel   context.CancelFunc
 	done     chan struct{}
+	engRT    *engineRuntime
 }
 
 func newState() *state {
 	s := &state{watcher: fleet.NewWatcher(nil)}
-	s.metrics = newCollector(s.watcher, s.ssh.Load, s.lifecycle.Load)
+	s.metrics = newCollector(s)
 	return s
+}
+
+// applied is one started config's settings for the shared state.
+type applied struct {
+	client    clientSettings
+	fleet     fleet.Config
+	ssh       *SSHConfig
+	hostKeys  sshpool.HostKeyStore
+	lifecycle lifecycle.Config
+	store     lifecycle.Store
+	engines   engineSettings
 }
 
 // apply installs a started config: it (re)creates the vast.ai client only if
 // its settings changed, reconfigures the watcher, and starts the loop if it
 // is not running yet. It never starts a second loop.
-func (s *state) apply(log *zap.Logger, settings clientSettings, cfg fleet.Config, sshCfg *SSHConfig, hostKeys sshpool.HostKeyStore, lc lifecycle.Config, store lifecycle.Store) error {
+func (s *state) apply(log *zap.Logger, c applied) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := s.applySSHLocked(log, sshCfg, hostKeys); err != nil {
+	if err := s.applySSHLocked(log, c.ssh, c.hostKeys); err != nil {
 		return err
 	}
+	settings, cfg := c.client, c.fleet
 	cfg.Dial = func(ctx context.Context, id int64, addr string) (net.Conn, error) {
 		_, port, ok := fleet.ParseTunnelAddr(addr)
 		if !ok {
@@ -83,10 +98,10 @@ func (s *state) apply(log *zap.Logger, settings clientSettings, cfg fleet.Config
 	s.watcher.SetLogger(log.Named("watcher"))
 	s.watcher.Configure(s.client, cfg)
 	s.watcher.SetTunnel(s.tunnels.Load() > 0)
-	if err := s.applyLifecycleLocked(log, lc, store); err != nil {
+	if err := s.applyLifecycleLocked(log, c.lifecycle, c.store); err != nil {
 		return err
 	}
-	s.applyLedgerLocked(log, lc.GatewayID, store)
+	s.applyLedgerLocked(log, c.lifecycle.GatewayID, c.store)
 	if s.cancel == nil {
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
@@ -97,6 +112,7 @@ func (s *state) apply(log *zap.Logger, settings clientSettings, cfg fleet.Config
 		}()
 	}
 	s.startDashboardLocked()
+	s.applyEnginesLocked(log, c.engines)
 	return nil
 }
 
@@ -112,6 +128,7 @@ func (s *state) Destruct() error {
 		<-done
 	}
 	s.mu.Lock()
+	s.stopEnginesLocked()
 	s.stopDashboardLocked()
 	s.stopLedgerLocked() // flushes the cost ledger
 	s.stopLifecycleLocked()

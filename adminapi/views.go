@@ -69,6 +69,35 @@ type Instance struct {
 	LastSeen time.Time `json:"last_seen"`
 	// MissedListings counts listings in a row that lacked the instance.
 	MissedListings int `json:"missed_listings"`
+	// InFlight is the number of proxied requests in flight to the
+	// instance now; RequestsTotal counts the requests it was sent since
+	// the gateway started. Both are null for an instance that never
+	// received traffic.
+	InFlight      *int64  `json:"in_flight"`
+	RequestsTotal *uint64 `json:"requests_total"`
+	// Engine is the engine's own load, from its metrics page; null while
+	// the instance is not scraped (not routable, or scraping is off).
+	Engine *Engine `json:"engine"`
+}
+
+// Engine is the last scrape of an instance's engine metrics.
+type Engine struct {
+	// Kind is vllm, sglang or tgi; empty while unknown.
+	Kind string `json:"kind,omitempty"`
+	// Waiting and Running are the engine's queued requests and its
+	// running batch.
+	Waiting float64 `json:"waiting"`
+	Running float64 `json:"running"`
+	// KVCacheUse is the fraction (0-1) of the KV cache in use; null when
+	// the engine does not report it.
+	KVCacheUse *float64 `json:"kv_cache_use"`
+	// At is when the figures were read; null before the first success.
+	At *time.Time `json:"at"`
+	// Fresh is true while the figures are recent enough (stale_after) to
+	// be used for routing.
+	Fresh bool `json:"fresh"`
+	// Error is why the last scrape failed.
+	Error string `json:"error,omitempty"`
 }
 
 // PoolName is the instance's pool, "" when it belongs to none.

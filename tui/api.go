@@ -73,15 +73,10 @@ type Status struct {
 	MaxSpendPerHour *float64 `json:"max_spend_per_hour"`
 }
 
-// Instance is one entry of GET /vastai/instances, with the request
-// counters when the gateway exposes them.
+// Instance is one entry of GET /vastai/instances; requests/s is derived
+// from RequestsTotal between refreshes.
 type Instance struct {
 	adminapi.Instance
-	// InFlight and RequestsTotal are the gateway's request counters, when
-	// it exposes them; requests/s is derived from RequestsTotal between
-	// refreshes.
-	InFlight      *int64  `json:"in_flight"`
-	RequestsTotal *uint64 `json:"requests_total"`
 }
 
 // snapshot is one refresh: every part that loaded, and the error of every
