@@ -10,7 +10,6 @@
 package routing
 
 import (
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 )
@@ -77,17 +76,6 @@ func (l *Loads) InFlight(id int64) int64 {
 	return 0
 }
 
-// Candidate is one routable instance as a policy sees it.
-type Candidate struct {
-	ID int64
-	// Waiting is the engine's own queue length when its scraped figures
-	// are fresh, 0 otherwise.
-	Waiting int64
-	// Capacity weighs the load (GPU count or measured throughput); 0 or
-	// less counts as 1.
-	Capacity float64
-}
-
 // Load is a candidate's load: in flight plus the engine's waiting count,
 // divided by its capacity.
 func (l *Loads) Load(c Candidate) float64 {
@@ -96,27 +84,4 @@ func (l *Loads) Load(c Candidate) float64 {
 		capacity = 1
 	}
 	return float64(l.InFlight(c.ID)+max(c.Waiting, 0)) / capacity
-}
-
-// PowerOfTwo returns the index of the less loaded of two candidates drawn
-// at random (the power of two choices): it keeps load even without a
-// global order, and an exact tie goes either way at random. It returns -1
-// for an empty list.
-func (l *Loads) PowerOfTwo(cands []Candidate) int {
-	switch len(cands) {
-	case 0:
-		return -1
-	case 1:
-		return 0
-	}
-	i := rand.IntN(len(cands))
-	j := rand.IntN(len(cands) - 1)
-	if j >= i {
-		j++
-	}
-	li, lj := l.Load(cands[i]), l.Load(cands[j])
-	if lj < li || (lj == li && rand.IntN(2) == 0) {
-		return j
-	}
-	return i
 }
