@@ -117,6 +117,13 @@ func TestCaddyfileErrorsNameTheProblem(t *testing.T) {
 		{"vastai_proxy with to", wrap(okPool, "\tvastai_proxy llm {\n\t\tto localhost:1\n\t}"), "'to' is not allowed"},
 		{"vastai_proxy with http transport", wrap(okPool, "\tvastai_proxy llm {\n\t\ttransport http\n\t}"), "transport must be vastai"},
 		{"dynamic vastai without pool", wrap(okPool, "\treverse_proxy {\n\t\tdynamic vastai\n\t}"), "a pool name is required"},
+		{"engines unknown option", wrap("\t\tapi_key k\n\t\tengines {\n\t\t\tinterval 1s\n\t\t}", okSite), `engines: unrecognized option "interval"`},
+		{"engines bad interval", wrap("\t\tapi_key k\n\t\tengines {\n\t\t\tscrape_interval often\n\t\t}", okSite), "engines: scrape_interval: must be positive"},
+		{"engines twice", wrap("\t\tapi_key k\n\t\tengines\n\t\tengines", okSite), "engines is defined more than once"},
+		{"least_load unknown option", wrap(okPool, "\tvastai_proxy llm {\n\t\tlb_policy vastai_least_load {\n\t\t\tweights 1\n\t\t}\n\t}"), `vastai_least_load: unrecognized option "weights"`},
+		{"least_load bad max_requests", wrap(okPool, "\tvastai_proxy llm {\n\t\tlb_policy vastai_least_load {\n\t\t\tmax_requests 0\n\t\t}\n\t}"), "max_requests"},
+		{"cache_aware bad threshold", wrap(okPool, "\tvastai_proxy llm {\n\t\tlb_policy vastai_cache_aware {\n\t\t\tcache_threshold high\n\t\t}\n\t}"), `vastai_cache_aware: cache_threshold: "high" is not a number`},
+		{"cache_aware bad max_body", wrap(okPool, "\tvastai_proxy llm {\n\t\tlb_policy vastai_cache_aware {\n\t\t\tmax_body lots\n\t\t}\n\t}"), `max_body: "lots" is not a size`},
 		{"dynamic vastai unknown option", wrap(okPool, "\treverse_proxy {\n\t\tdynamic vastai {\n\t\t\tpools llm\n\t\t}\n\t}"), `unrecognized vastai upstreams option "pools"`},
 	}
 	adapter := caddyconfig.GetAdapter("caddyfile")

@@ -150,3 +150,38 @@ func TestHealthConfigLoadsEveryFieldIntoTheSpec(t *testing.T) {
 		t.Error("an absent health block is not the zero spec")
 	}
 }
+
+// TestRoutingConfigErrorsNameTheField: the engines block and the vastai
+// selection policies refuse bad JSON values at load time, naming the
+// field.
+func TestRoutingConfigErrorsNameTheField(t *testing.T) {
+	t.Setenv("K", "key")
+	app := func(engines string) string {
+		return `"vastai":{"api_key":"{env.K}","pools":{"llm":{}}` + engines + `}`
+	}
+	site := func(policy string) string {
+		return `,"http":{"servers":{"s":{"listen":["127.0.0.1:0"],"routes":[{"handle":[{"handler":"reverse_proxy",` +
+			`"dynamic_upstreams":{"source":"vastai","pool":"llm"},"load_balancing":{"selection_policy":` + policy + `}}]}]}}}`
+	}
+	cases := []struct{ name, apps, want string }{
+		{"stale_after below the interval", app(`,"engines":{"scrape_interval":"3s","stale_after":"2s"}`), "stale_after (2s) must exceed scrape_interval (3s)"},
+		{"interval too short", app(`,"engines":{"scrape_interval":"10ms"}`), "scrape_interval: 10ms is below the minimum"},
+		{"relative metrics path", app(`,"engines":{"metrics_path":"metrics"}`), `metrics_path: "metrics" must start with /`},
+		{"unknown capacity", app("") + site(`{"policy":"vastai_least_load","capacity":"vram"}`), `capacity: "vram" is not gpus or none`},
+		{"session factor below 1", app("") + site(`{"policy":"vastai_least_load","session_load_factor":0.5}`), "session_load_factor: 0.5 is below 1"},
+		{"threshold above 1", app("") + site(`{"policy":"vastai_cache_aware","cache_threshold":1.5}`), "cache_threshold: 1.5 is above 1"},
+		{"balance_rel below 1", app("") + site(`{"policy":"vastai_cache_aware","balance_rel":0.5}`), "balance_rel: 0.5 is below 1"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			var cfg caddy.Config
+			if err := json.Unmarshal([]byte(`{"admin":{"disabled":true},"apps":{`+c.apps+`}}`), &cfg); err != nil {
+				t.Fatalf("test config: %v", err)
+			}
+			err := caddy.Validate(&cfg)
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Errorf("error %v; want one mentioning %q", err, c.want)
+			}
+		})
+	}
+}

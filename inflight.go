@@ -4,8 +4,12 @@ package vastai
 // (what a drain waits for) and requests begun (the dashboard's requests/s).
 
 import (
+	"context"
+	"net/http"
 	"sync"
 	"sync/atomic"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/caddy-vastai/caddy-vastai/routing"
 )
@@ -19,12 +23,45 @@ type inflightCounter struct {
 	starts startedCounters // requests begun, for the dashboard (wire_dashboard.go)
 }
 
-// begin counts a request in and returns the function that counts it out.
-// When the last request to an instance that has left the fleet ends, its
-// counter is dropped, so the map does not grow with every instance ever
-// seen; gone reports whether the instance has left.
-func (c *inflightCounter) begin(id int64, gone func(int64) bool) func() {
-	lease := c.loads.Acquire(id)
+// leaseVar is the request variable holding the reservation a vastai
+// selection policy made; request variables are shared by every copy of
+// the request's context, so the transport finds it.
+const leaseVar = "vastai.lease"
+
+// reservation is a request counted in at selection time.
+type reservation struct {
+	id    int64
+	lease *routing.Lease
+	taken bool // the transport has taken it over
+}
+
+// reserve counts the request in on the instance a selection policy chose,
+// before anything is dispatched, so that a burst of concurrent selections
+// sees each other's choices. The transport takes the count over (begin);
+// if no attempt does (the request ends first), it is counted out when the
+// request ends. A retry's new choice replaces the previous reservation.
+func (c *inflightCounter) reserve(r *http.Request, id int64) {
+	ctx := r.Context()
+	if old, ok := caddyhttp.GetVar(ctx, leaseVar).(*reservation); ok && !old.taken {
+		old.lease.Release()
+	}
+	res := &reservation{id: id, lease: c.loads.Acquire(id)}
+	context.AfterFunc(ctx, res.lease.Release)
+	caddyhttp.SetVar(ctx, leaseVar, res)
+}
+
+// begin counts a request in, or takes over the count its selection made,
+// and returns the function that counts it out. When the last request to an
+// instance that has left the fleet ends, its counter is dropped, so the map
+// does not grow with every instance ever seen; gone reports whether the
+// instance has left.
+func (c *inflightCounter) begin(req *http.Request, id int64, gone func(int64) bool) func() {
+	var lease *routing.Lease
+	if res, ok := caddyhttp.GetVar(req.Context(), leaseVar).(*reservation); ok && res.id == id && !res.taken {
+		res.taken, lease = true, res.lease
+	} else {
+		lease = c.loads.Acquire(id)
+	}
 	c.countStarted(id)
 	return func() {
 		lease.Release()

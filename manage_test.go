@@ -1,10 +1,15 @@
 package vastai
 
 import (
+	"context"
+	"net/http"
+	"net/http/httptest"
 	"testing"
+	"time"
 
 	"github.com/caddy-vastai/caddy-vastai/fleet"
 	"github.com/caddy-vastai/caddy-vastai/lifecycle"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
 // The lifecycle manager reads the routing side's states through
@@ -36,13 +41,55 @@ func TestFleetAndLifecycleAgreeOnStates(t *testing.T) {
 	}
 }
 
+// TestReservationIsCountedOnce: a selection's count is taken over by the
+// transport's attempt (not counted twice), a retry's new choice releases
+// the old one, and a reservation no attempt took ends with the request.
+func TestReservationIsCountedOnce(t *testing.T) {
+	var c inflightCounter
+	never := func(int64) bool { return false }
+	newReq := func() (*http.Request, context.CancelFunc) {
+		ctx, cancel := context.WithCancel(context.WithValue(context.Background(), caddyhttp.VarsCtxKey, map[string]any{}))
+		return httptest.NewRequest(http.MethodPost, "/", nil).WithContext(ctx), cancel
+	}
+
+	r, end := newReq()
+	c.reserve(r, 1)
+	done := c.begin(r.WithContext(context.WithValue(r.Context(), struct{}{}, 1)), 1, never)
+	if n := c.count(1); n != 1 {
+		t.Fatalf("reserved and begun: %d in flight, want 1", n)
+	}
+	done()
+	end()
+	if n := c.count(1); n != 0 {
+		t.Fatalf("after the request: %d in flight, want 0", n)
+	}
+
+	r, end = newReq()
+	c.reserve(r, 1)
+	c.reserve(r, 2) // a retry chose another instance
+	if c.count(1) != 0 || c.count(2) != 1 {
+		t.Fatalf("after a retry's new choice: %d and %d in flight, want 0 and 1", c.count(1), c.count(2))
+	}
+	done = c.begin(r, 1, never) // an attempt to another instance than reserved counts itself
+	if c.count(1) != 1 || c.count(2) != 1 {
+		t.Fatalf("attempt elsewhere: %d and %d, want 1 and 1", c.count(1), c.count(2))
+	}
+	done()
+	end()
+	waitFor(t, 5*time.Second, "the untaken reservation to end with the request", func() bool { return c.count(2) == 0 })
+	if c.count(1) != 0 {
+		t.Errorf("%d in flight to instance 1 after everything ended", c.count(1))
+	}
+}
+
 func TestInflightCounterDropsForgottenInstances(t *testing.T) {
 	var c inflightCounter
 	gone := map[int64]bool{}
 	isGone := func(id int64) bool { return gone[id] }
-	a1 := c.begin(1, isGone)
-	a2 := c.begin(1, isGone)
-	b := c.begin(2, isGone)
+	r := httptest.NewRequest(http.MethodGet, "/", nil)
+	a1 := c.begin(r, 1, isGone)
+	a2 := c.begin(r, 1, isGone)
+	b := c.begin(r, 2, isGone)
 	if c.count(1) != 2 || c.count(2) != 1 {
 		t.Fatalf("counts %d %d", c.count(1), c.count(2))
 	}

@@ -45,6 +45,8 @@ type state struct {
 	dash       dashboard                           // the web dashboard's sampler and streams (wire_dashboard.go)
 	ledger     atomic.Pointer[ledgerRuntime]       // wire_ledger.go
 	engines    atomic.Pointer[enginestate.Scraper] // wire_engines.go; nil when disabled
+	prefixes   sync.Map                            // prefixIndexKey → *prefixIndexEntry (policy.go)
+	routes     routeDecisions                      // routes_metrics.go
 
 	mu       sync.Mutex // guards the fields below
 	settings clientSettings
@@ -140,6 +142,9 @@ func (s *state) Destruct() error {
 // registerMetrics adds the state's collectors to this config's registry.
 func (s *state) registerMetrics(ctx caddy.Context) error {
 	if err := s.metrics.register(ctx.GetMetricsRegistry()); err != nil {
+		return err
+	}
+	if err := s.routes.register(ctx.GetMetricsRegistry()); err != nil {
 		return err
 	}
 	return s.registerCostMetrics(ctx.GetMetricsRegistry())

@@ -175,7 +175,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	out.Header = req.Header.Clone()
 	out.Header.Set("Authorization", "Bearer "+route.Token)
 
-	done := t.st.inflight.begin(route.ID, t.st.forgotten)
+	done := t.st.inflight.begin(req, route.ID, t.st.forgotten)
 	// Tunnel routes use a pool per instance (wire_ssh.go), so that one
 	// instance's SSH change flushes only its own idle connections.
 	resp, err := t.st.roundTrip(t.HTTPTransport, route, out)
