@@ -617,6 +617,10 @@ func TestDashboardInHeadlessChromium(t *testing.T) {
 	waitFor(t, 30*time.Second, "GPU figures on the page", func() bool {
 		return pageHas(t, tctx, `[...document.querySelectorAll('#instances td')].some(td => /^\d+%/.test(td.textContent))`)
 	})
+	// The engines' own figures, scraped from their /metrics.
+	waitFor(t, 30*time.Second, "engine figures on the page", func() bool {
+		return pageHas(t, tctx, `[...document.querySelectorAll('#instances td[data-engine]')].some(td => /^q \d+ · run \d+/.test(td.textContent))`)
+	})
 	// The charts fill in as the sampler records a point every 10s and the
 	// page reloads /vastai/history.
 	waitFor(t, 60*time.Second, "a latency chart with data", func() bool {

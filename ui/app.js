@@ -214,6 +214,17 @@ function gpuCells(i) {
     el("td", { class: "num" }, temps.length ? Math.max(...temps).toFixed(0) + "°C" : "-")];
 }
 
+// engineCell shows the engine's queue, batch and KV-cache use as scraped
+// from its /metrics; stale figures are greyed, a failing scrape says why.
+function engineCell(i) {
+  const e = i.engine;
+  if (!e) return el("td", { class: "muted" }, "-");
+  if (!e.at) return el("td", { class: "muted", title: e.error || "" }, e.error ? "no metrics" : "-");
+  const kv = e.kv_cache_use == null ? "" : ` · kv ${(e.kv_cache_use * 100).toFixed(0)}%`;
+  const text = `q ${e.waiting} · run ${e.running}${kv}`;
+  return el("td", { class: e.fresh ? "num" : "num muted", "data-engine": e.kind || "", title: (e.kind || "engine") + (e.fresh ? "" : " (stale: " + (e.error || "not recent") + ")") }, text);
+}
+
 function renderInstances(now) {
   const list = fleet.instances || [];
   const rows = list.map((i) => {
@@ -227,6 +238,7 @@ function renderInstances(now) {
       el("td", { title: (i.ssh && i.ssh.last_error) || "" }, (i.ssh && i.ssh.path) || "-"),
       ...gpuCells(i),
       el("td", { class: "num" }, inflight === undefined ? "-" : String(inflight)),
+      engineCell(i),
       el("td", { class: "num" }, rate(i.dph_total)),
       el("td", {}, spark(h && h.gpu_utilization, { max: 100, format: percent, title: "GPU utilisation" })),
       el("td", {}, spark(h && h.requests_per_second, { format: (v) => v.toFixed(1), title: "requests/s" })),
