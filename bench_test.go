@@ -122,12 +122,22 @@ func BenchmarkProxy(b *testing.B) {
 	}
 	handle_path /vastai/* {
 		vastai_proxy llm
+	}
+	handle_path /least_load/* {
+		vastai_proxy llm {
+			lb_policy vastai_least_load
+		}
+	}
+	handle_path /cache_aware/* {
+		vastai_proxy llm {
+			lb_policy vastai_cache_aware
+		}
 	}`, addr, token)
 	startCaddy(b, testConfig(sim.URL(), llmPool, site))
 	waitRoutable(b, 10*time.Second, ids)
 
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
-	for _, route := range []string{"static", "vastai"} {
+	for _, route := range []string{"static", "vastai", "least_load", "cache_aware"} {
 		url := testProxyURL + "/" + route + "/health"
 		b.Run(route, func(b *testing.B) {
 			b.ReportAllocs()

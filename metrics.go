@@ -47,6 +47,7 @@ type collector struct {
 	engRunning     *prometheus.Desc
 	engKV          *prometheus.Desc
 	engFresh       *prometheus.Desc
+	prefixEntries  *prometheus.Desc
 }
 
 func newCollector(st *state) *collector {
@@ -63,6 +64,7 @@ func newCollector(st *state) *collector {
 		engWaiting:     d("engine_waiting_requests", "Requests queued in the instance's engine, from its last readable metrics page.", "pool", "instance"),
 		engRunning:     d("engine_running_requests", "Requests in the instance's engine's running batch, from its last readable metrics page.", "pool", "instance"),
 		engKV:          d("engine_kv_cache_usage_ratio", "Fraction of the engine's KV cache in use, 0 to 1 (engines that report it).", "pool", "instance"),
+		prefixEntries:  d("prefix_index_entries", "Prompt-block hashes held by the vastai_cache_aware prefix index, per pool (bounded by entries_per_instance per instance).", "pool"),
 		engFresh:       d("engine_metrics_fresh", "1 while the engine's figures are recent enough (stale_after) to route on, else 0.", "pool", "instance"),
 		accrued:        d("instance_accrued_dollars", "What the instance has cost since its start_date at its current rate.", "pool", "instance"),
 		poolSpend:      d("pool_spend_dollars_per_hour", "Current spend rate of the pool's instances.", "pool"),
@@ -93,7 +95,7 @@ func newCollector(st *state) *collector {
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.instances, c.routable, c.price, c.poolRoutable, c.lastSuccess, c.failures, c.stale, c.watcherRunning,
 		c.authFailed, c.listingSecs, c.dataAge, c.gpuUtil, c.gpuMemUsed, c.gpuMemTotal, c.gpuTemp, c.gpuPower, c.sshPath, c.accrued, c.poolSpend, c.destroyFailed, c.lcCounters, c.probeFailing,
-		c.inFlight, c.engWaiting, c.engRunning, c.engKV, c.engFresh} {
+		c.inFlight, c.engWaiting, c.engRunning, c.engKV, c.engFresh, c.prefixEntries} {
 		ch <- d
 	}
 }
@@ -115,6 +117,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.price, prometheus.GaugeValue, m.Instance.DPHTotal, m.Pool, id)
 	}
 	c.collectTraffic(ch, snap)
+	c.collectPrefixes(ch)
 	if rt := c.ssh(); rt != nil {
 		for _, m := range snap.Members {
 			if m.Pool != "" {
@@ -158,6 +161,19 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if age, ok := snap.Poll.DataAge(now); ok {
 		ch <- prometheus.MustNewConstMetric(c.dataAge, prometheus.GaugeValue, age.Seconds())
+	}
+}
+
+// collectPrefixes exports the size of each pool's prefix index.
+func (c *collector) collectPrefixes(ch chan<- prometheus.Metric) {
+	perPool := map[string]int{}
+	c.st.prefixes.Range(func(k, v any) bool {
+		n, _ := v.(*prefixIndexEntry).idx.Entries()
+		perPool[k.(prefixIndexKey).pool] += n
+		return true
+	})
+	for pool, n := range perPool {
+		ch <- prometheus.MustNewConstMetric(c.prefixEntries, prometheus.GaugeValue, float64(n), pool)
 	}
 }
 

@@ -214,6 +214,9 @@ func TestCacheAwareFollowsThePrefix(t *testing.T) {
 	if n := decisions(t, "vastai_cache_aware", "cache_hit"); n < 15 {
 		t.Errorf("cache_hit decisions = %d, want at least 15", n)
 	}
+	if _, metrics := adminGET(t, "/metrics", nil); !strings.Contains(string(metrics), `caddy_vastai_prefix_index_entries{pool="llm"} `) {
+		t.Errorf("metrics lack the prefix index size:\n%s", grepLines(string(metrics), "prefix"))
+	}
 }
 
 // TestInFlightCountsSurviveChurn is the accounting stress test through
