@@ -7,7 +7,8 @@
 // by ProvisionConfig), sshpool (the SSH connection pool that also carries
 // tunnels), gpumetrics (the nvidia-smi parser and collector), enginestate
 // (the engines' /metrics parser and scraper), routing (in-flight
-// accounting and power-of-two selection, not yet wired to an lb_policy),
+// accounting, the selection decision, the prefix index, the request-body
+// reader),
 // ledger (the persisted cost ledger), history (the dashboard's rings) and
 // vastsim (a simulated vast.ai for tests and the demo). adminapi holds the
 // /vastai/ admin API's JSON shapes, shared with cli and tui.
@@ -24,11 +25,15 @@
 //   - shared_state.go: what survives config reloads (the state in a
 //     caddy.UsagePool): the one watcher loop, the vast.ai client, and
 //     the runtimes below, applied on Start and stopped on the last Cleanup.
-//   - wire_lifecycle.go, wire_ssh.go, wire_ledger.go, wire_dashboard.go:
-//     one runtime each, hung off the shared state; each file holds its
-//     apply/stop pair and the adapter between that engine and the fleet.
-//   - inflight.go: per-instance request counters (drains, requests/s).
-//   - upstreams.go, transport.go: the request path.
+//   - wire_lifecycle.go, wire_ssh.go, wire_ledger.go, wire_dashboard.go,
+//     wire_engines.go: one runtime each, hung off the shared state; each
+//     file holds its apply/stop pair and the adapter between that engine
+//     and the fleet.
+//   - inflight.go: per-instance request counters (in flight, for drains
+//     and the policies; requests/s), and the reservation a policy makes.
+//   - upstreams.go, policy.go, transport.go: the request path;
+//     requestinfo.go reads a request body once, bounded, for routing.
+//   - routes_metrics.go: the route-decision counter.
 //   - admin.go, admin_lifecycle.go, admin_ui.go, costs.go: the /vastai/
 //     admin API (adminEndpoints maps each path to one named handler), the
 //     provisioning endpoints, the dashboard, /vastai/costs.
@@ -36,18 +41,25 @@
 //   - metrics.go, costs.go: Prometheus collectors (read at scrape time).
 //   - caddyfile.go (the vastai global option), caddyfile_pool.go,
 //     caddyfile_provision.go, caddyfile_ssh.go, caddyfile_proxy.go (the
-//     vastai_proxy directive), caddyfile_transport.go: Caddyfile parsing,
-//     one case per option.
+//     vastai_proxy directive), caddyfile_transport.go,
+//     caddyfile_policy.go (lb_policy vastai_least_load and
+//     vastai_cache_aware): Caddyfile parsing, one case per option.
 //   - command.go: registers the `caddy vastai` command (package cli).
 //
 // # A request
 //
 // reverse_proxy asks Upstreams.GetUpstreams (upstreams.go) for a pool's
-// targets: a read of the watcher's current snapshot, no lock, no I/O. It
-// picks one and calls Transport.RoundTrip (transport.go), which looks the
-// target's address up in the same kind of snapshot (fleet.Snapshot.Route),
-// sets that instance's Bearer token, counts the request in flight
-// (inflight.go), and sends it: directly, or for a tunnel route over the
+// targets: a read of the watcher's current snapshot, no lock, no I/O. Its
+// selection policy picks one; the vastai policies (policy.go) read each
+// candidate's in-flight count and the engine's last scraped queue, honour
+// an X-Vastai-Instance pin or a session header, for cache_aware hash the
+// prompt (requestinfo.go) against the pool's prefix index, decide with
+// routing.Policy.Choose, and count the request in on the choice before it
+// is dispatched (inflight.go, reserve). reverse_proxy then calls
+// Transport.RoundTrip (transport.go), which looks the target's address up
+// in the same kind of snapshot (fleet.Snapshot.Route), sets that
+// instance's Bearer token, takes the in-flight count over (or counts the
+// request in, under another policy), and sends it: directly, or for a tunnel route over the
 // instance's SSH connection (state.roundTrip and dialTunnel, wire_ssh.go,
 // through sshpool.Pool). Its outcome feeds passive health
 // (fleet.Watcher.ReportTraffic); the in-flight count ends when the response
@@ -95,6 +107,12 @@
 //   - Dashboard sampler (wire_dashboard.go): startDashboardLocked starts
 //     runSampler, one point per history resolution step; stopDashboardLocked
 //     (Destruct) stops it.
+//   - Engine scraper (wire_engines.go): applyEnginesLocked starts
+//     enginestate.Scraper.Run (enginestate/scraper.go), which scrapes every
+//     routable instance's /metrics each scrape_interval, one short
+//     goroutine per scrape, at most max_concurrent_scrapes at once.
+//     Restarted only when the engines settings change; stopEnginesLocked
+//     (Destruct) cancels it and waits for its scrapes.
 //   - Event streams (admin_ui.go): each GET /vastai/events runs on the admin
 //     server's request goroutine, at most maxEventStreams at once, until the
 //     client goes, its config is unloaded, or a write stalls.
