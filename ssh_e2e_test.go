@@ -126,6 +126,19 @@ func TestTunnelTransportCarriesAStreamOverTheSimulatorsSSH(t *testing.T) {
 	if tunnels == 0 {
 		t.Fatal("no direct-tcpip channel was opened: traffic did not use the tunnel")
 	}
+	// The engines' /metrics are scraped through the tunnel too (the
+	// engine is not reachable otherwise under a tunnel address).
+	for _, id := range ids {
+		waitFor(t, 15*time.Second, fmt.Sprintf("instance %d's engine figures through the tunnel", id), func() bool {
+			var v struct {
+				Engine *struct {
+					Fresh bool `json:"fresh"`
+				} `json:"engine"`
+			}
+			adminGET(t, fmt.Sprintf("/vastai/instances/%d", id), &v)
+			return v.Engine != nil && v.Engine.Fresh
+		})
+	}
 }
 
 // nvidiaSMIThreeGPUs is nvidia-smi's answer to gpumetrics.Query on a host
