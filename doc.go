@@ -29,6 +29,9 @@
 //     apply/stop pair and the adapter between that engine and the fleet.
 //   - inflight.go: per-instance request counters (drains, requests/s).
 //   - upstreams.go, transport.go: the request path.
+//   - abort.go: client disconnects. Closing the upstream connection stops
+//     vLLM; an SGLang generation whose response was closed before its end
+//     is also aborted (POST /abort_request with the response's id).
 //   - admin.go, admin_lifecycle.go, admin_ui.go, costs.go: the /vastai/
 //     admin API (adminEndpoints maps each path to one named handler), the
 //     provisioning endpoints, the dashboard, /vastai/costs.
@@ -95,6 +98,9 @@
 //   - Dashboard sampler (wire_dashboard.go): startDashboardLocked starts
 //     runSampler, one point per history resolution step; stopDashboardLocked
 //     (Destruct) stops it.
+//   - Aborts (abort.go): one short goroutine per SGLang generation a
+//     client left, at most maxConcurrentAborts at once, each ended by
+//     abortTimeout; there is no loop to stop.
 //   - Event streams (admin_ui.go): each GET /vastai/events runs on the admin
 //     server's request goroutine, at most maxEventStreams at once, until the
 //     client goes, its config is unloaded, or a write stalls.
