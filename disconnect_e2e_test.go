@@ -7,10 +7,13 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/ssh"
 
 	"github.com/caddy-vastai/caddy-vastai/vastsim"
 )
@@ -81,22 +84,27 @@ func (cs *clientStream) leave() time.Time {
 func startEngineProxy(t testing.TB, spec vastsim.EngineSpec, kind string) (*vastsim.Sim, int64) {
 	t.Helper()
 	sim := newSim(t, vastsim.Options{})
-	ids := launch(t, sim, 1, "llm-")
-	if err := sim.SetEngine(ids[0], spec); err != nil {
+	id := launch(t, sim, 1, "llm-")[0]
+	if err := sim.SetEngine(id, spec); err != nil {
 		t.Fatal(err)
 	}
 	startCaddy(t, testConfig(sim.URL(), llmPool+"\n"+enginesBlock, "\tvastai_proxy llm"))
-	waitRoutable(t, 10*time.Second, ids)
+	waitEngineKind(t, id, kind)
+	return sim, id
+}
+
+func waitEngineKind(t testing.TB, id int64, kind string) {
+	t.Helper()
+	waitRoutable(t, 15*time.Second, []int64{id})
 	var view struct {
 		Engine *struct {
 			Kind string `json:"kind"`
 		} `json:"engine"`
 	}
 	waitFor(t, 15*time.Second, "the engine kind "+kind+" in the admin API", func() bool {
-		adminGET(t, fmt.Sprintf("/vastai/instances/%d", ids[0]), &view)
+		adminGET(t, fmt.Sprintf("/vastai/instances/%d", id), &view)
 		return view.Engine != nil && view.Engine.Kind == kind
 	})
-	return sim, ids[0]
 }
 
 // TestClientDisconnectStopsVLLM: for a vLLM-like engine the upstream
@@ -149,6 +157,43 @@ func TestClientDisconnectAbortsSGLang(t *testing.T) {
 	if st := sim.Engine(id); st.AbortRequests != 1 {
 		t.Errorf("%d abort requests after a completed stream, want still 1", st.AbortRequests)
 	}
+}
+
+// TestClientDisconnectAbortsSGLangThroughTheTunnel: the abort takes the
+// traffic's path; with tunnel ssh the upstream address exists only inside
+// the SSH connection, so an abort that arrives came through it, with the
+// instance's token.
+func TestClientDisconnectAbortsSGLangThroughTheTunnel(t *testing.T) {
+	dir := t.TempDir()
+	keyFile, pub := writeSSHKey(t, dir)
+	sim := newSim(t, vastsim.Options{SSHAuthorizedKeys: []ssh.PublicKey{pub}})
+	id := launch(t, sim, 1, "llm-")[0]
+	if err := sim.SetEngine(id, vastsim.EngineSpec{Metrics: vastsim.MetricsSGLang, Slots: 1}); err != nil {
+		t.Fatal(err)
+	}
+	startCaddy(t, sshConfig(sim.URL(), keyFile, filepath.Join(dir, "storage"), llmPool+"\n"+enginesBlock, `	vastai_proxy llm {
+		transport vastai {
+			tunnel ssh
+		}
+	}`))
+	waitEngineKind(t, id, "sglang")
+	if up := instanceUpstream(t, id); !strings.Contains(up, ".vastai-tunnel:") {
+		t.Fatalf("upstream %q is not a tunnel address", up)
+	}
+	cs := openClientStream(t, 2)
+	cs.leave()
+	waitFor(t, 10*time.Second, "the engine to abort the generation", func() bool { return sim.Engine(id).Aborted == 1 })
+	if st := sim.Engine(id); st.AbortRequests != 1 || !slices.Equal(st.AbortedIDs, []string{cs.id}) || st.Unauthorized != 0 {
+		t.Errorf("engine stats %+v, want one authorized abort for %q", st, cs.id)
+	}
+}
+
+func instanceUpstream(t testing.TB, id int64) string {
+	var view struct {
+		Upstream string `json:"upstream"`
+	}
+	adminGET(t, fmt.Sprintf("/vastai/instances/%d", id), &view)
+	return view.Upstream
 }
 
 // TestCompletedRequestsAreNeverAborted: SGLang streams and whole answers
