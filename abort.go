@@ -27,8 +27,10 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/caddy-vastai/caddy-vastai/enginestate"
@@ -116,6 +118,7 @@ func (t *Transport) sendAbort(route fleet.Route, u url.URL, rid string) {
 	select {
 	case abortSlots <- struct{}{}:
 	default:
+		t.st.aborts.add(route.Pool, "skipped")
 		log.Debug("engine abort skipped: too many in progress")
 		return
 	}
@@ -123,9 +126,11 @@ func (t *Transport) sendAbort(route fleet.Route, u url.URL, rid string) {
 		defer func() { <-abortSlots }()
 		start := time.Now()
 		if err := t.postAbort(route, u, rid); err != nil {
+			t.st.aborts.add(route.Pool, "failed")
 			log.Debug("engine abort failed", zap.Error(err))
 			return
 		}
+		t.st.aborts.add(route.Pool, "sent")
 		log.Debug("engine aborted a generation its client left", zap.Duration("took", time.Since(start)))
 	}()
 }
@@ -159,6 +164,55 @@ func (t *Transport) postAbort(route fleet.Route, u url.URL, rid string) error {
 
 // errAbortRefused is an abort the engine answered with an error status.
 var errAbortRefused = errors.New("abort_request refused")
+
+// abortCounters count the gateway's aborts by pool and result: "sent"
+// (the engine accepted it), "failed" (no answer or an error status),
+// "skipped" (too many in progress). At most pools × 3 series.
+type abortCounters struct {
+	m sync.Map // abortKey → *atomic.Int64
+}
+
+type abortKey struct{ pool, result string }
+
+func (c *abortCounters) add(pool, result string) {
+	v, ok := c.m.Load(abortKey{pool, result})
+	if !ok {
+		v, _ = c.m.LoadOrStore(abortKey{pool, result}, new(atomic.Int64))
+	}
+	v.(*atomic.Int64).Add(1)
+}
+
+// abortCollector exports the state's abortCounters.
+type abortCollector struct {
+	c    *abortCounters
+	desc *prometheus.Desc
+}
+
+func (s *state) registerAbortMetrics(reg *prometheus.Registry) error {
+	if reg == nil {
+		return nil
+	}
+	err := reg.Register(&abortCollector{c: &s.aborts, desc: prometheus.NewDesc("caddy_vastai_engine_aborts_total",
+		"Generations the gateway asked an SGLang engine to abort because their client left, by result (sent, failed, skipped).",
+		[]string{"pool", "result"}, nil)})
+	var are prometheus.AlreadyRegisteredError
+	if err != nil && !errors.As(err, &are) {
+		return fmt.Errorf("registering abort metrics: %w", err)
+	}
+	return nil
+}
+
+// Describe implements prometheus.Collector.
+func (a *abortCollector) Describe(ch chan<- *prometheus.Desc) { ch <- a.desc }
+
+// Collect implements prometheus.Collector.
+func (a *abortCollector) Collect(ch chan<- prometheus.Metric) {
+	a.c.m.Range(func(k, v any) bool {
+		key := k.(abortKey)
+		ch <- prometheus.MustNewConstMetric(a.desc, prometheus.CounterValue, float64(v.(*atomic.Int64).Load()), key.pool, key.result)
+		return true
+	})
+}
 
 func (t *Transport) logger() *zap.Logger {
 	if t.log == nil {
@@ -249,3 +303,6 @@ func jsonID(b []byte) (id string, more bool) {
 	}
 	return "", false
 }
+
+// Interface guards
+var _ prometheus.Collector = (*abortCollector)(nil)

@@ -157,6 +157,11 @@ func TestClientDisconnectAbortsSGLang(t *testing.T) {
 	if st := sim.Engine(id); st.AbortRequests != 1 {
 		t.Errorf("%d abort requests after a completed stream, want still 1", st.AbortRequests)
 	}
+	want := `caddy_vastai_engine_aborts_total{pool="llm",result="sent"} 1`
+	waitFor(t, 10*time.Second, want+" in the metrics", func() bool {
+		_, metrics := adminGET(t, "/metrics", nil)
+		return strings.Contains(string(metrics), want)
+	})
 }
 
 // TestClientDisconnectAbortsSGLangThroughTheTunnel: the abort takes the
