@@ -34,6 +34,9 @@
 //   - upstreams.go, policy.go, transport.go: the request path;
 //     requestinfo.go reads a request body once, bounded, for routing.
 //   - routes_metrics.go: the route-decision counter.
+//   - abort.go: client disconnects. Closing the upstream connection stops
+//     vLLM; an SGLang generation whose response was closed before its end
+//     is also aborted (POST /abort_request with the response's id).
 //   - admin.go, admin_lifecycle.go, admin_ui.go, costs.go: the /vastai/
 //     admin API (adminEndpoints maps each path to one named handler), the
 //     provisioning endpoints, the dashboard, /vastai/costs.
@@ -113,6 +116,9 @@
 //     goroutine per scrape, at most max_concurrent_scrapes at once.
 //     Restarted only when the engines settings change; stopEnginesLocked
 //     (Destruct) cancels it and waits for its scrapes.
+//   - Aborts (abort.go): one short goroutine per SGLang generation a
+//     client left, at most maxConcurrentAborts at once, each ended by
+//     abortTimeout; there is no loop to stop.
 //   - Event streams (admin_ui.go): each GET /vastai/events runs on the admin
 //     server's request goroutine, at most maxEventStreams at once, until the
 //     client goes, its config is unloaded, or a write stalls.

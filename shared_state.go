@@ -47,6 +47,7 @@ type state struct {
 	engines    atomic.Pointer[enginestate.Scraper] // wire_engines.go; nil when disabled
 	prefixes   sync.Map                            // prefixIndexKey → *prefixIndexEntry (policy.go)
 	routes     routeDecisions                      // routes_metrics.go
+	aborts     abortCounters                       // abort.go
 
 	mu       sync.Mutex // guards the fields below
 	settings clientSettings
@@ -145,6 +146,9 @@ func (s *state) registerMetrics(ctx caddy.Context) error {
 		return err
 	}
 	if err := s.routes.register(ctx.GetMetricsRegistry()); err != nil {
+		return err
+	}
+	if err := s.registerAbortMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return err
 	}
 	return s.registerCostMetrics(ctx.GetMetricsRegistry())

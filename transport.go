@@ -12,6 +12,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"go.uber.org/zap"
 
 	"github.com/caddy-vastai/caddy-vastai/fleet"
 )
@@ -67,6 +68,7 @@ type Transport struct {
 	Tunnel string `json:"tunnel,omitempty"`
 
 	st         *state
+	log        *zap.Logger
 	registered bool
 }
 
@@ -85,6 +87,7 @@ func (t *Transport) Provision(ctx caddy.Context) error {
 		return err
 	}
 	t.st = app.state
+	t.log = ctx.Logger()
 	switch t.Tunnel {
 	case "":
 	case "ssh":
@@ -184,7 +187,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	} else {
 		// The request is in flight until its body (maybe a long stream)
 		// is finished: that is what a drain waits for.
-		tb := &trackedBody{ReadCloser: resp.Body, done: done}
+		tb := &trackedBody{ReadCloser: resp.Body, done: done, abort: t.watchAbort(route, out, resp)}
 		if rwc, ok := resp.Body.(io.ReadWriteCloser); ok {
 			// A 101 Switching Protocols body must stay writable, or
 			// reverse_proxy cannot carry the upgraded connection.
@@ -213,16 +216,31 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 }
 
 // trackedBody ends an instance's in-flight count when the response body is
-// closed, exactly once.
+// closed, exactly once; for SGLang it also aborts a generation whose body
+// was closed before its end (abort.go).
 type trackedBody struct {
 	io.ReadCloser
-	once sync.Once
-	done func()
+	once  sync.Once
+	done  func()
+	abort *abortWatch // nil unless the engine needs an abort
+}
+
+func (b *trackedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if b.abort != nil {
+		b.abort.observe(p[:n], err)
+	}
+	return n, err
 }
 
 func (b *trackedBody) Close() error {
 	err := b.ReadCloser.Close()
-	b.once.Do(b.done)
+	b.once.Do(func() {
+		b.done()
+		if b.abort != nil {
+			b.abort.closed()
+		}
+	})
 	return err
 }
 

@@ -3,6 +3,7 @@ package vastsim
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"time"
@@ -333,6 +334,7 @@ func (s *Sim) Engine(id int64) EngineStats {
 	if in := s.instances[id]; in != nil {
 		st := in.stats
 		st.OpenConns, st.ConnsOpened = in.conns.open.Load(), in.conns.opened.Load()
+		st.AbortedIDs = slices.Clone(st.AbortedIDs)
 		return st
 	}
 	return EngineStats{}

@@ -1,8 +1,10 @@
 package vastsim
 
 import (
+	"context"
 	"crypto/subtle"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"io"
@@ -36,6 +38,18 @@ type EngineStats struct {
 	GenerationTokens int64
 	// LastPath is the path of the most recent request.
 	LastPath string
+	// Cancelled counts generations that stopped before finishing because
+	// their client went away (the default, vLLM-like engine stops then).
+	Cancelled int64
+	// Abandoned counts SGLang-mode generations whose client went away: the
+	// engine generates on, holding its batch slot, until done or aborted.
+	Abandoned int64
+	// AbortRequests counts calls to /abort_request (any engine; only
+	// SGLang mode serves them). Aborted counts generations they ended;
+	// AbortedIDs are those generations' ids (rids), oldest first, the
+	// last 64.
+	AbortRequests, Aborted int64
+	AbortedIDs             []string
 	// OpenConns is the number of TCP connections open at the engine's
 	// ports right now; ConnsOpened counts every connection ever accepted.
 	// They show how a client pools its keep-alive connections.
@@ -297,6 +311,8 @@ func (s *Sim) serveEngine(w http.ResponseWriter, r *http.Request, in *instance, 
 		if method(http.MethodGet) {
 			s.serveMetrics(w, in, e, model)
 		}
+	case "/abort_request":
+		s.serveAbort(w, r, in, e)
 	default:
 		writeJSON(w, http.StatusNotFound, map[string]any{"detail": "Not Found"})
 	}
@@ -403,176 +419,370 @@ const (
 	capMaxTokens     = 512
 )
 
-func (s *Sim) serveGeneration(w http.ResponseWriter, r *http.Request, in *instance, e *engine, model string, chat bool) {
+// genJob is a validated generation request.
+type genJob struct {
+	req          genRequest
+	chat         bool
+	text         string
+	n            int
+	promptTokens int
+	tokens       []string
+}
+
+// parseGeneration reads and validates a completions request, answering
+// the client itself when it is invalid.
+func parseGeneration(w http.ResponseWriter, r *http.Request, model string, chat bool) (*genJob, bool) {
 	body, err := io.ReadAll(io.LimitReader(r.Body, 4<<20))
 	if err != nil {
 		openAIError(w, http.StatusBadRequest, "BadRequestError", "could not read request body")
-		return
+		return nil, false
 	}
-	var req genRequest
-	if err := json.Unmarshal(body, &req); err != nil {
+	j := &genJob{chat: chat}
+	if err := json.Unmarshal(body, &j.req); err != nil {
 		openAIError(w, http.StatusBadRequest, "BadRequestError", "Invalid JSON body: "+err.Error())
-		return
+		return nil, false
 	}
-	if req.Model != "" && req.Model != model {
-		openAIError(w, http.StatusNotFound, "NotFoundError", fmt.Sprintf("The model `%s` does not exist.", req.Model))
-		return
+	if j.req.Model != "" && j.req.Model != model {
+		openAIError(w, http.StatusNotFound, "NotFoundError", fmt.Sprintf("The model `%s` does not exist.", j.req.Model))
+		return nil, false
 	}
-	text, ok := promptText(&req, chat)
+	text, ok := promptText(&j.req, chat)
 	if !ok {
 		field := "prompt"
 		if chat {
 			field = "messages"
 		}
 		openAIError(w, http.StatusBadRequest, "BadRequestError", fmt.Sprintf("'%s' is a required property", field))
-		return
+		return nil, false
 	}
 	n := defaultMaxTokens
-	if chat && req.MaxCompletionTokens != nil {
-		n = *req.MaxCompletionTokens
-	} else if req.MaxTokens != nil {
-		n = *req.MaxTokens
+	if chat && j.req.MaxCompletionTokens != nil {
+		n = *j.req.MaxCompletionTokens
+	} else if j.req.MaxTokens != nil {
+		n = *j.req.MaxTokens
 	}
 	if n < 1 {
 		openAIError(w, http.StatusBadRequest, "BadRequestError", fmt.Sprintf("max_tokens must be at least 1, got %d.", n))
+		return nil, false
+	}
+	j.text, j.n = text, min(n, capMaxTokens)
+	j.promptTokens = countTokens(text)
+	j.tokens = genTokens(text, j.n)
+	return j, true
+}
+
+// errAborted is the cause of a generation ended by /abort_request.
+var errAborted = errors.New("vastsim: generation aborted")
+
+// generation is one accepted request on its way through the engine.
+//
+// Its ctx decides when it stops early. Like vLLM, the default engine stops
+// when the client goes (ctx is the request's). Like SGLang, an engine with
+// MetricsSGLang does not: ctx ends only on /abort_request, and a request
+// whose client left keeps its batch slot until it would have finished,
+// writing to nobody. That is why a gateway must abort it.
+type generation struct {
+	s      *Sim
+	in     *instance
+	e      *engine
+	w      http.ResponseWriter
+	r      *http.Request
+	rc     *http.ResponseController
+	job    *genJob
+	ctx    context.Context
+	sglang bool
+
+	id, model, object string
+	created           int64
+	interval          time.Duration
+
+	writeFailed bool // a write to the client failed (default engine)
+	gone        bool // SGLang: the client left, generation goes on
+}
+
+func (s *Sim) serveGeneration(w http.ResponseWriter, r *http.Request, in *instance, e *engine, model string, chat bool) {
+	job, ok := parseGeneration(w, r, model, chat)
+	if !ok {
 		return
 	}
-	n = min(n, capMaxTokens)
-	promptTokens := countTokens(text)
-	tokens := genTokens(text, n)
-
 	s.mu.Lock()
 	spec := in.engSpec
 	s.mu.Unlock()
-	full, total := prefixBlocks(text, spec.blockChars())
+	g := &generation{
+		s: s, in: in, e: e, w: w, r: r, rc: http.NewResponseController(w), job: job,
+		sglang: spec.Metrics == MetricsSGLang, model: model, created: time.Now().Unix(),
+		interval: spec.tokenInterval(s.opts.TokenInterval),
+	}
+	prefix := "cmpl-"
+	g.object = "text_completion"
+	if chat {
+		prefix, g.object = "chatcmpl-", "chat.completion"
+	}
+	g.id = prefix + randHex(16)
+	base := r.Context()
+	if g.sglang {
+		// SGLang's response id is the request id (rid) /abort_request takes.
+		g.id, base = randHex(16), context.Background()
+	}
+	ctx, cancel := context.WithCancelCause(base)
+	defer cancel(nil)
+	g.ctx = ctx
+	if g.sglang {
+		e.q.register(g.id, cancel)
+		defer e.q.unregister(g.id)
+	}
+	full, total := prefixBlocks(job.text, spec.blockChars())
 	// Queue before counting InFlight, so that a request counted in flight
 	// is already running or waiting on /metrics.
-	kv := kvBlocks(total, n)
+	kv := kvBlocks(total, job.n)
 	wt, elem := e.q.enqueue(kv)
-
 	s.mu.Lock()
 	in.stats.Completions++
 	in.stats.InFlight++
-	in.stats.PromptTokens += int64(promptTokens)
-	if req.Stream {
+	in.stats.PromptTokens += int64(job.promptTokens)
+	if job.req.Stream {
 		in.stats.Streams++
 	}
 	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		in.stats.InFlight--
-		s.mu.Unlock()
-	}()
-	if !e.q.wait(r.Context(), e.closed, wt, elem) {
-		return // client went away or the engine died while queued
+	completed := false
+	defer func() { g.end(completed) }()
+	if !e.q.wait(ctx, e.closed, wt, elem) {
+		return // gave up or the engine died while queued
 	}
 	defer e.q.release(kv)
 	cached, prefill := e.q.prefill(full, total)
-	if !sleepCtx(r.Context(), prefill, e.closed) {
+	if !sleepCtx(ctx, prefill, e.closed) {
+		g.abortNotice(false)
 		return
 	}
 	e.q.remember(full)
 	w.Header().Set("X-Vastsim-Prefix-Blocks", strconv.Itoa(total))
 	w.Header().Set("X-Vastsim-Cached-Blocks", strconv.Itoa(cached))
-	emit := func(k int) {
-		s.mu.Lock()
-		in.stats.GenerationTokens += int64(k)
-		s.mu.Unlock()
+	if job.req.Stream {
+		completed = g.stream()
+	} else {
+		completed = g.whole()
 	}
+}
 
-	prefix, object := "cmpl-", "text_completion"
-	if chat {
-		prefix, object = "chatcmpl-", "chat.completion"
-	}
-	id := prefix + randHex(16)
-	created := time.Now().Unix()
-	interval := spec.tokenInterval(s.opts.TokenInterval)
-	usage := map[string]any{
-		"prompt_tokens": promptTokens, "completion_tokens": n, "total_tokens": promptTokens + n,
-	}
-
-	if !req.Stream {
-		// Generation takes as long as streaming would, so that in-flight
-		// counts and client timeouts behave like a real engine.
-		if !sleepCtx(r.Context(), time.Duration(n)*interval, e.closed) {
-			return
-		}
-		emit(n)
-		full := strings.Join(tokens, "")
-		var choice map[string]any
-		if chat {
-			choice = map[string]any{
-				"index":    0,
-				"message":  map[string]any{"role": "assistant", "content": full, "tool_calls": []any{}},
-				"logprobs": nil, "finish_reason": "length", "stop_reason": nil,
-			}
-		} else {
-			choice = map[string]any{
-				"index": 0, "text": full, "logprobs": nil, "finish_reason": "length", "stop_reason": nil,
-			}
-		}
-		writeJSON(w, http.StatusOK, map[string]any{
-			"id": id, "object": object, "created": created, "model": model,
-			"choices": []any{choice}, "usage": usage,
-		})
+// end records how the generation ended: in flight no more, and if it did
+// not finish, whether it was aborted or its client went away. An engine
+// that died counts neither.
+func (g *generation) end(completed bool) {
+	s, st := g.s, &g.in.stats
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st.InFlight--
+	if completed {
 		return
 	}
+	select {
+	case <-g.e.closed:
+		return
+	default:
+	}
+	switch {
+	case errors.Is(context.Cause(g.ctx), errAborted):
+		st.Aborted++
+		st.AbortedIDs = append(st.AbortedIDs, g.id)
+		if n := len(st.AbortedIDs); n > maxAbortedIDs {
+			st.AbortedIDs = append([]string(nil), st.AbortedIDs[n-maxAbortedIDs:]...)
+		}
+	case g.writeFailed || g.r.Context().Err() != nil:
+		st.Cancelled++
+	}
+}
 
-	w.Header().Set("Content-Type", "text/event-stream; charset=utf-8")
-	w.Header().Set("Cache-Control", "no-cache")
-	w.WriteHeader(http.StatusOK)
-	rc := http.NewResponseController(w)
-	send := func(v any) bool {
-		b, _ := json.Marshal(v)
-		if _, err := fmt.Fprintf(w, "data: %s\n\n", b); err != nil {
-			return false
-		}
-		return rc.Flush() == nil
+// maxAbortedIDs bounds EngineStats.AbortedIDs.
+const maxAbortedIDs = 64
+
+func (g *generation) emit(k int) {
+	g.s.mu.Lock()
+	g.in.stats.GenerationTokens += int64(k)
+	g.s.mu.Unlock()
+}
+
+func (g *generation) usage(completion int) map[string]any {
+	p := g.job.promptTokens
+	return map[string]any{"prompt_tokens": p, "completion_tokens": completion, "total_tokens": p + completion}
+}
+
+// whole answers a non-streaming request after the time streaming would
+// take, so that in-flight counts and client timeouts behave like a real
+// engine.
+func (g *generation) whole() bool {
+	n := g.job.n
+	if !sleepCtx(g.ctx, time.Duration(n)*g.interval, g.e.closed) {
+		g.abortNotice(false)
+		return false
 	}
-	chunk := func(choice map[string]any) map[string]any {
-		obj := "text_completion"
-		if chat {
-			obj = "chat.completion.chunk"
+	g.emit(n)
+	g.writeWhole(strings.Join(g.job.tokens, ""), "length", n)
+	return true
+}
+
+func (g *generation) writeWhole(text, finish string, completion int) {
+	var choice map[string]any
+	if g.job.chat {
+		choice = map[string]any{
+			"index":    0,
+			"message":  map[string]any{"role": "assistant", "content": text, "tool_calls": []any{}},
+			"logprobs": nil, "finish_reason": finish, "stop_reason": nil,
 		}
-		return map[string]any{"id": id, "object": obj, "created": created, "model": model, "choices": []any{choice}}
+	} else {
+		choice = map[string]any{
+			"index": 0, "text": text, "logprobs": nil, "finish_reason": finish, "stop_reason": nil,
+		}
 	}
-	if chat {
-		if !send(chunk(map[string]any{
+	writeJSON(g.w, http.StatusOK, map[string]any{
+		"id": g.id, "object": g.object, "created": g.created, "model": g.model,
+		"choices": []any{choice}, "usage": g.usage(completion),
+	})
+}
+
+// send writes one SSE event. False means stop generating: the default
+// engine stops when its client is gone; SGLang goes on without writing.
+func (g *generation) send(v any) bool {
+	if g.sglang && !g.gone && g.r.Context().Err() != nil {
+		g.markGone()
+	}
+	if g.gone {
+		return true
+	}
+	b, _ := json.Marshal(v)
+	_, err := fmt.Fprintf(g.w, "data: %s\n\n", b)
+	if err == nil {
+		err = g.rc.Flush()
+	}
+	if err == nil {
+		return true
+	}
+	if g.sglang {
+		g.markGone()
+		return true
+	}
+	g.writeFailed = true
+	return false
+}
+
+// markGone counts an SGLang generation whose client left.
+func (g *generation) markGone() {
+	g.gone = true
+	g.s.mu.Lock()
+	g.in.stats.Abandoned++
+	g.s.mu.Unlock()
+}
+
+func (g *generation) chunk(choice map[string]any) map[string]any {
+	obj := "text_completion"
+	if g.job.chat {
+		obj = "chat.completion.chunk"
+	}
+	choices := []any{}
+	if choice != nil {
+		choices = []any{choice}
+	}
+	return map[string]any{"id": g.id, "object": obj, "created": g.created, "model": g.model, "choices": choices}
+}
+
+func (g *generation) choice(tok string, finish any) map[string]any {
+	if g.job.chat {
+		return map[string]any{"index": 0, "delta": map[string]any{"content": tok}, "logprobs": nil, "finish_reason": finish}
+	}
+	return map[string]any{"index": 0, "text": tok, "logprobs": nil, "finish_reason": finish, "stop_reason": nil}
+}
+
+// stream sends the tokens as server-sent events; true if all were
+// generated.
+func (g *generation) stream() bool {
+	g.w.Header().Set("Content-Type", "text/event-stream; charset=utf-8")
+	g.w.Header().Set("Cache-Control", "no-cache")
+	g.w.WriteHeader(http.StatusOK)
+	if g.job.chat {
+		if !g.send(g.chunk(map[string]any{
 			"index": 0, "delta": map[string]any{"role": "assistant", "content": ""},
 			"logprobs": nil, "finish_reason": nil,
 		})) {
-			return
+			return false
 		}
 	}
+	tokens := g.job.tokens
 	for i, tok := range tokens {
-		if i > 0 && !sleepCtx(r.Context(), interval, e.closed) {
-			return // client went away or the engine died: stop generating
+		if i > 0 && !sleepCtx(g.ctx, g.interval, g.e.closed) {
+			g.abortNotice(true)
+			return false // client went away, aborted, or the engine died
 		}
 		var finish any
 		if i == len(tokens)-1 {
 			finish = "length"
 		}
-		var choice map[string]any
-		if chat {
-			choice = map[string]any{"index": 0, "delta": map[string]any{"content": tok}, "logprobs": nil, "finish_reason": finish}
-		} else {
-			choice = map[string]any{"index": 0, "text": tok, "logprobs": nil, "finish_reason": finish, "stop_reason": nil}
+		if !g.send(g.chunk(g.choice(tok, finish))) {
+			return false
 		}
-		if !send(chunk(choice)) {
-			return
-		}
-		emit(1)
+		g.emit(1)
 	}
-	if req.StreamOptions != nil && req.StreamOptions.IncludeUsage {
-		m := chunk(nil)
-		m["choices"] = []any{}
-		m["usage"] = usage
-		if !send(m) {
-			return
+	if o := g.job.req.StreamOptions; o != nil && o.IncludeUsage {
+		m := g.chunk(nil)
+		m["usage"] = g.usage(g.job.n)
+		if !g.send(m) {
+			return false
 		}
 	}
-	_, _ = io.WriteString(w, "data: [DONE]\n\n")
-	_ = rc.Flush()
+	if !g.gone {
+		_, _ = io.WriteString(g.w, "data: [DONE]\n\n")
+		_ = g.rc.Flush()
+	}
+	return true
+}
+
+// abortNotice tells a client still listening that its request was
+// aborted, as SGLang does: finish_reason "abort".
+func (g *generation) abortNotice(streaming bool) {
+	if !errors.Is(context.Cause(g.ctx), errAborted) || g.gone || g.r.Context().Err() != nil {
+		return
+	}
+	if !streaming {
+		g.writeWhole("", "abort", 0)
+		return
+	}
+	if g.send(g.chunk(g.choice("", "abort"))) && !g.gone {
+		_, _ = io.WriteString(g.w, "data: [DONE]\n\n")
+		_ = g.rc.Flush()
+	}
+}
+
+// serveAbort is SGLang's POST /abort_request: {"rid": "<id>"} aborts that
+// request, an unknown or empty rid is a no-op (200, as current SGLang),
+// {"abort_all": true} aborts every request. Other engines have no such
+// endpoint.
+func (s *Sim) serveAbort(w http.ResponseWriter, r *http.Request, in *instance, e *engine) {
+	s.mu.Lock()
+	in.stats.AbortRequests++
+	s.mu.Unlock()
+	if e.q.metricsFormat() != MetricsSGLang {
+		writeJSON(w, http.StatusNotFound, map[string]any{"detail": "Not Found"})
+		return
+	}
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		writeJSON(w, http.StatusMethodNotAllowed, map[string]any{"detail": "Method Not Allowed"})
+		return
+	}
+	var body struct {
+		RID      string `json:"rid"`
+		AbortAll bool   `json:"abort_all"`
+	}
+	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&body); err != nil {
+		writeJSON(w, http.StatusBadRequest, map[string]any{"detail": "Invalid JSON body: " + err.Error()})
+		return
+	}
+	switch {
+	case body.AbortAll:
+		e.q.abort("", true)
+	case body.RID != "":
+		e.q.abort(body.RID, false)
+	}
+	w.WriteHeader(http.StatusOK)
 }
 
 // serveMetrics renders the engine's true load in its EngineSpec.Metrics

@@ -181,6 +181,8 @@ type engineQueue struct {
 	cache   prefixLRU
 	queried int64
 	hits    int64
+	// gens are the SGLang-mode generations by id, for /abort_request.
+	gens map[string]context.CancelCauseFunc
 }
 
 // waiter is a request waiting for a slot; ready closes on admission.
@@ -190,7 +192,7 @@ type waiter struct {
 }
 
 func newEngineQueue(spec EngineSpec) *engineQueue {
-	q := &engineQueue{spec: spec}
+	q := &engineQueue{spec: spec, gens: map[string]context.CancelCauseFunc{}}
 	q.cache.init()
 	return q
 }
@@ -263,6 +265,39 @@ func (q *engineQueue) releaseLocked(blocks int) {
 	q.running--
 	q.held -= blocks
 	q.admitLocked()
+}
+
+// register makes a generation abortable by its id until unregister.
+func (q *engineQueue) register(id string, cancel context.CancelCauseFunc) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.gens[id] = cancel
+}
+
+func (q *engineQueue) unregister(id string) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	delete(q.gens, id)
+}
+
+// abort ends the generation id, or with all every one, waiting or
+// running; the generation then frees its slot itself. It returns how many
+// it signalled: an unknown id is a no-op, as in SGLang.
+func (q *engineQueue) abort(id string, all bool) int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if !all {
+		cancel, ok := q.gens[id]
+		if ok {
+			cancel(errAborted)
+			return 1
+		}
+		return 0
+	}
+	for _, cancel := range q.gens {
+		cancel(errAborted)
+	}
+	return len(q.gens)
 }
 
 // prefill looks a prompt's full blocks up in the prefix cache and returns
