@@ -40,13 +40,13 @@ func profiles() []profile {
 	}
 }
 
-// fleetSummary describes the fleet in one line, above the table.
+// fleetSummary describes the fleet in one line.
 func fleetSummary() string {
 	parts := make([]string, 0, 4)
 	for _, p := range profiles() {
 		parts = append(parts, fmt.Sprintf("%s %d slots @ %.0f tok/s", p.label, p.spec.Slots, p.spec.TokensPerSecond))
 	}
-	return fmt.Sprintf("fleet: %s; prefill %s per uncached %d-char block\n",
+	return fmt.Sprintf("%s; prefill %s per uncached %d-char block",
 		strings.Join(parts, ", "), prefillPerBlock, vastsim.DefaultPrefixBlockChars)
 }
 

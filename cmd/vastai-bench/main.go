@@ -1,7 +1,7 @@
 // Command vastai-bench measures the caddy-vastai plugin on a simulated
 // fleet, in-process, with no vast.ai account.
 //
-//	go run ./cmd/vastai-bench routing [-sessions 48] [-turns 4] [-concurrency 24]
+//	go run ./cmd/vastai-bench routing [-sessions 48] [-turns 6] [-concurrency 24]
 //	    [-burst 64] [-policies round_robin,least_conn,vastai_least_load,vastai_cache_aware] [-json]
 //
 // routing runs one fixed, seeded chat workload through a real Caddy once
@@ -75,7 +75,7 @@ func run(ctx context.Context, args []string, out, progress io.Writer) error {
 	if o.JSON {
 		return writeJSON(out, o, results)
 	}
-	fmt.Fprintln(out, fleetSummary())
+	fmt.Fprintf(out, "fleet: %s\n\n", fleetSummary())
 	fmt.Fprint(out, renderTable(results))
 	return nil
 }
@@ -85,7 +85,7 @@ func parseRouting(args []string, errOut io.Writer) (options, error) {
 	fs.SetOutput(errOut)
 	var o options
 	fs.IntVar(&o.Sessions, "sessions", 48, "chat sessions")
-	fs.IntVar(&o.Turns, "turns", 4, "turns per session (each resends the growing history)")
+	fs.IntVar(&o.Turns, "turns", 6, "turns per session (each resends the growing history)")
 	fs.IntVar(&o.Concurrency, "concurrency", 24, "sessions running at once")
 	fs.IntVar(&o.Burst, "burst", 64, "single-turn requests sent at once half-way through (0: none)")
 	fs.IntVar(&o.Prompts, "prompts", 4, "shared system prompts (~3 KB each)")

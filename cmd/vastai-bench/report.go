@@ -70,7 +70,7 @@ func writeJSON(out io.Writer, o options, results []result) error {
 	enc := json.NewEncoder(out)
 	enc.SetIndent("", "  ")
 	return enc.Encode(report{
-		Fleet: strings.TrimSpace(fleetSummary()), Sessions: o.Sessions, Turns: o.Turns,
+		Fleet: fleetSummary(), Sessions: o.Sessions, Turns: o.Turns,
 		Clients: o.Concurrency, Burst: o.Burst, Seed: o.Seed, Results: results,
 	})
 }
