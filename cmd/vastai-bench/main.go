@@ -65,6 +65,9 @@ func run(ctx context.Context, args []string, out, progress io.Writer) error {
 		return errUsage
 	}
 	o, err := parseRouting(args[1:], progress)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil // the flag set printed the usage
+	}
 	if err != nil {
 		return err
 	}

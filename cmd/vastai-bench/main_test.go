@@ -132,6 +132,17 @@ func TestRoutingJSON(t *testing.T) {
 	}
 }
 
+// TestRoutingHelp checks that -h prints the flags and is not an error.
+func TestRoutingHelp(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if err := run(context.Background(), []string{"routing", "-h"}, &out, &errOut); err != nil {
+		t.Fatalf("-h: %v", err)
+	}
+	if out.Len() != 0 || !strings.Contains(errOut.String(), "-concurrency") {
+		t.Errorf("-h printed %q to out and %q to errOut, want the flags on errOut", out.String(), errOut.String())
+	}
+}
+
 func TestRoutingRejectsBadArguments(t *testing.T) {
 	cases := []struct {
 		name string
