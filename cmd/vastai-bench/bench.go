@@ -50,7 +50,7 @@ func benchPolicy(ctx context.Context, o options, w *workload, policy, storage st
 		return r, err
 	}
 	defer f.close()
-	g, err := startGateway(ctx, f, policy, storage)
+	g, err := startGateway(ctx, f, selectionPolicy(policy, o.SessionHeader), storage)
 	if err != nil {
 		return r, err
 	}
@@ -59,7 +59,7 @@ func benchPolicy(ctx context.Context, o options, w *workload, policy, storage st
 			err = fmt.Errorf("stopping Caddy: %w", serr)
 		}
 	}()
-	c := newClient(g.proxyURL, o.Concurrency+o.Burst, o.MaxTokens)
+	c := newClient(g.proxyURL, o.Concurrency+o.Burst, o)
 	defer c.close()
 	// Counters are read before and after, so that only the workload's
 	// lookups count (nothing else generates, but the baseline is cheap).

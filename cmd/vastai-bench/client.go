@@ -29,20 +29,24 @@ var errNoContent = errors.New("stream carried no content")
 
 // client sends streaming chat completions through the gateway.
 type client struct {
-	http      *http.Client
-	url       string
-	maxTokens int
+	http          *http.Client
+	url           string
+	maxTokens     int
+	sessionHeader string // "" sends no session id
 }
 
-func newClient(proxyURL string, conns, maxTokens int) *client {
+func newClient(proxyURL string, conns int, o options) *client {
 	tr := &http.Transport{MaxIdleConns: conns, MaxIdleConnsPerHost: conns, DisableCompression: true}
-	return &client{http: &http.Client{Transport: tr}, url: proxyURL + "/v1/chat/completions", maxTokens: maxTokens}
+	return &client{
+		http: &http.Client{Transport: tr}, url: proxyURL + "/v1/chat/completions",
+		maxTokens: o.MaxTokens, sessionHeader: o.SessionHeader,
+	}
 }
 
 func (c *client) close() { c.http.CloseIdleConnections() }
 
 // chat sends one request and reads its stream to the end.
-func (c *client) chat(ctx context.Context, msgs []message) sample {
+func (c *client) chat(ctx context.Context, sessionID string, msgs []message) sample {
 	body, err := json.Marshal(map[string]any{
 		"model": "vastsim/tiny-llm", "messages": msgs, "max_tokens": c.maxTokens, "stream": true,
 	})
@@ -54,6 +58,9 @@ func (c *client) chat(ctx context.Context, msgs []message) sample {
 		return sample{err: err}
 	}
 	req.Header.Set("Content-Type", "application/json")
+	if c.sessionHeader != "" {
+		req.Header.Set(c.sessionHeader, sessionID)
+	}
 	start := time.Now()
 	resp, err := c.http.Do(req)
 	if err != nil {
@@ -160,7 +167,7 @@ func runWorkload(ctx context.Context, c *client, w *workload, o options) ([]samp
 func runSession(ctx context.Context, c *client, s session, record func(sample)) {
 	answers := make([]string, 0, len(s.users))
 	for i := range s.users {
-		sm := c.chat(ctx, s.turn(i, answers))
+		sm := c.chat(ctx, s.id, s.turn(i, answers))
 		record(sm)
 		if sm.err != nil {
 			return
@@ -178,7 +185,7 @@ func runBurst(ctx context.Context, c *client, burst []session, start <-chan stru
 	}
 	var wg sync.WaitGroup
 	for _, s := range burst {
-		wg.Go(func() { record(c.chat(ctx, s.turn(0, nil))) })
+		wg.Go(func() { record(c.chat(ctx, s.id, s.turn(0, nil))) })
 	}
 	wg.Wait()
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -40,6 +41,16 @@ func freeAddr() (string, error) {
 	return ln.Addr().String(), nil
 }
 
+// selectionPolicy is the selection_policy JSON of name. Only the vastai
+// policies know session_header (Caddy refuses unknown fields).
+func selectionPolicy(name, sessionHeader string) map[string]any {
+	p := map[string]any{"policy": name}
+	if sessionHeader != "" && strings.HasPrefix(name, "vastai_") {
+		p["session_header"] = sessionHeader
+	}
+	return p
+}
+
 // gateway is one running Caddy in front of a fleet.
 type gateway struct {
 	proxyURL, adminURL string
@@ -47,7 +58,7 @@ type gateway struct {
 
 // gatewayConfig is the JSON config of the benchmark's Caddy: the vastai
 // app on the simulator, and one site proxying to the pool with policy.
-func gatewayConfig(simURL, storage, admin, listen, policy string) ([]byte, error) {
+func gatewayConfig(simURL, storage, admin, listen string, policy map[string]any) ([]byte, error) {
 	vastai := map[string]any{
 		"api_key": "{env." + keyEnv + "}", "api_url": simURL, "poll_interval": "500ms",
 		"pools": map[string]any{"llm": map[string]any{
@@ -62,7 +73,7 @@ func gatewayConfig(simURL, storage, admin, listen, policy string) ([]byte, error
 		"dynamic_upstreams": map[string]any{"source": "vastai", "pool": "llm"},
 		"transport":         map[string]any{"protocol": "vastai"},
 		"load_balancing": map[string]any{
-			"selection_policy": map[string]any{"policy": policy},
+			"selection_policy": policy,
 			"try_duration":     "5s",
 		},
 	}
@@ -85,7 +96,7 @@ func gatewayConfig(simURL, storage, admin, listen, policy string) ([]byte, error
 
 // startGateway loads a Caddy for policy in front of f and waits until it
 // routes to every instance with fresh engine figures.
-func startGateway(ctx context.Context, f *fleet, policy, storage string) (*gateway, error) {
+func startGateway(ctx context.Context, f *fleet, policy map[string]any, storage string) (*gateway, error) {
 	admin, err := freeAddr()
 	if err != nil {
 		return nil, err
@@ -99,7 +110,7 @@ func startGateway(ctx context.Context, f *fleet, policy, storage string) (*gatew
 		return nil, err
 	}
 	if err := caddy.Load(cfg, true); err != nil {
-		return nil, fmt.Errorf("starting Caddy with policy %s: %w", policy, err)
+		return nil, fmt.Errorf("starting Caddy with policy %v: %w", policy["policy"], err)
 	}
 	g := &gateway{proxyURL: "http://" + listen, adminURL: "http://" + admin}
 	if err := g.waitRoutable(ctx, len(f.ids)); err != nil {

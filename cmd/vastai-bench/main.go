@@ -56,7 +56,10 @@ type options struct {
 	Seed        uint64        // makes the workload reproducible
 	Policies    []string      // selection policies, in order
 	Timeout     time.Duration // bound on one policy's run, start-up included
-	JSON        bool          // print JSON instead of a table
+	// SessionHeader, if set, carries each session's id, and the vastai
+	// policies are configured to keep a session on one instance by it.
+	SessionHeader string
+	JSON          bool // print JSON instead of a table
 }
 
 // run is main without the process globals.
@@ -78,7 +81,7 @@ func run(ctx context.Context, args []string, out, progress io.Writer) error {
 	if o.JSON {
 		return writeJSON(out, o, results)
 	}
-	fmt.Fprintf(out, "fleet: %s\n\n", fleetSummary())
+	fmt.Fprintf(out, "fleet: %s\nworkload: %s\n\n", fleetSummary(), o.summary())
 	fmt.Fprint(out, renderTable(results))
 	return nil
 }
@@ -96,6 +99,8 @@ func parseRouting(args []string, errOut io.Writer) (options, error) {
 	fs.Uint64Var(&o.Seed, "seed", 1, "workload seed")
 	policies := fs.String("policies", defaultPolicies, "comma-separated selection policies")
 	fs.DurationVar(&o.Timeout, "timeout", 2*time.Minute, "bound on each policy's run")
+	fs.StringVar(&o.SessionHeader, "session-header", "",
+		"send each session's id in this header and set the vastai policies' session_header to it")
 	fs.BoolVar(&o.JSON, "json", false, "print JSON instead of a table")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -109,6 +114,16 @@ func parseRouting(args []string, errOut io.Writer) (options, error) {
 		}
 	}
 	return o, o.validate()
+}
+
+// summary describes the workload in one line.
+func (o options) summary() string {
+	s := fmt.Sprintf("%d sessions x %d turns over %d system prompts, %d clients, burst of %d, %d tokens per answer, seed %d",
+		o.Sessions, o.Turns, o.Prompts, o.Concurrency, o.Burst, o.MaxTokens, o.Seed)
+	if o.SessionHeader != "" {
+		s += "; vastai policies keep sessions by " + o.SessionHeader
+	}
+	return s
 }
 
 func (o options) validate() error {

@@ -57,13 +57,15 @@ func fmtSpread(v float64) string {
 
 // report is the -json output.
 type report struct {
-	Fleet    string   `json:"fleet"`
-	Sessions int      `json:"sessions"`
-	Turns    int      `json:"turns"`
-	Clients  int      `json:"concurrency"`
-	Burst    int      `json:"burst"`
-	Seed     uint64   `json:"seed"`
-	Results  []result `json:"results"`
+	Fleet    string `json:"fleet"`
+	Sessions int    `json:"sessions"`
+	Turns    int    `json:"turns"`
+	Clients  int    `json:"concurrency"`
+	Burst    int    `json:"burst"`
+	Seed     uint64 `json:"seed"`
+	// SessionHeader is -session-header: "" when sessions were not pinned.
+	SessionHeader string   `json:"session_header,omitempty"`
+	Results       []result `json:"results"`
 }
 
 func writeJSON(out io.Writer, o options, results []result) error {
@@ -71,6 +73,7 @@ func writeJSON(out io.Writer, o options, results []result) error {
 	enc.SetIndent("", "  ")
 	return enc.Encode(report{
 		Fleet: fleetSummary(), Sessions: o.Sessions, Turns: o.Turns,
-		Clients: o.Concurrency, Burst: o.Burst, Seed: o.Seed, Results: results,
+		Clients: o.Concurrency, Burst: o.Burst, Seed: o.Seed,
+		SessionHeader: o.SessionHeader, Results: results,
 	})
 }

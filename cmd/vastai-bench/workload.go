@@ -15,6 +15,7 @@ type message struct {
 // session is one conversation: a shared system prompt and its user turns;
 // each turn resends the history with the previous answers.
 type session struct {
+	id     string // sent in options.SessionHeader
 	system string
 	users  []string
 }
@@ -57,8 +58,8 @@ func newWorkload(o options) *workload {
 		head := fmt.Sprintf("You are assistant %d of the benchmark. Follow these instructions. ", i+1)
 		w.systems = append(w.systems, head+text(r, 2048+r.IntN(2048)))
 	}
-	for range o.Sessions {
-		s := session{system: w.systems[r.IntN(len(w.systems))]}
+	for i := range o.Sessions {
+		s := session{id: fmt.Sprintf("session-%d", i+1), system: w.systems[r.IntN(len(w.systems))]}
 		for range o.Turns {
 			s.users = append(s.users, text(r, 120+r.IntN(240)))
 		}
@@ -66,6 +67,7 @@ func newWorkload(o options) *workload {
 	}
 	for i := range o.Burst {
 		w.burst = append(w.burst, session{
+			id:     fmt.Sprintf("burst-%d", i+1),
 			system: w.systems[i%len(w.systems)],
 			users:  []string{text(r, 120+r.IntN(240))},
 		})
