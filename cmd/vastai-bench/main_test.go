@@ -132,6 +132,30 @@ func TestRoutingJSON(t *testing.T) {
 	}
 }
 
+// TestRoutingVastaiPolicies runs the plugin's own policies, configured
+// with a session header, through the benchmark: Caddy must accept their
+// config and they must serve the whole workload.
+func TestRoutingVastaiPolicies(t *testing.T) {
+	var out, progress bytes.Buffer
+	args := []string{"routing", "-json", "-sessions", "4", "-turns", "2", "-concurrency", "4", "-burst", "4",
+		"-session-header", "X-Session-ID", "-policies", "vastai_least_load,vastai_cache_aware", "-timeout", "40s"}
+	if err := run(context.Background(), args, &out, &progress); err != nil {
+		t.Fatalf("run: %v\nprogress:\n%s", err, progress.String())
+	}
+	var rep report
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("output is not JSON: %v\n%s", err, out.String())
+	}
+	if len(rep.Results) != 2 || rep.SessionHeader != "X-Session-ID" {
+		t.Fatalf("report = %+v, want two results with the session header", rep)
+	}
+	for _, r := range rep.Results {
+		if !r.Built || r.Requests != 12 || r.Errors != 0 {
+			t.Errorf("%s: built %v, %d requests, %d errors (%s); want 12 and none", r.Policy, r.Built, r.Requests, r.Errors, r.FirstError)
+		}
+	}
+}
+
 // TestRoutingHelp checks that -h prints the flags and is not an error.
 func TestRoutingHelp(t *testing.T) {
 	var out, errOut bytes.Buffer
