@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 )
@@ -64,7 +65,9 @@ func benchPolicy(ctx context.Context, o options, w *workload, policy, storage st
 	// Counters are read before and after, so that only the workload's
 	// lookups count (nothing else generates, but the baseline is cheap).
 	hit0, q0 := f.prefixCounts()
+	loads := f.sampleLoad(20 * time.Millisecond)
 	samples, elapsed := runWorkload(ctx, c, w, o)
+	meanLoad := loads.finish()
 	hit1, q1 := f.prefixCounts()
 	if err := ctx.Err(); err != nil {
 		return r, fmt.Errorf("workload did not finish within -timeout %s: %w", o.Timeout, err)
@@ -73,5 +76,9 @@ func benchPolicy(ctx context.Context, o options, w *workload, policy, storage st
 	for _, p := range profiles() {
 		order = append(order, p.label)
 	}
-	return summarize(policy, samples, elapsed, order, f.labels, hit1-hit0, q1-q0), nil
+	r = summarize(policy, samples, elapsed, order, f.labels, hit1-hit0, q1-q0)
+	for i := range r.PerInstance {
+		r.PerInstance[i].MeanLoad = meanLoad[i]
+	}
+	return r, nil
 }

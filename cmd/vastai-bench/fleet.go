@@ -94,3 +94,53 @@ func (f *fleet) prefixCounts() (hit, queried int64) {
 	}
 	return hit, queried
 }
+
+// loadSampler records each instance's engine load (requests waiting plus
+// running) every interval, for the time-averaged load per instance: what
+// a load balancer should even out on a fleet of unequal speeds, where the
+// request counts must differ.
+type loadSampler struct {
+	sums    []float64
+	samples int
+	stop    chan struct{}
+	done    chan struct{}
+}
+
+// sampleLoad starts sampling f's engines until the returned sampler's
+// finish is called.
+func (f *fleet) sampleLoad(interval time.Duration) *loadSampler {
+	s := &loadSampler{sums: make([]float64, len(f.ids)), stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-s.stop:
+				return
+			case <-t.C:
+			}
+			for i, id := range f.ids {
+				if l, ok := f.sim.EngineLoad(id); ok {
+					s.sums[i] += float64(l.Waiting + l.Running)
+				}
+			}
+			s.samples++
+		}
+	}()
+	return s
+}
+
+// finish stops sampling and returns the mean load per instance, in fleet
+// order.
+func (s *loadSampler) finish() []float64 {
+	close(s.stop)
+	<-s.done
+	out := make([]float64, len(s.sums))
+	for i, v := range s.sums {
+		if s.samples > 0 {
+			out[i] = v / float64(s.samples)
+		}
+	}
+	return out
+}

@@ -53,20 +53,23 @@ func checkBuiltRow(t *testing.T, row []string, total int, everyInstance bool) {
 	if hit, err := strconv.Atoi(strings.TrimSuffix(row[5], "%")); err != nil || hit < 0 || hit > 100 {
 		t.Errorf("%s: CACHE HIT %q is not a percentage", row[0], row[5])
 	}
-	counts := strings.Split(row[7], "/")
+	counts := strings.Split(row[6], "/")
 	if len(counts) != len(profiles()) {
-		t.Fatalf("%s: PER INSTANCE %q does not list %d instances", row[0], row[7], len(profiles()))
+		t.Fatalf("%s: REQUESTS %q does not list %d instances", row[0], row[6], len(profiles()))
 	}
 	sum := 0
 	for _, c := range counts {
 		n, err := strconv.Atoi(c)
 		if err != nil || (everyInstance && n == 0) {
-			t.Errorf("%s: PER INSTANCE %q: instance count %q is not positive", row[0], row[7], c)
+			t.Errorf("%s: REQUESTS %q: instance count %q is not positive", row[0], row[6], c)
 		}
 		sum += n
 	}
-	if sum != total || row[8] != "0" {
-		t.Errorf("%s: %d requests served with %s errors, want %d with 0", row[0], sum, row[8], total)
+	if sum != total || row[10] != "0" {
+		t.Errorf("%s: %d requests served with %s errors, want %d with 0", row[0], sum, row[10], total)
+	}
+	if loads := strings.Split(row[8], "/"); len(loads) != len(profiles()) {
+		t.Errorf("%s: MEAN LOAD %q does not list %d instances", row[0], row[8], len(profiles()))
 	}
 }
 

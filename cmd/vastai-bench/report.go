@@ -12,31 +12,36 @@ import (
 )
 
 // tableHeader names the columns of renderTable.
-var tableHeader = []string{"POLICY", "REQ/S", "TTFT P50", "TTFT P99", "E2E P99", "CACHE HIT", "MAX/MIN", "PER INSTANCE", "ERRORS"}
+var tableHeader = []string{"POLICY", "REQ/S", "TTFT P50", "TTFT P99", "E2E P99", "CACHE HIT", "REQUESTS", "REQ MAX/MIN", "MEAN LOAD", "LOAD MAX/MIN", "ERRORS"}
 
 // notBuilt is the throughput cell of a policy whose module is missing.
 const notBuilt = "not built"
 
-// renderTable formats the results, one row per policy; PER INSTANCE lists
-// the requests each instance served, in fleet order (fastest first).
+// renderTable formats the results, one row per policy; REQUESTS lists the
+// requests each instance served and MEAN LOAD its mean engine load (waiting
+// plus running), in fleet order (fastest first).
 func renderTable(results []result) string {
 	rows := make([][]string, 0, len(results))
 	for _, r := range results {
 		if !r.Built {
-			rows = append(rows, []string{r.Policy, notBuilt, "-", "-", "-", "-", "-", "-", "-"})
+			rows = append(rows, []string{r.Policy, notBuilt, "-", "-", "-", "-", "-", "-", "-", "-", "-"})
 			continue
 		}
 		per := make([]string, 0, len(r.PerInstance))
+		load := make([]string, 0, len(r.PerInstance))
 		for _, c := range r.PerInstance {
 			per = append(per, strconv.Itoa(c.Requests))
+			load = append(load, fmt.Sprintf("%.1f", c.MeanLoad))
 		}
 		rows = append(rows, []string{
 			r.Policy,
 			fmt.Sprintf("%.1f", r.Throughput),
 			fmtMS(r.TTFTP50ms), fmtMS(r.TTFTP99ms), fmtMS(r.E2EP99ms),
 			display.Percent(100 * r.CacheHit),
-			fmtSpread(spread(r.PerInstance)),
 			strings.Join(per, "/"),
+			fmtSpread(spread(r.PerInstance)),
+			strings.Join(load, "/"),
+			fmtSpread(loadSpread(r.PerInstance)),
 			strconv.Itoa(r.Errors),
 		})
 	}

@@ -18,10 +18,12 @@ func percentile(ds []time.Duration, p float64) time.Duration {
 	return s[min(max(rank, 1), len(s))-1]
 }
 
-// instanceCount is how many requests one instance served.
+// instanceCount is how many requests one instance served, and its mean
+// engine load (requests waiting plus running, sampled every 20ms).
 type instanceCount struct {
-	Label    string `json:"label"`
-	Requests int    `json:"requests"`
+	Label    string  `json:"label"`
+	Requests int     `json:"requests"`
+	MeanLoad float64 `json:"mean_load"`
 }
 
 // result is one policy's figures; Built is false when the policy's module
@@ -94,4 +96,23 @@ func spread(counts []instanceCount) float64 {
 		return math.Inf(1)
 	}
 	return float64(hi) / float64(lo)
+}
+
+// loadSpread is the most loaded instance's mean load over the least
+// loaded one's; +Inf when an instance was never loaded, NaN when none was.
+func loadSpread(counts []instanceCount) float64 {
+	if len(counts) == 0 {
+		return math.NaN()
+	}
+	lo, hi := math.Inf(1), 0.0
+	for _, c := range counts {
+		lo, hi = min(lo, c.MeanLoad), max(hi, c.MeanLoad)
+	}
+	switch {
+	case hi == 0:
+		return math.NaN()
+	case lo == 0:
+		return math.Inf(1)
+	}
+	return hi / lo
 }

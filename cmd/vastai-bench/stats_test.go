@@ -57,6 +57,31 @@ func seq(n int) []int {
 	return out
 }
 
+func TestLoadSpread(t *testing.T) {
+	loads := func(vs ...float64) []instanceCount {
+		out := make([]instanceCount, len(vs))
+		for i, v := range vs {
+			out[i] = instanceCount{Label: "x", MeanLoad: v}
+		}
+		return out
+	}
+	cases := []struct {
+		name string
+		in   []instanceCount
+		want float64
+	}{
+		{"even", loads(2, 2), 1},
+		{"uneven", loads(1.5, 6, 3), 4},
+		{"an idle instance", loads(2, 0), math.Inf(1)},
+		{"never loaded", loads(0, 0), math.NaN()},
+	}
+	for _, c := range cases {
+		if got := loadSpread(c.in); got != c.want && !(math.IsNaN(got) && math.IsNaN(c.want)) {
+			t.Errorf("%s: loadSpread = %v, want %v", c.name, got, c.want)
+		}
+	}
+}
+
 func TestSpread(t *testing.T) {
 	counts := func(ns ...int) []instanceCount {
 		out := make([]instanceCount, len(ns))
@@ -101,7 +126,7 @@ func TestSummarize(t *testing.T) {
 	}
 	labels := map[string]string{"11": "llm-1", "12": "llm-2", "13": "llm-3"}
 	r := summarize("p", samples, 2*time.Second, []string{"llm-1", "llm-2", "llm-3"}, labels, 30, 120)
-	want := []instanceCount{{"llm-1", 2}, {"llm-2", 1}, {"llm-3", 0}}
+	want := []instanceCount{{Label: "llm-1", Requests: 2}, {Label: "llm-2", Requests: 1}, {Label: "llm-3"}}
 	if len(r.PerInstance) != len(want) {
 		t.Fatalf("per instance = %+v, want %+v", r.PerInstance, want)
 	}
