@@ -13,7 +13,7 @@ import (
 //		session_header      <header>   # e.g. X-Session-ID
 //		session_load_factor <factor>   # default 1.25
 //		max_requests        <n>        # per instance; saturated beyond
-//		capacity            gpus|none  # default gpus
+//		capacity            throughput|gpus|none  # default throughput
 //	}
 func (p *LeastLoad) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // policy name
@@ -45,7 +45,7 @@ func (p *LeastLoad) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //		session_header       <header>
 //		session_load_factor  <factor>
 //		max_requests         <n>
-//		capacity             gpus|none
+//		capacity             throughput|gpus|none
 //	}
 func (p *CacheAware) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // policy name

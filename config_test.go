@@ -167,7 +167,7 @@ func TestRoutingConfigErrorsNameTheField(t *testing.T) {
 		{"stale_after below the interval", app(`,"engines":{"scrape_interval":"3s","stale_after":"2s"}`), "stale_after (2s) must exceed scrape_interval (3s)"},
 		{"interval too short", app(`,"engines":{"scrape_interval":"10ms"}`), "scrape_interval: 10ms is below the minimum"},
 		{"relative metrics path", app(`,"engines":{"metrics_path":"metrics"}`), `metrics_path: "metrics" must start with /`},
-		{"unknown capacity", app("") + site(`{"policy":"vastai_least_load","capacity":"vram"}`), `capacity: "vram" is not gpus or none`},
+		{"unknown capacity", app("") + site(`{"policy":"vastai_least_load","capacity":"vram"}`), `capacity: "vram" is not throughput, gpus or none`},
 		{"session factor below 1", app("") + site(`{"policy":"vastai_least_load","session_load_factor":0.5}`), "session_load_factor: 0.5 is below 1"},
 		{"threshold above 1", app("") + site(`{"policy":"vastai_cache_aware","cache_threshold":1.5}`), "cache_threshold: 1.5 is above 1"},
 		{"balance_rel below 1", app("") + site(`{"policy":"vastai_cache_aware","balance_rel":0.5}`), "balance_rel: 0.5 is below 1"},

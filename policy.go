@@ -22,8 +22,9 @@ func init() {
 
 // Capacity weightings of the vastai selection policies.
 const (
-	CapacityGPUs = "gpus"
-	CapacityNone = "none"
+	CapacityThroughput = "throughput"
+	CapacityGPUs       = "gpus"
+	CapacityNone       = "none"
 )
 
 // kvSaturated is the KV-cache use at which an engine that also queues is
@@ -54,9 +55,13 @@ type PolicyOptions struct {
 	// (0: no limit). A pinned request is not sent beyond it either.
 	MaxRequests int `json:"max_requests,omitempty"`
 
-	// What an instance's load is divided by: "gpus" (its GPU count, so a
-	// 4-GPU instance takes four times the requests of a 1-GPU one;
-	// default) or "none".
+	// What an instance's load is divided by: "throughput" (default: what
+	// the engine generates per second when its batch is full, measured
+	// from its /metrics as per-request decode speed × batch size, so a
+	// burst goes to the instances that finish it soonest; the GPU count
+	// until an engine's speed is known), "gpus" (its GPU count, so a
+	// 4-GPU instance takes four times the requests of a 1-GPU one) or
+	// "none".
 	Capacity string `json:"capacity,omitempty"`
 }
 
@@ -192,10 +197,10 @@ type selector struct {
 func (s *selector) provision(ctx caddy.Context, name string, opts PolicyOptions, cache *cacheSettings) error {
 	switch opts.Capacity {
 	case "":
-		opts.Capacity = CapacityGPUs
-	case CapacityGPUs, CapacityNone:
+		opts.Capacity = CapacityThroughput
+	case CapacityThroughput, CapacityGPUs, CapacityNone:
 	default:
-		return fmt.Errorf("capacity: %q is not gpus or none", opts.Capacity)
+		return fmt.Errorf("capacity: %q is not throughput, gpus or none", opts.Capacity)
 	}
 	switch {
 	case opts.SessionLoadFactor == 0:
@@ -241,6 +246,9 @@ func (s *selector) pick(pool reverseproxy.UpstreamPool, r *http.Request, cache *
 	if len(cands) == 0 {
 		return nil
 	}
+	if s.opts.Capacity == CapacityThroughput {
+		s.st.speeds.Weigh(cands)
+	}
 	in := routing.Pick{Cands: cands}
 	if v := r.Header.Get(InstanceHeader); v != "" {
 		in.Pinned, _ = strconv.ParseInt(v, 10, 64)
@@ -266,7 +274,7 @@ func (s *selector) pick(pool reverseproxy.UpstreamPool, r *http.Request, cache *
 // candidate is one instance's load figures: lock-free reads only.
 func (s *selector) candidate(snap *fleet.Snapshot, id int64) routing.Candidate {
 	c := routing.Candidate{ID: id, Capacity: 1}
-	if s.opts.Capacity == CapacityGPUs {
+	if s.opts.Capacity != CapacityNone {
 		if m, ok := snap.Member(id); ok && m.Instance.NumGPUs > 1 {
 			c.Capacity = float64(m.Instance.NumGPUs)
 		}

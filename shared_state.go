@@ -18,6 +18,7 @@ import (
 	"github.com/caddy-vastai/caddy-vastai/enginestate"
 	"github.com/caddy-vastai/caddy-vastai/fleet"
 	"github.com/caddy-vastai/caddy-vastai/lifecycle"
+	"github.com/caddy-vastai/caddy-vastai/routing"
 	"github.com/caddy-vastai/caddy-vastai/sshpool"
 	"github.com/caddy-vastai/caddy-vastai/vastclient"
 )
@@ -47,6 +48,7 @@ type state struct {
 	engines    atomic.Pointer[enginestate.Scraper] // wire_engines.go; nil when disabled
 	prefixes   sync.Map                            // prefixIndexKey → *prefixIndexEntry (policy.go)
 	routes     routeDecisions                      // routes_metrics.go
+	speeds     routing.Speeds                      // engines' measured speeds (wire_engines.go), for capacity throughput
 	aborts     abortCounters                       // abort.go
 
 	mu       sync.Mutex // guards the fields below

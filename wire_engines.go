@@ -63,6 +63,9 @@ func (s *state) applyEnginesLocked(log *zap.Logger, es engineSettings) {
 		Log:           log.Named("engines"),
 	}
 	sc.Targets = func() []enginestate.Target { return s.engineTargets(es.path, client) }
+	sc.OnState = func(id int64, st enginestate.State) {
+		s.speeds.Observe(id, st.At, st.GenerationTokens, st.Running, st.Waiting)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	rt := &engineRuntime{settings: es, cancel: cancel, done: make(chan struct{}), client: client}
 	s.engRT = rt
@@ -115,6 +118,7 @@ func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastR
 // metrics URL and token, from the current snapshot.
 func (s *state) engineTargets(path string, client *http.Client) []enginestate.Target {
 	snap := s.watcher.Snapshot()
+	s.speeds.Retain(func(id int64) bool { _, ok := snap.Member(id); return ok })
 	var out []enginestate.Target
 	for _, pv := range snap.Pools {
 		for _, t := range pv.Targets {

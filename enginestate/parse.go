@@ -44,6 +44,10 @@ type State struct {
 	// over the engine's series (each data-parallel rank has its own
 	// cache); NaN when the engine does not report it (TGI).
 	KVCacheUse float64 `json:"-"`
+	// GenerationTokens is the engine's counter of tokens generated since
+	// it started (vLLM's and SGLang's generation_tokens_total); NaN when
+	// the engine does not report it. Its rate measures the engine's speed.
+	GenerationTokens float64 `json:"-"`
 	// Engine is EngineVLLM, EngineSGLang, EngineTGI or "" (unknown).
 	Engine string `json:"engine"`
 	// At is when the figures were read.
@@ -56,18 +60,18 @@ func (s State) HasKVCacheUse() bool { return !math.IsNaN(s.KVCacheUse) }
 // dialect names one engine's metric families. The first family of kv that
 // is present wins, so vLLM's deprecated name is only a fallback.
 type dialect struct {
-	engine, waiting, running string
-	kv                       []string
+	engine, waiting, running, generated string
+	kv                                  []string
 }
 
 // dialects are tried in order; a page is of the first engine whose waiting
 // family it contains.
 var dialects = []dialect{
-	{EngineVLLM, "vllm:num_requests_waiting", "vllm:num_requests_running",
+	{EngineVLLM, "vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:generation_tokens_total",
 		[]string{"vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"}},
-	{EngineSGLang, "sglang:num_queue_reqs", "sglang:num_running_reqs",
+	{EngineSGLang, "sglang:num_queue_reqs", "sglang:num_running_reqs", "sglang:generation_tokens_total",
 		[]string{"sglang:token_usage"}},
-	{EngineTGI, "tgi_queue_size", "tgi_batch_current_size", nil},
+	{EngineTGI, "tgi_queue_size", "tgi_batch_current_size", "", nil},
 }
 
 // Parse reads a Prometheus text page (at most DefaultMaxBodyBytes) and
@@ -119,10 +123,15 @@ func fromFamilies(fams map[string]*dto.MetricFamily) (State, bool) {
 		if n == 0 {
 			continue // only NaN or infinite samples: unreadable
 		}
-		st := State{Engine: d.engine, Waiting: max(0, waiting), KVCacheUse: math.NaN()}
+		st := State{Engine: d.engine, Waiting: max(0, waiting), KVCacheUse: math.NaN(), GenerationTokens: math.NaN()}
 		if f, ok := fams[d.running]; ok {
 			running, _ := sum(f)
 			st.Running = max(0, running)
+		}
+		if f, ok := fams[d.generated]; ok && d.generated != "" {
+			if total, n := sum(f); n > 0 && total >= 0 {
+				st.GenerationTokens = total
+			}
 		}
 		for _, name := range d.kv {
 			if f, ok := fams[name]; ok {
@@ -134,7 +143,7 @@ func fromFamilies(fams map[string]*dto.MetricFamily) (State, bool) {
 		}
 		return st, true
 	}
-	return State{KVCacheUse: math.NaN()}, false
+	return State{KVCacheUse: math.NaN(), GenerationTokens: math.NaN()}, false
 }
 
 // sum adds the finite values of every series of f and counts them.

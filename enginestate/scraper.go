@@ -90,6 +90,10 @@ type Scraper struct {
 	Log *zap.Logger
 	// Now is the clock; default time.Now. Tests replace it.
 	Now func() time.Time
+	// OnState, if set, receives every successfully read state, from the
+	// scrape's goroutine (one call per instance at a time); it must not
+	// block.
+	OnState func(id int64, st State)
 
 	mu       sync.Mutex // serialises writers of snap and inflight
 	inflight map[int64]bool
@@ -306,6 +310,9 @@ func (s *Scraper) publish(id int64, st State, ok bool, err error) {
 	next[id] = r
 	s.snap.Store(&next)
 	s.logTransition(id, prev.Err, err)
+	if ok && s.OnState != nil {
+		s.OnState(id, st)
+	}
 }
 
 // logTransition logs failures and recoveries, not every failed scrape, so

@@ -55,6 +55,7 @@ type fleet struct {
 	sim    *vastsim.Sim
 	url    string
 	ids    []int64           // in profile order
+	slots  []int             // batch slots, in profile order
 	labels map[string]string // X-Vastai-Instance value to label
 }
 
@@ -77,6 +78,7 @@ func startFleet() (*fleet, error) {
 			return nil, fmt.Errorf("launching simulated instance %s: %w", p.label, err)
 		}
 		f.ids = append(f.ids, id)
+		f.slots = append(f.slots, max(p.spec.Slots, 1))
 		f.labels[fmt.Sprint(id)] = p.label
 	}
 	return f, nil
@@ -95,10 +97,11 @@ func (f *fleet) prefixCounts() (hit, queried int64) {
 	return hit, queried
 }
 
-// loadSampler records each instance's engine load (requests waiting plus
-// running) every interval, for the time-averaged load per instance: what
-// a load balancer should even out on a fleet of unequal speeds, where the
-// request counts must differ.
+// loadSampler records each instance's engine load every interval: its
+// requests (waiting plus running) per batch slot, so 1.0 is a batch
+// exactly full and 2.0 as many waiting as running. That is the load a
+// balancer should even out on a fleet of unequal engines, where request
+// counts must differ.
 type loadSampler struct {
 	sums    []float64
 	samples int
@@ -122,7 +125,7 @@ func (f *fleet) sampleLoad(interval time.Duration) *loadSampler {
 			}
 			for i, id := range f.ids {
 				if l, ok := f.sim.EngineLoad(id); ok {
-					s.sums[i] += float64(l.Waiting + l.Running)
+					s.sums[i] += float64(l.Waiting+l.Running) / float64(f.slots[i])
 				}
 			}
 			s.samples++

@@ -69,7 +69,7 @@ func checkBuiltRow(t *testing.T, row []string, total int, everyInstance bool) {
 		t.Errorf("%s: %d requests served with %s errors, want %d with 0", row[0], sum, row[10], total)
 	}
 	if loads := strings.Split(row[8], "/"); len(loads) != len(profiles()) {
-		t.Errorf("%s: MEAN LOAD %q does not list %d instances", row[0], row[8], len(profiles()))
+		t.Errorf("%s: LOAD/SLOT %q does not list %d instances", row[0], row[8], len(profiles()))
 	}
 }
 

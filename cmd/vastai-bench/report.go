@@ -12,14 +12,14 @@ import (
 )
 
 // tableHeader names the columns of renderTable.
-var tableHeader = []string{"POLICY", "REQ/S", "TTFT P50", "TTFT P99", "E2E P99", "CACHE HIT", "REQUESTS", "REQ MAX/MIN", "MEAN LOAD", "LOAD MAX/MIN", "ERRORS"}
+var tableHeader = []string{"POLICY", "REQ/S", "TTFT P50", "TTFT P99", "E2E P99", "CACHE HIT", "REQUESTS", "REQ MAX/MIN", "LOAD/SLOT", "LOAD MAX/MIN", "ERRORS"}
 
 // notBuilt is the throughput cell of a policy whose module is missing.
 const notBuilt = "not built"
 
 // renderTable formats the results, one row per policy; REQUESTS lists the
-// requests each instance served and MEAN LOAD its mean engine load (waiting
-// plus running), in fleet order (fastest first).
+// requests each instance served and LOAD/SLOT its mean engine load (waiting
+// plus running per batch slot), in fleet order (fastest first).
 func renderTable(results []result) string {
 	rows := make([][]string, 0, len(results))
 	for _, r := range results {

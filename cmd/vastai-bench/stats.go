@@ -19,7 +19,8 @@ func percentile(ds []time.Duration, p float64) time.Duration {
 }
 
 // instanceCount is how many requests one instance served, and its mean
-// engine load (requests waiting plus running, sampled every 20ms).
+// engine load (requests waiting plus running per batch slot, sampled
+// every 20ms).
 type instanceCount struct {
 	Label    string  `json:"label"`
 	Requests int     `json:"requests"`
