@@ -225,6 +225,7 @@ func (a *App) Start() error {
 		lifecycle: a.lifecycle,
 		store:     a.storage,
 		engines:   a.Engines.settings(),
+		models:    a.modelRouting,
 	})
 }
 

@@ -11,20 +11,24 @@ import (
 // parseVastaiProxy parses the vastai_proxy directive: a reverse_proxy with
 // the vastai upstream source and transport preset. Syntax:
 //
-//	vastai_proxy [<matcher>] <pool> {
+//	vastai_proxy [<matcher>] <pool> | * {
 //		<any reverse_proxy subdirective except dynamic and upstreams>
 //		transport vastai { ... }   # optional, to set http transport options
 //	}
+//
+// `vastai_proxy *` sends each request to the pool the vastai_models
+// handler chose for its model. Caddy reads a leading * as the match-all
+// matcher and removes it, so a missing pool name means the same.
 func parseVastaiProxy(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	d := h.Dispenser
 	d.Next() // directive name
-	if !d.NextArg() {
-		return nil, d.Err("vastai_proxy: a pool name is required")
+	pool := ByModelPool
+	if d.NextArg() {
+		pool = d.Val()
+		// Remove the pool name so reverse_proxy does not take it for an
+		// upstream address.
+		d.DeleteN(1)
 	}
-	pool := d.Val()
-	// Remove the pool name so reverse_proxy does not take it for an
-	// upstream address.
-	d.DeleteN(1)
 	if d.NextArg() {
 		return nil, d.Errf("vastai_proxy: unexpected argument %q (upstreams come from the pool)", d.Val())
 	}

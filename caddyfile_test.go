@@ -111,7 +111,6 @@ func TestCaddyfileErrorsNameTheProblem(t *testing.T) {
 		{"offer unknown option", wrap("\t\tapi_key k\n\t\tpool llm {\n\t\t\tprovision {\n\t\t\t\timage x\n\t\t\t\toffer {\n\t\t\t\t\tvram 24\n\t\t\t\t}\n\t\t\t}\n\t\t}", okSite), "offer: unrecognized option \"vram\""},
 		{"bad orphans", wrap("\t\tapi_key k\n\t\torphans keep", okSite), "orphans: \"keep\" is not adopt, destroy or ignore"},
 		{"bad min_credit", wrap("\t\tapi_key k\n\t\tmin_credit -5", okSite), "min_credit"},
-		{"vastai_proxy without pool", wrap(okPool, "\tvastai_proxy"), "vastai_proxy: a pool name is required"},
 		{"vastai_proxy with two pools", wrap(okPool, "\tvastai_proxy llm other"), `unexpected argument "other"`},
 		{"vastai_proxy with dynamic", wrap(okPool, "\tvastai_proxy llm {\n\t\tdynamic a example.com\n\t}"), "dynamic upstreams are preset"},
 		{"vastai_proxy with to", wrap(okPool, "\tvastai_proxy llm {\n\t\tto localhost:1\n\t}"), "'to' is not allowed"},

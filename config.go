@@ -108,6 +108,9 @@ type App struct {
 	lifecycle      lifecycle.Config
 	state          *state
 	logger         *zap.Logger
+	// modelRouting is set by a vastai_models handler's Provision (before
+	// Start) so that the state learns the engines' models.
+	modelRouting bool
 }
 
 // Pool selects instances of the account and says how to reach their engine.

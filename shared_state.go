@@ -43,13 +43,14 @@ type state struct {
 	// transports are the provisioned vastai transports (*Transport keys).
 	transports sync.Map
 	lifecycle  atomic.Pointer[lifecycleRuntime]
-	dash       dashboard                           // the web dashboard's sampler and streams (wire_dashboard.go)
-	ledger     atomic.Pointer[ledgerRuntime]       // wire_ledger.go
-	engines    atomic.Pointer[enginestate.Scraper] // wire_engines.go; nil when disabled
-	prefixes   sync.Map                            // prefixIndexKey → *prefixIndexEntry (policy.go)
-	routes     routeDecisions                      // routes_metrics.go
-	speeds     routing.Speeds                      // engines' measured speeds (wire_engines.go), for capacity throughput
-	aborts     abortCounters                       // abort.go
+	dash       dashboard                                // the web dashboard's sampler and streams (wire_dashboard.go)
+	ledger     atomic.Pointer[ledgerRuntime]            // wire_ledger.go
+	engines    atomic.Pointer[enginestate.Scraper]      // wire_engines.go; nil when disabled
+	models     atomic.Pointer[enginestate.ModelLearner] // wire_models.go; nil without vastai_models
+	prefixes   sync.Map                                 // prefixIndexKey → *prefixIndexEntry (policy.go)
+	routes     routeDecisions                           // routes_metrics.go
+	speeds     routing.Speeds                           // engines' measured speeds (wire_engines.go), for capacity throughput
+	aborts     abortCounters                            // abort.go
 
 	mu       sync.Mutex // guards the fields below
 	settings clientSettings
@@ -57,6 +58,7 @@ type state struct {
 	cancel   context.CancelFunc
 	done     chan struct{}
 	engRT    *engineRuntime
+	modRT    *modelRuntime
 }
 
 func newState() *state {
@@ -74,6 +76,7 @@ type applied struct {
 	lifecycle lifecycle.Config
 	store     lifecycle.Store
 	engines   engineSettings
+	models    bool // a vastai_models handler is loaded: learn the engines' models
 }
 
 // apply installs a started config: it (re)creates the vast.ai client only if
@@ -118,6 +121,7 @@ func (s *state) apply(log *zap.Logger, c applied) error {
 	}
 	s.startDashboardLocked()
 	s.applyEnginesLocked(log, c.engines)
+	s.applyModelsLocked(log, c.models)
 	return nil
 }
 
@@ -134,6 +138,7 @@ func (s *state) Destruct() error {
 	}
 	s.mu.Lock()
 	s.stopEnginesLocked()
+	s.stopModelsLocked()
 	s.stopDashboardLocked()
 	s.stopLedgerLocked() // flushes the cost ledger
 	s.stopLifecycleLocked()

@@ -20,12 +20,23 @@ func init() {
 // I/O, no locks, and the returned upstreams are fresh values sorted by
 // instance id (Caddy mutates them, and a stable order keeps round_robin and
 // the hash policies fair).
+//
+// With pool "*" it returns the pool that a vastai_models handler before
+// the proxy chose for the request from its model (models.go).
 type Upstreams struct {
-	// The name of the pool in the vastai app. Required.
+	// The name of the pool in the vastai app, or "*" for the pool the
+	// vastai_models handler chose for each request. Required.
 	Pool string `json:"pool,omitempty"`
 
 	watcher *fleet.Watcher
 }
+
+// ByModelPool is the pool name of the by-model mode.
+const ByModelPool = "*"
+
+// errNoPoolChoice is the by-model mode's error when no vastai_models
+// handler ran before the proxy.
+var errNoPoolChoice = errors.New(`vastai upstreams: pool "*" takes the pool chosen by the vastai_models handler, and none ran for this request: add vastai_models before the proxy`)
 
 // CaddyModule returns the Caddy module information.
 func (Upstreams) CaddyModule() caddy.ModuleInfo {
@@ -44,7 +55,7 @@ func (u *Upstreams) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	if _, ok := app.Pools[u.Pool]; !ok {
+	if _, ok := app.Pools[u.Pool]; !ok && u.Pool != ByModelPool {
 		return fmt.Errorf("pool: %w %q (configured pools: %s)", ErrUnknownPool, u.Pool, app.poolNames())
 	}
 	u.watcher = app.state.watcher
@@ -57,8 +68,15 @@ func (u *Upstreams) Provision(ctx caddy.Context) error {
 //
 // It allocates the result only: one array of Upstream values and the slice
 // of pointers into it.
-func (u *Upstreams) GetUpstreams(*http.Request) ([]*reverseproxy.Upstream, error) {
-	pv := u.watcher.Snapshot().Pools[u.Pool]
+func (u *Upstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, error) {
+	pool := u.Pool
+	if pool == ByModelPool {
+		var ok bool
+		if pool, ok = chosenPool(r); !ok {
+			return nil, errNoPoolChoice
+		}
+	}
+	pv := u.watcher.Snapshot().Pools[pool]
 	if pv == nil || len(pv.Targets) == 0 {
 		return nil, nil
 	}

@@ -105,6 +105,16 @@ func (m *Models) Pool(name string) *PoolModels {
 	return m.Pools[name]
 }
 
+// Instance returns what was learned of a routable instance. It is
+// nil-safe.
+func (m *Models) Instance(id int64) (InstanceModels, bool) {
+	if m == nil {
+		return InstanceModels{}, false
+	}
+	in, ok := m.Instances[id]
+	return in, ok
+}
+
 // ModelLearner reads every target's model list when it appears, then
 // every Refresh, and publishes a Models snapshot. Set the fields before
 // Run; zero fields take defaults.
