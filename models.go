@@ -289,10 +289,11 @@ func (m *ModelRouter) readyModels() []modelEntry {
 		}
 	}
 	for _, p := range m.Pools {
-		if !ready(p) {
+		pm := ms.Pool(p)
+		if pm == nil || !ready(p) {
 			continue
 		}
-		for _, id := range ms.Pool(p).Ready {
+		for _, id := range pm.Ready {
 			add(id, p)
 		}
 	}
