@@ -123,6 +123,14 @@ func TestCaddyfileErrorsNameTheProblem(t *testing.T) {
 		{"least_load bad max_requests", wrap(okPool, "\tvastai_proxy llm {\n\t\tlb_policy vastai_least_load {\n\t\t\tmax_requests 0\n\t\t}\n\t}"), "max_requests"},
 		{"cache_aware bad threshold", wrap(okPool, "\tvastai_proxy llm {\n\t\tlb_policy vastai_cache_aware {\n\t\t\tcache_threshold high\n\t\t}\n\t}"), `vastai_cache_aware: cache_threshold: "high" is not a number`},
 		{"cache_aware bad max_body", wrap(okPool, "\tvastai_proxy llm {\n\t\tlb_policy vastai_cache_aware {\n\t\t\tmax_body lots\n\t\t}\n\t}"), `max_body: "lots" is not a size`},
+		{"vastai_models with an argument", wrap(okPool, "\tvastai_models llm\n"+okSite), `vastai_models: unexpected argument "llm"`},
+		{"vastai_models pools without names", wrap(okPool, "\tvastai_models {\n\t\tpools\n\t}\n"+okSite), "vastai_models: pools: at least one pool name is required"},
+		{"vastai_models alias without pool", wrap(okPool, "\tvastai_models {\n\t\talias gpt-4o\n\t}\n"+okSite), "vastai_models: alias: expected <model> <pool>"},
+		{"vastai_models alias twice", wrap(okPool, "\tvastai_models {\n\t\talias m llm\n\t\talias m llm\n\t}\n"+okSite), `vastai_models: alias: "m" is defined more than once`},
+		{"vastai_models default without pool", wrap(okPool, "\tvastai_models {\n\t\tdefault\n\t}\n"+okSite), "vastai_models: default: expected one pool name"},
+		{"vastai_models bad max_body", wrap(okPool, "\tvastai_models {\n\t\tmax_body lots\n\t}\n"+okSite), `vastai_models: max_body: "lots" is not a positive size`},
+		{"vastai_models bad retry_after", wrap(okPool, "\tvastai_models {\n\t\tretry_after soon\n\t}\n"+okSite), "vastai_models: retry_after: must be positive"},
+		{"vastai_models unknown option", wrap(okPool, "\tvastai_models {\n\t\tmodel m llm\n\t}\n"+okSite), `vastai_models: unrecognized option "model"`},
 		{"dynamic vastai unknown option", wrap(okPool, "\treverse_proxy {\n\t\tdynamic vastai {\n\t\t\tpools llm\n\t\t}\n\t}"), `unrecognized vastai upstreams option "pools"`},
 	}
 	adapter := caddyconfig.GetAdapter("caddyfile")
