@@ -18,6 +18,7 @@ import (
 //	caddyfile_provision.go  provision { ... } and offer { ... }
 //	caddyfile_ssh.go        ssh { ... } and engines { ... }
 //	caddyfile_proxy.go      the vastai_proxy directive and dynamic vastai
+//	caddyfile_models.go     the vastai_models directive
 //	caddyfile_transport.go  transport vastai { ... }
 //
 // Every option has its own case; an error names the block and the option.

@@ -26,9 +26,9 @@
 //     caddy.UsagePool): the one watcher loop, the vast.ai client, and
 //     the runtimes below, applied on Start and stopped on the last Cleanup.
 //   - wire_lifecycle.go, wire_ssh.go, wire_ledger.go, wire_dashboard.go,
-//     wire_engines.go: one runtime each, hung off the shared state; each
-//     file holds its apply/stop pair and the adapter between that engine
-//     and the fleet.
+//     wire_engines.go, wire_models.go: one runtime each, hung off the
+//     shared state; each file holds its apply/stop pair and the adapter
+//     between that engine and the fleet.
 //   - inflight.go: per-instance request counters (in flight, for drains
 //     and the policies; requests/s), and the reservation a policy makes.
 //   - upstreams.go, policy.go, transport.go: the request path;
@@ -37,6 +37,10 @@
 //   - abort.go: client disconnects. Closing the upstream connection stops
 //     vLLM; an SGLang generation whose response was closed before its end
 //     is also aborted (POST /abort_request with the response's id).
+//   - models.go (the vastai_models handler, http.handlers.vastai_models),
+//     wire_models.go (model learning, enginestate.ModelLearner): routing
+//     one site to several pools by the request's model; upstreams.go's
+//     pool "*" takes the handler's choice.
 //   - admin.go, admin_lifecycle.go, admin_ui.go, costs.go: the /vastai/
 //     admin API (adminEndpoints maps each path to one named handler), the
 //     provisioning endpoints, the dashboard, /vastai/costs.
@@ -44,9 +48,10 @@
 //   - metrics.go, costs.go: Prometheus collectors (read at scrape time).
 //   - caddyfile.go (the vastai global option), caddyfile_pool.go,
 //     caddyfile_provision.go, caddyfile_ssh.go, caddyfile_proxy.go (the
-//     vastai_proxy directive), caddyfile_transport.go,
-//     caddyfile_policy.go (lb_policy vastai_least_load and
-//     vastai_cache_aware): Caddyfile parsing, one case per option.
+//     vastai_proxy directive), caddyfile_models.go (the vastai_models
+//     directive), caddyfile_transport.go, caddyfile_policy.go (lb_policy
+//     vastai_least_load and vastai_cache_aware): Caddyfile parsing, one
+//     case per option.
 //   - command.go: registers the `caddy vastai` command (package cli).
 //
 // # A request
@@ -67,6 +72,12 @@
 // through sshpool.Pool). Its outcome feeds passive health
 // (fleet.Watcher.ReportTraffic); the in-flight count ends when the response
 // body is closed, which is what a drain waits for.
+//
+// With model routing, the vastai_models handler (models.go) runs first: it
+// reads the body's "model" (requestinfo.go: bounded, replayed intact),
+// looks it up in the aliases and the learned models' snapshot
+// (enginestate.Models, no lock, no I/O), and puts the chosen pool in the
+// request context, where GetUpstreams with pool "*" finds it.
 //
 // # Background goroutines
 //
@@ -119,6 +130,14 @@
 //   - Aborts (abort.go): one short goroutine per SGLang generation a
 //     client left, at most maxConcurrentAborts at once, each ended by
 //     abortTimeout; there is no loop to stop.
+//   - Model learner (wire_models.go): applyModelsLocked starts
+//     enginestate.ModelLearner.Run while the loaded config has a
+//     vastai_models handler (its Provision sets App.modelRouting before
+//     Start). Every 250ms it looks at the routable instances and reads the
+//     GET /v1/models of each new one, then every 30s (2s until a first
+//     success), at most 16 at once, each bounded to 5s and 1 MiB.
+//     stopModelsLocked, on a config without vastai_models and in
+//     Destruct, cancels it and waits for its reads.
 //   - Event streams (admin_ui.go): each GET /vastai/events runs on the admin
 //     server's request goroutine, at most maxEventStreams at once, until the
 //     client goes, its config is unloaded, or a write stalls.
