@@ -6,12 +6,12 @@
 // budgets; its PoolTemplate carries the provision block's JSON, embedded
 // by ProvisionConfig), sshpool (the SSH connection pool that also carries
 // tunnels), gpumetrics (the nvidia-smi parser and collector), enginestate
-// (the engines' /metrics parser and scraper), routing (in-flight
-// accounting, the selection decision, the prefix index, the request-body
-// reader),
-// ledger (the persisted cost ledger), history (the dashboard's rings) and
-// vastsim (a simulated vast.ai for tests and the demo). adminapi holds the
-// /vastai/ admin API's JSON shapes, shared with cli and tui.
+// (the engines' /metrics parser and scraper, and the model learner),
+// routing (in-flight accounting, the selection decision, the prefix
+// index, the request-body reader), ledger (the persisted cost ledger),
+// history (the dashboard's rings) and vastsim (a simulated vast.ai for
+// tests and the demo). adminapi holds the /vastai/ admin API's JSON
+// shapes, shared with cli and tui.
 //
 // # Files
 //

@@ -1,7 +1,8 @@
 // Package enginestate reads inference engines' load from their Prometheus
 // /metrics pages (vLLM, SGLang, TGI) and keeps a fresh, lock-free snapshot
-// of it per instance for routing. It knows nothing of Caddy: the caller
-// supplies the targets and the transport (token, tunnel) of each.
+// of it per instance for routing, and learns which models each engine
+// serves from its GET /v1/models (models.go). It knows nothing of Caddy:
+// the caller supplies the targets and the transport (token, tunnel) of each.
 package enginestate
 
 import (
