@@ -106,10 +106,7 @@ func (m *ModelRouter) Provision(ctx caddy.Context) error {
 		return err
 	}
 	if len(m.Pools) == 0 {
-		m.Pools = strings.Split(app.poolNames(), ", ")
-		if len(app.Pools) == 0 {
-			m.Pools = nil
-		}
+		m.Pools = slices.Sorted(maps.Keys(app.Pools))
 	}
 	if err := m.checkPools(app); err != nil {
 		return err

@@ -170,6 +170,12 @@ func TestModelRoutingSendsEachModelToItsPool(t *testing.T) {
 		})
 	}
 
+	t.Run("streamed completion", func(t *testing.T) {
+		status, events := streamEvents(t, "/v1/completions", `{"model":"org/model-a","prompt":"hi","max_tokens":5,"stream":true}`)
+		if status != http.StatusOK || len(events) < 5 {
+			t.Errorf("stream: status %d with %d events, want 200 with at least 5", status, len(events))
+		}
+	})
 	t.Run("unknown model", func(t *testing.T) {
 		a := proxyDo(t, http.MethodPost, "/v1/completions", `{"model":"org/nope","prompt":"hi"}`)
 		checkAPIError(t, a, http.StatusNotFound, "invalid_request_error", "model_not_found", "org/nope", "org/model-a", "org/model-b")
@@ -186,25 +192,29 @@ func TestModelRoutingSendsEachModelToItsPool(t *testing.T) {
 		}
 		checkAPIError(t, proxyDo(t, http.MethodGet, "/v1/models/org/nope", ""), http.StatusNotFound, "invalid_request_error", "model_not_found", "org/nope")
 	})
-	t.Run("body beyond max_body passed on intact", func(t *testing.T) {
-		prompt := strings.Repeat("word ", 2000) // 10 kB, ten times max_body
-		a := proxyDo(t, http.MethodPost, "/v1/completions", `{"model":"org/model-b","max_tokens":1,"prompt":"`+prompt+`"}`)
-		var out struct {
-			Model string `json:"model"`
-			Usage struct {
-				PromptTokens int `json:"prompt_tokens"`
-			} `json:"usage"`
-		}
-		if a.status != http.StatusOK || json.Unmarshal(a.body, &out) != nil {
-			t.Fatalf("status %d: %s", a.status, a.body)
-		}
-		if out.Usage.PromptTokens != 2000 || out.Model != "org/model-b" {
-			t.Errorf("engine saw %d prompt tokens of %s, want 2000 of org/model-b: the body was not passed on whole", out.Usage.PromptTokens, out.Model)
-		}
-		// A model named only after the bound is not seen.
-		a = proxyDo(t, http.MethodPost, "/v1/completions", `{"prompt":"`+prompt+`","model":"org/model-b"}`)
-		checkAPIError(t, a, http.StatusBadRequest, "invalid_request_error", nil, "model")
-	})
+	t.Run("body beyond max_body passed on intact", checkBodyPassedOnIntact)
+}
+
+// checkBodyPassedOnIntact: a body ten times max_body reaches the engine
+// whole, and a model named only after the bound is not seen.
+func checkBodyPassedOnIntact(t *testing.T) {
+	prompt := strings.Repeat("word ", 2000) // 10 kB, ten times max_body
+	a := proxyDo(t, http.MethodPost, "/v1/completions", `{"model":"org/model-b","max_tokens":1,"prompt":"`+prompt+`"}`)
+	var out struct {
+		Model string `json:"model"`
+		Usage struct {
+			PromptTokens int `json:"prompt_tokens"`
+		} `json:"usage"`
+	}
+	if a.status != http.StatusOK || json.Unmarshal(a.body, &out) != nil {
+		t.Fatalf("status %d: %s", a.status, a.body)
+	}
+	if out.Usage.PromptTokens != 2000 || out.Model != "org/model-b" {
+		t.Errorf("engine saw %d prompt tokens of %s, want 2000 of org/model-b: the body was not passed on whole", out.Usage.PromptTokens, out.Model)
+	}
+	// A model named only after the bound is not seen.
+	a = proxyDo(t, http.MethodPost, "/v1/completions", `{"prompt":"`+prompt+`","model":"org/model-b"}`)
+	checkAPIError(t, a, http.StatusBadRequest, "invalid_request_error", nil, "model")
 }
 
 // TestModelRoutingWaitsForAnInstanceThen503: a known model (an alias, or
