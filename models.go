@@ -57,7 +57,11 @@ const (
 //     and code model_not_found; one whose pool has no ready instance waits
 //     for lb_try_duration in the proxy, then gets a 503 with Retry-After.
 //   - A request that names no model goes to the default pool; without one
-//     it gets a 400.
+//     it gets a 400. Only JSON bodies are read: a multipart upload's model
+//     field is not seen.
+//   - While the first read of a new instance's model list is under way
+//     (a fraction of a second after it becomes routable), an unknown
+//     model gets a 503 with Retry-After: 1 rather than a 404.
 //
 // A pool knows the models its engines report on GET /v1/models, read when
 // an instance becomes routable and every 30s; a pool scaled to zero keeps

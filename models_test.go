@@ -11,6 +11,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
 )
 
 // routerOver returns a vastai_models handler over one pool "llm" of three
@@ -162,5 +163,34 @@ func BenchmarkGetUpstreams100ByModel(b *testing.B) {
 		if ups, _ := u.GetUpstreams(req); len(ups) != 100 {
 			b.Fatal("wrong count")
 		}
+	}
+}
+
+// TestModelLearnerBelongsToTheState: applying a config with vastai_models
+// again keeps the running learner (and what it learned); a config without
+// it stops the learner, and Destruct stops a running one.
+func TestModelLearnerBelongsToTheState(t *testing.T) {
+	s := newState()
+	apply := func(enabled bool) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.applyModelsLocked(zap.NewNop(), enabled)
+	}
+	apply(true)
+	first := s.models.Load()
+	if first == nil {
+		t.Fatal("no learner after a config with vastai_models")
+	}
+	apply(true)
+	if s.models.Load() != first {
+		t.Error("a reload with vastai_models replaced the running learner")
+	}
+	apply(false)
+	if s.models.Load() != nil || s.modRT != nil {
+		t.Error("a config without vastai_models left the learner running")
+	}
+	apply(true)
+	if err := s.Destruct(); err != nil || s.models.Load() != nil {
+		t.Errorf("Destruct: %v; learner still set: %v", err, s.models.Load() != nil)
 	}
 }
