@@ -38,6 +38,7 @@ const modelSite = `	vastai_models {
 		retry_after 7s
 	}
 	vastai_proxy * {
+		lb_policy vastai_cache_aware
 		lb_try_duration 1s
 	}`
 
