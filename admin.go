@@ -208,6 +208,7 @@ func newInstanceView(m fleet.Member) adminapi.Instance {
 func (a *adminAPI) instanceView(m fleet.Member) adminapi.Instance {
 	v := newInstanceView(m)
 	a.app.state.addTraffic(&v)
+	a.app.state.addModels(&v)
 	rt := a.app.state.ssh.Load()
 	if rt == nil || m.Pool == "" {
 		return v

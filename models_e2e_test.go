@@ -150,6 +150,13 @@ func TestModelRoutingSendsEachModelToItsPool(t *testing.T) {
 	if owners["org/model-a"] != "pool-a" || owners["org/model-b"] != "pool-b" {
 		t.Errorf("owned_by = %v, want each model's pool", owners)
 	}
+	var view struct {
+		Models []string `json:"models"`
+	}
+	adminGET(t, fmt.Sprintf("/vastai/instances/%d", b1), &view)
+	if !slices.Equal(view.Models, []string{"org/model-b"}) {
+		t.Errorf("admin view of instance %d: models %v, want [org/model-b]", b1, view.Models)
+	}
 
 	routes := []struct {
 		name, path, body string

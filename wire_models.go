@@ -13,6 +13,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/caddy-vastai/caddy-vastai/adminapi"
 	"github.com/caddy-vastai/caddy-vastai/enginestate"
 )
 
@@ -89,6 +90,21 @@ func (s *state) modelTargets(client *http.Client) []enginestate.ModelTarget {
 		}
 	}
 	return out
+}
+
+// addModels adds what was learned of an instance's models to its admin
+// view.
+func (s *state) addModels(v *adminapi.Instance) {
+	in, ok := s.modelSnapshot().Instance(v.ID)
+	if !ok {
+		return
+	}
+	if in.Learned {
+		v.Models = in.IDs
+	}
+	if in.Err != nil {
+		v.ModelsError = in.Err.Error()
+	}
 }
 
 // modelSnapshot returns what the engines serve; nil while no learner runs

@@ -78,6 +78,11 @@ type Instance struct {
 	// Engine is the engine's own load, from its metrics page; null while
 	// the instance is not scraped (not routable, or scraping is off).
 	Engine *Engine `json:"engine"`
+	// Models are the model ids the engine reported on GET /v1/models,
+	// sorted; absent unless a vastai_models handler is loaded and a read
+	// succeeded. ModelsError is why the last read failed.
+	Models      []string `json:"models,omitempty"`
+	ModelsError string   `json:"models_error,omitempty"`
 }
 
 // Engine is the last scrape of an instance's engine metrics.
