@@ -198,7 +198,7 @@ func (m *ModelRouter) ServeHTTP(w http.ResponseWriter, r *http.Request, next cad
 	}
 	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
 		repl.Set(poolPlaceholder, pool)
-		repl.Set(modelPlaceholder, model)
+		repl.Set(modelPlaceholder, clip(model))
 	}
 	r = r.WithContext(context.WithValue(r.Context(), poolChoiceKey{}, pool))
 	tw := &writeTracker{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
@@ -207,7 +207,7 @@ func (m *ModelRouter) ServeHTTP(w http.ResponseWriter, r *http.Request, next cad
 	if err != nil && !tw.wrote && errors.As(err, &he) && he.StatusCode == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", m.retryAfter)
 		return writeAPIError(w, http.StatusServiceUnavailable, "service_unavailable", "model_not_ready",
-			fmt.Sprintf("The model `%s` has no ready instance yet (pool %s); retry later.", model, pool))
+			fmt.Sprintf("The model `%s` has no ready instance yet (pool %s); retry later.", clip(model), pool))
 	}
 	return err
 }
@@ -221,11 +221,11 @@ func (m *ModelRouter) route(w http.ResponseWriter, r *http.Request, model string
 	if pending > 0 {
 		w.Header().Set("Retry-After", retryAfterSeconds(learningRetryAfter))
 		_ = writeAPIError(w, http.StatusServiceUnavailable, "service_unavailable", "model_list_pending",
-			fmt.Sprintf("The model `%s` is not known yet: the model lists of %d new instance(s) are being read; retry shortly.", model, pending))
+			fmt.Sprintf("The model `%s` is not known yet: the model lists of %d new instance(s) are being read; retry shortly.", clip(model), pending))
 		return "", true
 	}
 	_ = writeAPIError(w, http.StatusNotFound, "invalid_request_error", "model_not_found",
-		fmt.Sprintf("The model `%s` does not exist. Available models: %s.", model, m.someModels(5)))
+		fmt.Sprintf("The model `%s` does not exist. Available models: %s.", clip(model), m.someModels(5)))
 	return "", true
 }
 
@@ -317,7 +317,7 @@ func (m *ModelRouter) serveOne(w http.ResponseWriter, id string) error {
 		}
 	}
 	return writeAPIError(w, http.StatusNotFound, "invalid_request_error", "model_not_found",
-		fmt.Sprintf("The model `%s` does not exist. Available models: %s.", id, m.someModels(5)))
+		fmt.Sprintf("The model `%s` does not exist. Available models: %s.", clip(id), m.someModels(5)))
 }
 
 // someModels names up to n ready models for an error message.
@@ -333,6 +333,19 @@ func (m *ModelRouter) someModels(n int) string {
 		return strings.Join(ids[:n], ", ") + fmt.Sprintf(" and %d more", len(ids)-n)
 	}
 	return strings.Join(ids, ", ")
+}
+
+// maxEchoedModel bounds the client's model name repeated in an error (and
+// in the {http.vastai.model} placeholder), which could be as long as the
+// body read.
+const maxEchoedModel = 256
+
+// clip cuts a client-supplied model name for messages and logs.
+func clip(model string) string {
+	if len(model) <= maxEchoedModel {
+		return model
+	}
+	return strings.ToValidUTF8(model[:maxEchoedModel], "") + "..."
 }
 
 // apiError is OpenAI's error body.

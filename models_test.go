@@ -194,3 +194,18 @@ func TestModelLearnerBelongsToTheState(t *testing.T) {
 		t.Errorf("Destruct: %v; learner still set: %v", err, s.models.Load() != nil)
 	}
 }
+
+// TestModelErrorsClipTheModelName: a client's model name is repeated in
+// an error only up to maxEchoedModel bytes.
+func TestModelErrorsClipTheModelName(t *testing.T) {
+	m, _ := routerOver(t)
+	long := strings.Repeat("m", 5000)
+	w, _ := serveRouter(m, &nextRecorder{}, `{"model":"`+long+`"}`)
+	var body apiError
+	if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil {
+		t.Fatalf("body %s: %v", w.Body, err)
+	}
+	if n := len(body.Error.Message); n > maxEchoedModel+200 || !strings.Contains(body.Error.Message, strings.Repeat("m", maxEchoedModel)+"...") {
+		t.Errorf("message of %d bytes does not hold the clipped name", n)
+	}
+}
