@@ -69,7 +69,7 @@ func parseVastaiProxy(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, erro
 
 // UnmarshalCaddyfile sets up the source from Caddyfile tokens. Syntax:
 //
-//	dynamic vastai <pool>
+//	dynamic vastai <pool>   # or * for the pool vastai_models chose
 //
 // or
 //
