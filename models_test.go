@@ -209,3 +209,30 @@ func TestModelErrorsClipTheModelName(t *testing.T) {
 		t.Errorf("message of %d bytes does not hold the clipped name", n)
 	}
 }
+
+// BenchmarkModelRouter measures the handler's work on a request: the
+// bounded body read, the pool choice (an alias here) and the context.
+// "baseline" builds the same test request and recorder without the
+// handler, to subtract.
+func BenchmarkModelRouter(b *testing.B) {
+	m, _ := routerOver(b)
+	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
+	const body = `{"model":"alias-m","prompt":"hello there","max_tokens":16}`
+	repl := caddy.NewReplacer()
+	for _, through := range []bool{false, true} {
+		name := map[bool]string{false: "baseline", true: "router"}[through]
+		b.Run(name, func(b *testing.B) {
+			b.ReportAllocs()
+			for i := 0; i < b.N; i++ {
+				r := httptest.NewRequest(http.MethodPost, "/v1/completions", strings.NewReader(body))
+				r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, repl))
+				w := httptest.NewRecorder()
+				if through {
+					if err := m.ServeHTTP(w, r, next); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+		})
+	}
+}
