@@ -175,6 +175,19 @@ func chosenPool(r *http.Request) (string, bool) {
 	return p, ok
 }
 
+// Reasons of the route-decision metric (policy label vastai_models).
+const (
+	reasonModel      = "model"   // a ready instance of the pool reports the model
+	reasonKnown      = "known"   // the pool served it, and has no ready instance of it now
+	reasonAlias      = "alias"   // a configured alias
+	reasonDefault    = "default" // no model: the default pool
+	reasonUnknown    = "unknown_model"
+	reasonMissing    = "missing_model"
+	reasonPending    = "model_list_pending"
+	reasonNotReady   = "no_ready_instance" // chosen, but the proxy found no instance in lb_try_duration
+	modelsPolicyName = "vastai_models"
+)
+
 // ServeHTTP answers the model list, or routes the request by its model.
 func (m *ModelRouter) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	if r.Method == http.MethodGet || r.Method == http.MethodHead {
@@ -186,13 +199,16 @@ func (m *ModelRouter) ServeHTTP(w http.ResponseWriter, r *http.Request, next cad
 		}
 	}
 	r, info := withRequestInfo(r, m.MaxBody)
-	pool, model := m.Default, info.Model
-	if model != "" {
+	pool, reason, model := m.Default, reasonDefault, info.Model
+	switch {
+	case model != "":
 		var done bool
-		if pool, done = m.route(w, r, model); done {
+		if pool, reason, done = m.route(w, model); done {
+			m.st.routes.decided(pool, modelsPolicyName, reason)
 			return nil
 		}
-	} else if pool == "" {
+	case pool == "":
+		m.st.routes.decided("", modelsPolicyName, reasonMissing)
 		return writeAPIError(w, http.StatusBadRequest, "invalid_request_error", "",
 			fmt.Sprintf("you must provide a model parameter (this endpoint serves several pools: %s)", m.poolNames))
 	}
@@ -205,47 +221,49 @@ func (m *ModelRouter) ServeHTTP(w http.ResponseWriter, r *http.Request, next cad
 	err := next.ServeHTTP(tw, r)
 	var he caddyhttp.HandlerError
 	if err != nil && !tw.wrote && errors.As(err, &he) && he.StatusCode == http.StatusServiceUnavailable {
+		m.st.routes.decided(pool, modelsPolicyName, reasonNotReady)
 		w.Header().Set("Retry-After", m.retryAfter)
 		return writeAPIError(w, http.StatusServiceUnavailable, "service_unavailable", "model_not_ready",
 			fmt.Sprintf("The model `%s` has no ready instance yet (pool %s); retry later.", clip(model), pool))
 	}
+	m.st.routes.decided(pool, modelsPolicyName, reason)
 	return err
 }
 
 // route picks the pool of model, or answers the request itself (done).
-func (m *ModelRouter) route(w http.ResponseWriter, r *http.Request, model string) (pool string, done bool) {
-	pool, pending := m.poolFor(model)
+func (m *ModelRouter) route(w http.ResponseWriter, model string) (pool, reason string, done bool) {
+	pool, reason, pending := m.poolFor(model)
 	if pool != "" {
-		return pool, false
+		return pool, reason, false
 	}
 	if pending > 0 {
 		w.Header().Set("Retry-After", retryAfterSeconds(learningRetryAfter))
 		_ = writeAPIError(w, http.StatusServiceUnavailable, "service_unavailable", "model_list_pending",
 			fmt.Sprintf("The model `%s` is not known yet: the model lists of %d new instance(s) are being read; retry shortly.", clip(model), pending))
-		return "", true
+		return "", reasonPending, true
 	}
 	_ = writeAPIError(w, http.StatusNotFound, "invalid_request_error", "model_not_found",
 		fmt.Sprintf("The model `%s` does not exist. Available models: %s.", clip(model), m.someModels(5)))
-	return "", true
+	return "", reasonUnknown, true
 }
 
 // poolFor returns the pool that should serve model: an alias, else the
 // first served pool with a ready instance serving it, else the first that
 // knows it. When none does, pending counts the routable instances whose
 // model list has not been read yet. Lock-free, no I/O.
-func (m *ModelRouter) poolFor(model string) (pool string, pending int) {
+func (m *ModelRouter) poolFor(model string) (pool, reason string, pending int) {
 	if p, ok := m.Aliases[model]; ok {
-		return p, 0
+		return p, reasonAlias, 0
 	}
 	ms := m.st.modelSnapshot()
 	for _, p := range m.Pools {
 		if ms.Pool(p).Serves(model) {
-			return p, 0
+			return p, reasonModel, 0
 		}
 	}
 	for _, p := range m.Pools {
 		if ms.Pool(p).Knows(model) {
-			return p, 0
+			return p, reasonKnown, 0
 		}
 	}
 	snap := m.watcher.Snapshot()
@@ -260,7 +278,7 @@ func (m *ModelRouter) poolFor(model string) (pool string, pending int) {
 			}
 		}
 	}
-	return "", pending
+	return "", "", pending
 }
 
 // modelEntry is one model of OpenAI's GET /v1/models.

@@ -11,6 +11,7 @@ import (
 	"io"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -128,6 +129,21 @@ func checkAPIError(t *testing.T, a proxyAnswer, status int, typ string, code any
 	}
 }
 
+// modelDecisions reads vastai_models' route-decision counter of a pool and
+// reason from /metrics.
+func modelDecisions(t *testing.T, pool, reason string) int {
+	t.Helper()
+	_, metrics := adminGET(t, "/metrics", nil)
+	prefix := fmt.Sprintf(`caddy_vastai_route_decisions_total{policy="vastai_models",pool=%q,reason=%q} `, pool, reason)
+	for _, line := range strings.Split(string(metrics), "\n") {
+		if v, ok := strings.CutPrefix(line, prefix); ok {
+			n, _ := strconv.Atoi(v)
+			return n
+		}
+	}
+	return 0
+}
+
 // TestModelRoutingSendsEachModelToItsPool: two pools with different
 // models behind one site; routing, the model list, the errors and the
 // bounded body read.
@@ -187,6 +203,9 @@ func TestModelRoutingSendsEachModelToItsPool(t *testing.T) {
 	t.Run("unknown model", func(t *testing.T) {
 		a := proxyDo(t, http.MethodPost, "/v1/completions", `{"model":"org/nope","prompt":"hi"}`)
 		checkAPIError(t, a, http.StatusNotFound, "invalid_request_error", "model_not_found", "org/nope", "org/model-a", "org/model-b")
+		if n := modelDecisions(t, "", "unknown_model"); n != 1 {
+			t.Errorf("route decisions unknown_model = %d, want 1", n)
+		}
 	})
 	t.Run("no model with several pools", func(t *testing.T) {
 		a := proxyDo(t, http.MethodPost, "/v1/completions", `{"prompt":"hi"}`)
@@ -247,11 +266,18 @@ func TestModelRoutingWaitsForAnInstanceThen503(t *testing.T) {
 		t.Errorf("Retry-After = %q, want 7 (retry_after 7s)", got)
 	}
 
+	if n := modelDecisions(t, "pool-c", "no_ready_instance"); n != 1 {
+		t.Errorf("route decisions no_ready_instance for pool-c = %d, want 1", n)
+	}
+
 	c1 := launchModel(t, sim, "pool-c-1", "org/model-c")
 	waitRoutable(t, 10*time.Second, []int64{c1})
 	a = proxyDo(t, http.MethodPost, "/v1/completions", reqC)
 	if a.status != http.StatusOK || a.header.Get(InstanceHeader) != fmt.Sprint(c1) {
 		t.Fatalf("after pool-c got an instance: status %d from %q, want 200 from %d: %s", a.status, a.header.Get(InstanceHeader), c1, a.body)
+	}
+	if n := modelDecisions(t, "pool-c", "alias"); n != 1 {
+		t.Errorf("route decisions alias for pool-c = %d, want 1", n)
 	}
 	if _, owners := listModels(t); owners["org/model-c"] != "pool-c" {
 		t.Errorf("GET /v1/models owners = %v, want the alias org/model-c listed for pool-c", owners)

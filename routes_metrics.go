@@ -22,7 +22,7 @@ func (d *routeDecisions) init() {
 	d.once.Do(func() {
 		d.vec = prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "caddy", Subsystem: "vastai", Name: "route_decisions_total",
-			Help: "Decisions of the vastai selection policies, by reason: pinned, session, session_overflow, cache_hit, cache_miss, imbalanced, least_load, saturated.",
+			Help: "Decisions of the vastai selection policies, by reason: pinned, session, session_overflow, cache_hit, cache_miss, imbalanced, least_load, saturated; and of vastai_models (policy vastai_models): model, known, alias, default, unknown_model, missing_model, model_list_pending, no_ready_instance.",
 		}, []string{"pool", "policy", "reason"})
 	})
 }
