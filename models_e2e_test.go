@@ -10,11 +10,14 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/ssh"
 
 	"github.com/caddy-vastai/caddy-vastai/vastsim"
 )
@@ -290,5 +293,38 @@ func TestModelRoutingWaitsForAnInstanceThen503(t *testing.T) {
 	checkAPIError(t, a, http.StatusServiceUnavailable, "service_unavailable", "model_not_ready", "org/model-b")
 	if _, owners := listModels(t); owners["org/model-b"] != "" {
 		t.Errorf("GET /v1/models still lists org/model-b with no instance: %v", owners)
+	}
+}
+
+// TestModelRoutingThroughTheSSHTunnel: under tunnel addresses the engines
+// are reachable only over SSH, so the model lists are learned through the
+// tunnel too, and requests reach the right pool over it.
+func TestModelRoutingThroughTheSSHTunnel(t *testing.T) {
+	dir := t.TempDir()
+	keyFile, pub := writeSSHKey(t, dir)
+	sim := newSim(t, vastsim.Options{SSHAuthorizedKeys: []ssh.PublicKey{pub}})
+	a1 := launchModel(t, sim, "pool-a-1", "org/model-a")
+	b1 := launchModel(t, sim, "pool-b-1", "org/model-b")
+	startCaddy(t, sshConfig(sim.URL(), keyFile, filepath.Join(dir, "storage"), modelPools, `	vastai_models
+	vastai_proxy * {
+		transport vastai {
+			tunnel ssh
+		}
+	}`))
+	waitRoutable(t, 15*time.Second, []int64{a1, b1})
+	waitFor(t, 15*time.Second, "both models learned through the tunnel", func() bool {
+		_, owners := listModels(t)
+		return owners["org/model-a"] == "pool-a" && owners["org/model-b"] == "pool-b"
+	})
+	for model, id := range map[string]int64{"org/model-a": a1, "org/model-b": b1} {
+		a := proxyDo(t, http.MethodPost, "/v1/completions", `{"model":"`+model+`","prompt":"hi","max_tokens":2}`)
+		if a.status != http.StatusOK || a.header.Get(InstanceHeader) != fmt.Sprint(id) {
+			t.Errorf("%s: status %d from %q, want 200 from %d: %s", model, a.status, a.header.Get(InstanceHeader), id, a.body)
+		}
+	}
+	for _, id := range []int64{a1, b1} {
+		if u := sim.Engine(id).Unauthorized; u != 0 {
+			t.Errorf("instance %d answered %d requests with 401: a model read went without the token", id, u)
+		}
 	}
 }
