@@ -124,7 +124,9 @@ type ModelLearner struct {
 	Targets func() []ModelTarget
 	// Refresh is the interval between reads of a learned instance.
 	Refresh time.Duration
-	// Retry is the interval between reads of an instance not learned yet.
+	// Retry is the interval between reads of an instance not learned yet;
+	// it doubles with each failure, up to Refresh, so an engine without
+	// /v1/models is not asked every few seconds forever.
 	Retry time.Duration
 	// Tick is how often the target set is looked at, which bounds how
 	// long a new instance waits for its first read.
@@ -152,6 +154,7 @@ type ModelLearner struct {
 type modelRec struct {
 	InstanceModels
 	inflight bool
+	failures int // consecutive failed reads
 }
 
 // Snapshot returns the current models; never nil after Run started.
@@ -256,11 +259,15 @@ func (l *ModelLearner) dueLocked(r *modelRec, now time.Time) bool {
 	if r.Fetched.IsZero() {
 		return true
 	}
-	every := orDefault(l.Retry, DefaultModelRetry)
+	refresh := orDefault(l.Refresh, DefaultModelRefresh)
 	if r.Learned {
-		every = orDefault(l.Refresh, DefaultModelRefresh)
+		return now.Sub(r.Fetched) >= refresh
 	}
-	return now.Sub(r.Fetched) >= every
+	every := orDefault(l.Retry, DefaultModelRetry)
+	for i := 1; i < r.failures && every < refresh; i++ {
+		every *= 2
+	}
+	return now.Sub(r.Fetched) >= min(every, refresh)
 }
 
 // learnOne reads one target within the timeout and records the outcome.
@@ -294,8 +301,9 @@ func (l *ModelLearner) learnOne(ctx context.Context, t ModelTarget, sem chan str
 func (l *ModelLearner) recordLocked(id int64, r *modelRec, ids []string, err error) {
 	prevErr, prevIDs, wasLearned := r.Err, r.IDs, r.Learned
 	r.Fetched, r.Err = l.now(), err
+	r.failures++
 	if err == nil {
-		r.IDs, r.Learned = ids, true
+		r.IDs, r.Learned, r.failures = ids, true, 0
 	}
 	if l.Log == nil {
 		return

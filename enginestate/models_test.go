@@ -209,3 +209,37 @@ func TestParseModelList(t *testing.T) {
 		})
 	}
 }
+
+// TestModelLearnerBacksOffFailingReads: an instance never learned is read
+// again after Retry, doubled per failure, capped at Refresh; a learned
+// one after Refresh.
+func TestModelLearnerBacksOffFailingReads(t *testing.T) {
+	l := &ModelLearner{Retry: time.Second, Refresh: 10 * time.Second}
+	t0 := time.Unix(1000, 0)
+	cases := []struct {
+		learned  bool
+		failures int
+		after    time.Duration
+		due      bool
+	}{
+		{false, 0, 0, false},
+		{false, 1, time.Second, true},
+		{false, 2, 1500 * time.Millisecond, false},
+		{false, 2, 2 * time.Second, true},
+		{false, 3, 3 * time.Second, false},
+		{false, 3, 4 * time.Second, true},
+		{false, 50, 9 * time.Second, false},
+		{false, 50, 10 * time.Second, true},
+		{true, 0, 9 * time.Second, false},
+		{true, 0, 10 * time.Second, true},
+	}
+	for _, c := range cases {
+		r := &modelRec{InstanceModels: InstanceModels{Learned: c.learned, Fetched: t0}, failures: c.failures}
+		if got := l.dueLocked(r, t0.Add(c.after)); got != c.due {
+			t.Errorf("learned %v, %d failures, %s after: due %v, want %v", c.learned, c.failures, c.after, got, c.due)
+		}
+	}
+	if !l.dueLocked(&modelRec{}, t0) {
+		t.Error("a new instance is not read at once")
+	}
+}
