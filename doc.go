@@ -134,8 +134,9 @@
 //     enginestate.ModelLearner.Run while the loaded config has a
 //     vastai_models handler (its Provision sets App.modelRouting before
 //     Start). Every 250ms it looks at the routable instances and reads the
-//     GET /v1/models of each new one, then every 30s (2s until a first
-//     success), at most 16 at once, each bounded to 5s and 1 MiB.
+//     GET /v1/models of each new one, then every 30s (until a first
+//     success: after 2s, doubling per failure), at most 16 at once, each
+//     bounded to 5s and 1 MiB.
 //     stopModelsLocked, on a config without vastai_models and in
 //     Destruct, cancels it and waits for its reads.
 //   - Event streams (admin_ui.go): each GET /vastai/events runs on the admin
