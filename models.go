@@ -223,8 +223,11 @@ func (m *ModelRouter) ServeHTTP(w http.ResponseWriter, r *http.Request, next cad
 	if err != nil && !tw.wrote && errors.As(err, &he) && he.StatusCode == http.StatusServiceUnavailable {
 		m.st.routes.decided(pool, modelsPolicyName, reasonNotReady)
 		w.Header().Set("Retry-After", m.retryAfter)
-		return writeAPIError(w, http.StatusServiceUnavailable, "service_unavailable", "model_not_ready",
-			fmt.Sprintf("The model `%s` has no ready instance yet (pool %s); retry later.", clip(model), pool))
+		msg := fmt.Sprintf("The model `%s` has no ready instance yet (pool %s); retry later.", clip(model), pool)
+		if model == "" {
+			msg = fmt.Sprintf("Pool %s has no ready instance yet; retry later.", pool)
+		}
+		return writeAPIError(w, http.StatusServiceUnavailable, "service_unavailable", "model_not_ready", msg)
 	}
 	m.st.routes.decided(pool, modelsPolicyName, reason)
 	return err

@@ -19,6 +19,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/caddy-vastai/caddy-vastai/enginestate"
 	"github.com/caddy-vastai/caddy-vastai/vastsim"
 )
 
@@ -326,5 +327,40 @@ func TestModelRoutingThroughTheSSHTunnel(t *testing.T) {
 		if u := sim.Engine(id).Unauthorized; u != 0 {
 			t.Errorf("instance %d answered %d requests with 401: a model read went without the token", id, u)
 		}
+	}
+}
+
+// runningLearner returns the shared state's model learner (this test
+// binary runs Caddy in process); Range does not take a reference.
+func runningLearner(t *testing.T) *enginestate.ModelLearner {
+	t.Helper()
+	var l *enginestate.ModelLearner
+	states.Range(func(_, v any) bool {
+		l = v.(*state).models.Load()
+		return false
+	})
+	if l == nil {
+		t.Fatal("no model learner is running")
+	}
+	return l
+}
+
+// TestModelRoutingSurvivesAReload: a reload keeps the running learner and
+// what it learned, so a request right after it is routed at once instead
+// of waiting for the model lists to be read again.
+func TestModelRoutingSurvivesAReload(t *testing.T) {
+	sim := newSim(t, vastsim.Options{})
+	b1 := launchModel(t, sim, "pool-b-1", "org/model-b")
+	tc := startCaddy(t, testConfig(sim.URL(), modelPools, modelSite))
+	waitRoutable(t, 10*time.Second, []int64{b1})
+	waitFor(t, 10*time.Second, "org/model-b learned", func() bool { _, o := listModels(t); return o["org/model-b"] != "" })
+	before := runningLearner(t)
+	tc.InitServer(testConfig(sim.URL(), modelPools, strings.Replace(modelSite, "retry_after 7s", "retry_after 8s", 1)), "caddyfile")
+	if after := runningLearner(t); after != before {
+		t.Errorf("the reload replaced the model learner (%p, then %p)", before, after)
+	}
+	a := proxyDo(t, http.MethodPost, "/v1/completions", `{"model":"org/model-b","prompt":"hi","max_tokens":2}`)
+	if a.status != http.StatusOK || a.header.Get(InstanceHeader) != fmt.Sprint(b1) {
+		t.Fatalf("right after the reload: status %d from %q, want 200 from %d: %s", a.status, a.header.Get(InstanceHeader), b1, a.body)
 	}
 }
