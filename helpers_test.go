@@ -61,6 +61,12 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	e2eStorage = dir
+	// caddytest waits 5s for a config load and a request: a budget for an
+	// idle machine. On a busy 2-core one a load took 8s (the tests then
+	// failed on the timeout, not on what they check); these limits only
+	// bound a hang.
+	caddytest.Default.LoadRequestTimeout = time.Minute
+	caddytest.Default.TestRequestTimeout = time.Minute
 	code := m.Run()
 	os.RemoveAll(dir)
 	if code == 0 && !testing.Short() && runFlagEmpty() {
