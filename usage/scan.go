@@ -1,5 +1,7 @@
 package usage
 
+import "bytes"
+
 // scanner walks JSON in place, without decoding into values, so that the
 // request path can read a few fields of a body and splice bytes into it
 // without allocating or re-encoding. It is lenient: it finds the spans of
@@ -15,7 +17,7 @@ func newScanner(b []byte) scanner { return scanner{b: b, ok: true} }
 
 // ws skips JSON whitespace.
 func (s *scanner) ws() {
-	for s.i < len(s.b) {
+	for s.i < len(s.b) && s.b[s.i] <= ' ' {
 		switch s.b[s.i] {
 		case ' ', '\t', '\n', '\r':
 			s.i++
@@ -51,24 +53,24 @@ func (s *scanner) consume(c byte) bool {
 }
 
 // str reads a string and returns its raw contents (escapes untouched).
+// It jumps from quote to quote (IndexByte is vectorized) and checks each
+// for an escaping backslash.
 func (s *scanner) str() []byte {
 	if !s.consume('"') {
 		return nil
 	}
 	start := s.i
-	for s.i < len(s.b) {
-		switch s.b[s.i] {
-		case '\\':
-			s.i += 2
-		case '"':
-			s.i++
+	for {
+		j := bytes.IndexByte(s.b[s.i:], '"')
+		if j < 0 {
+			s.fail()
+			return nil
+		}
+		s.i += j + 1
+		if !escaped(s.b, s.i-1) {
 			return s.b[start : s.i-1]
-		default:
-			s.i++
 		}
 	}
-	s.fail()
-	return nil
 }
 
 // skip passes over one value of any kind and returns its span.
