@@ -212,8 +212,9 @@ func (s *scanner) integer() int {
 }
 
 // textBytes sums the raw lengths of the string values under the current
-// value, recursing into objects and arrays (keys excluded) up to a
-// bounded depth. It is the generated-text measure for estimates.
+// value, recursing into objects and arrays (keys, and the values of
+// notText keys, excluded) up to a bounded depth. It is the
+// generated-text measure for estimates.
 func (s *scanner) textBytes() int { return s.textBytesAt(0) }
 
 // maxTextDepth bounds textBytes' recursion on hostile nesting.
@@ -230,7 +231,11 @@ func (s *scanner) textBytesAt(depth int) int {
 	case '{':
 		n := 0
 		m := s.object()
-		for _, ok := m.next(); ok; _, ok = m.next() {
+		for key, ok := m.next(); ok; key, ok = m.next() {
+			if notText(key) {
+				s.skip()
+				continue
+			}
 			n += s.textBytesAt(depth + 1)
 		}
 		return n
@@ -245,6 +250,17 @@ func (s *scanner) textBytesAt(depth int) int {
 		s.skip()
 		return 0
 	}
+}
+
+// notText reports the keys of a delta or message whose strings are not
+// generated text: "role":"assistant" alone would add two tokens per
+// answer.
+func notText(key []byte) bool {
+	switch string(key) {
+	case "role", "type", "id":
+		return true
+	}
+	return false
 }
 
 // isKey reports whether a raw key equals want (keys we look for have no

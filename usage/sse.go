@@ -12,14 +12,15 @@ const maxEvent = 64 << 10
 // the state is the current line's length, whether the last byte was a CR
 // (its LF may come in the next write) and the current event's bytes.
 type sseState struct {
-	ev        []byte // the current event's bytes from earlier writes (reused)
-	inEvent   bool   // a line of the current event has begun
-	lineLen   int    // bytes in the current line so far
-	lastCR    bool   // the previous byte was CR
-	swallowLF bool   // the dropped event ended at CR: its LF goes too
-	overflow  bool   // the current event passed maxEvent: not kept
-	dropped   bool   // the injected usage chunk is gone
-	scratch   []byte // joins multi-line data fields (reused)
+	ev        []byte  // the current event's bytes from earlier writes (reused)
+	pooled    *[]byte // where ev came from
+	inEvent   bool    // a line of the current event has begun
+	lineLen   int     // bytes in the current line so far
+	lastCR    bool    // the previous byte was CR
+	swallowLF bool    // the dropped event ended at CR: its LF goes too
+	overflow  bool    // the current event passed maxEvent: not kept
+	dropped   bool    // the injected usage chunk is gone
+	scratch   []byte  // joins multi-line data fields (reused)
 
 	// Per-Write cursors into p: fwd is the first byte not yet written or
 	// dropped (strip mode); evStart is where the current event began in
@@ -120,6 +121,10 @@ func (st *sseState) keep(b []byte) bool {
 	if len(st.ev)+len(b) > maxEvent {
 		st.overflow = true
 		return false
+	}
+	if st.pooled == nil {
+		st.pooled = getBuf()
+		st.ev = (*st.pooled)[:0]
 	}
 	st.ev = append(st.ev, b...)
 	return true

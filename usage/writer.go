@@ -5,7 +5,22 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 )
+
+// bufPool recycles the buffers of finished Writers (a JSON tail, a held
+// SSE event), so that once warm a request costs no buffer growth.
+var bufPool = sync.Pool{New: func() any { return new([]byte) }}
+
+// getBuf returns an empty pooled buffer; putBuf gives it back.
+func getBuf() *[]byte { return bufPool.Get().(*[]byte) }
+
+func putBuf(b *[]byte) {
+	if b != nil && cap(*b) <= maxTail {
+		*b = (*b)[:0]
+		bufPool.Put(b)
+	}
+}
 
 // maxTail bounds the bytes of a JSON answer kept to find its usage: the
 // last ones, since engines put usage after the choices.
@@ -185,6 +200,14 @@ func (w *Writer) Finish(promptEstimate int) Usage {
 		u = Usage{PromptTokens: promptEstimate, CompletionTokens: (w.textBytes + 3) / 4, Estimated: true}
 	}
 	w.done, w.final = true, u
+	if w.tail.pooled != nil {
+		*w.tail.pooled = w.tail.buf
+	}
+	if w.sse.pooled != nil {
+		*w.sse.pooled = w.sse.ev
+	}
+	putBuf(w.tail.pooled)
+	putBuf(w.sse.pooled)
 	w.tail, w.sse = tailBuf{}, sseState{}
 	return u
 }
@@ -234,17 +257,26 @@ func (w *Writer) jsonUsage() (Usage, bool) {
 // tailBuf keeps the last maxTail bytes written: a slice that grows to
 // maxTail, then a ring.
 type tailBuf struct {
-	buf   []byte
-	pos   int // once full: where the next byte goes (the oldest byte)
-	total int64
+	buf    []byte
+	pooled *[]byte // where buf came from
+	pos    int     // once full: where the next byte goes (the oldest byte)
+	total  int64
 }
 
 func (t *tailBuf) write(p []byte) {
 	t.total += int64(len(p))
 	if len(p) >= maxTail {
+		if t.pooled == nil {
+			t.pooled = getBuf()
+			t.buf = (*t.pooled)[:0]
+		}
 		t.buf = append(t.buf[:0], p[len(p)-maxTail:]...)
 		t.pos = 0
 		return
+	}
+	if t.pooled == nil {
+		t.pooled = getBuf()
+		t.buf = (*t.pooled)[:0]
 	}
 	if n := min(len(p), maxTail-len(t.buf)); n > 0 {
 		t.buf = append(t.buf, p[:n]...)

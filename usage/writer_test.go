@@ -298,7 +298,7 @@ func TestWriterJSON(t *testing.T) {
 		{"large answer, usage in the tail", 200, "application/json",
 			`{"choices":[{"text":"` + big + `"}],"usage":{"prompt_tokens":3,"completion_tokens":4096}}`, Usage{3, 4096, false}, true},
 		{"no usage: estimate from text", 200, "application/json",
-			`{"choices":[{"message":{"role":"assistant","content":"twelve bytes"}}]}`, Usage{10, (9 + 12 + 3) / 4, true}, false},
+			`{"choices":[{"message":{"role":"assistant","content":"twelve bytes"}}]}`, Usage{10, (12 + 3) / 4, true}, false},
 		{"usage null", 200, "application/json", `{"choices":[],"usage":null}`, Usage{10, 0, true}, false},
 		{"large answer, no usage: estimate from bytes", 200, "application/json",
 			`{"choices":[{"text":"` + big + `"}]}`, Usage{10, (len(big) + 25 + 3) / 4, true}, false},
