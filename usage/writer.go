@@ -46,7 +46,6 @@ const (
 // A Writer is used by one goroutine, like the ResponseWriter it wraps.
 type Writer struct {
 	w     http.ResponseWriter
-	rc    *http.ResponseController
 	strip bool
 
 	status    int
@@ -67,7 +66,7 @@ type Writer struct {
 // Prepare asked for. Call Finish before the handler returns: it writes
 // out what is still held and returns the usage.
 func NewWriter(w http.ResponseWriter, strip bool) *Writer {
-	return &Writer{w: w, rc: http.NewResponseController(w), strip: strip, sse: sseState{evStart: -1}}
+	return &Writer{w: w, strip: strip, sse: sseState{evStart: -1}}
 }
 
 // Header returns the wrapped writer's header map.
@@ -163,7 +162,26 @@ func (w *Writer) FlushError() error {
 		w.status = http.StatusOK
 		w.decide()
 	}
-	return w.rc.Flush()
+	return flush(w.w)
+}
+
+// flush flushes rw the way http.ResponseController does (FlushError,
+// then Flusher, down the Unwrap chain), without allocating a controller
+// per request.
+func flush(rw http.ResponseWriter) error {
+	for {
+		switch t := rw.(type) {
+		case interface{ FlushError() error }:
+			return t.FlushError()
+		case http.Flusher:
+			t.Flush()
+			return nil
+		case interface{ Unwrap() http.ResponseWriter }:
+			rw = t.Unwrap()
+		default:
+			return http.ErrNotSupported
+		}
+	}
 }
 
 // Usage returns the usage the answer reported so far; ok is false when
@@ -233,7 +251,7 @@ func (w *Writer) finishEvent() {
 		return
 	}
 	if w.out(ev) == nil {
-		_ = w.rc.Flush()
+		_ = flush(w.w)
 	}
 }
 
