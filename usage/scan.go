@@ -1,6 +1,10 @@
 package usage
 
-import "bytes"
+import (
+	"bytes"
+	"errors"
+	"strconv"
+)
 
 // scanner walks JSON in place, without decoding into values, so that the
 // request path can read a few fields of a body and splice bytes into it
@@ -11,6 +15,9 @@ type scanner struct {
 	b  []byte
 	i  int
 	ok bool
+	// kbuf holds a key decoded from escapes: "max\u005ftokens" is
+	// max_tokens to the engine, so it must be to us.
+	kbuf [32]byte
 }
 
 func newScanner(b []byte) scanner { return scanner{b: b, ok: true} }
@@ -155,11 +162,46 @@ func (m *members) next() ([]byte, bool) {
 	}
 	m.first = false
 	key := s.str()
+	if bytes.IndexByte(key, '\\') >= 0 {
+		key = s.unescapeKey(key)
+	}
 	if !s.consume(':') {
 		return nil, false
 	}
 	s.ws()
 	return key, true
+}
+
+// unescapeKey decodes a key's escapes into kbuf. Keys Prepare looks for
+// are short ASCII, so a key that decodes to anything else (or longer than
+// kbuf) is returned raw: it matches none of them either way.
+func (s *scanner) unescapeKey(key []byte) []byte {
+	n := 0
+	for i := 0; i < len(key); i++ {
+		c := key[i]
+		if c == '\\' && i+1 < len(key) {
+			i++
+			switch c = key[i]; c {
+			case 'u':
+				if i+5 > len(key) {
+					return key
+				}
+				v, err := strconv.ParseUint(string(key[i+1:i+5]), 16, 8)
+				if err != nil || v >= 0x80 {
+					return key
+				}
+				c, i = byte(v), i+4
+			case 'b', 'f', 'n', 'r', 't':
+				return key
+			}
+		}
+		if n == len(s.kbuf) {
+			return key
+		}
+		s.kbuf[n] = c
+		n++
+	}
+	return s.kbuf[:n]
 }
 
 // elems iterates over an array's elements like members.
@@ -191,24 +233,37 @@ func (e *elems) next() bool {
 	return s.ok && s.i < len(s.b)
 }
 
-// integer reads a number and returns its integer part (0 for negatives,
-// exponents or non-numbers, which no token count uses).
+// maxCount saturates counts read from JSON.
+const maxCount = 1 << 31
+
+// integer reads a number as a count: 0 for negatives and non-numbers,
+// the integer part of fractions and exponents (Python engines accept
+// 1e3 and 100.0 for an int), at most maxCount.
 func (s *scanner) integer() int {
 	start, end := s.skip()
+	num := s.b[start:end]
 	n := 0
-	for _, c := range s.b[start:end] {
+	for _, c := range num {
 		if c < '0' || c > '9' {
-			if c == '.' {
-				break
-			}
-			return 0
+			return slowCount(num)
 		}
-		if n > 1<<40 {
-			return 0
+		if n = n*10 + int(c-'0'); n > maxCount {
+			return maxCount
 		}
-		n = n*10 + int(c-'0')
 	}
 	return n
+}
+
+// slowCount is integer's path for anything but plain digits.
+func slowCount(num []byte) int {
+	f, err := strconv.ParseFloat(string(num), 64)
+	switch {
+	case err != nil && !errors.Is(err, strconv.ErrRange), f != f, f <= 0:
+		return 0
+	case f >= maxCount:
+		return maxCount
+	}
+	return int(f)
 }
 
 // textBytes sums the raw lengths of the string values under the current
