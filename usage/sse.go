@@ -85,34 +85,39 @@ func lineEnd(b []byte) int {
 	return n
 }
 
-// sseHold ends a Write when stripping: the complete events not yet
-// written go out, the incomplete one waits (until maxEvent).
+// sseHold ends a Write. When stripping, the complete events not yet
+// written go out and the incomplete one waits (up to maxEvent); either
+// way its bytes are kept to read it at its end. An event past maxEvent is
+// not kept: its bytes count whole towards the estimate as they pass.
 func (w *Writer) sseHold(p []byte) error {
 	st := &w.sse
-	if !w.stripping {
-		if st.inEvent && !st.overflow {
-			from := max(st.evStart, 0)
-			st.keep(p[from:])
-		}
-		return nil
-	}
+	from := max(st.evStart, 0)
 	held := len(p)
 	if st.inEvent && !st.overflow {
-		held = max(st.evStart, 0)
+		held = from
 	}
-	if err := w.out(p[st.fwd:held]); err != nil {
-		return err
+	if w.stripping {
+		if err := w.out(p[st.fwd:held]); err != nil {
+			return err
+		}
 	}
-	if held == len(p) || st.keep(p[held:]) {
-		return nil
+	if held < len(p) && !st.keep(p[held:]) {
+		w.textBytes += len(st.ev)
+		if w.stripping {
+			// Too big to be the usage chunk: it flows from now on.
+			if err := w.out(st.ev); err != nil {
+				return err
+			}
+			if err := w.out(p[held:]); err != nil {
+				return err
+			}
+		}
+		st.ev = st.ev[:0]
 	}
-	// Too big to be the usage chunk: let it and the rest of it flow.
-	buf := st.ev
-	st.ev = st.ev[:0]
-	if err := w.out(buf); err != nil {
-		return err
+	if st.inEvent && st.overflow {
+		w.textBytes += len(p) - from
 	}
-	return w.out(p[held:])
+	return nil
 }
 
 // keep appends an incomplete event's bytes; false (and overflow set)
@@ -138,8 +143,10 @@ func (w *Writer) eventEnd(p []byte, end int) error {
 	switch {
 	case st.overflow:
 		w.textBytes += end - from // unread: count it all
-	case len(st.ev) == 0 && st.evStart >= 0:
+	case len(st.ev) == 0 && st.evStart >= 0 && end-from <= maxEvent:
 		ev = p[from:end]
+	case len(st.ev) == 0 && st.evStart >= 0:
+		w.textBytes += end - from // as if it had come in pieces
 	default:
 		if st.keep(p[from:end]) {
 			ev = st.ev

@@ -156,6 +156,12 @@ func TestWriterLargeEvent(t *testing.T) {
 		if u != (Usage{2, 3, false}) {
 			t.Fatalf("cuts %v: usage %+v", cuts, u)
 		}
+		for _, strip := range []bool{true, false} {
+			got, u = runSSE(t, big+done, cuts, strip)
+			if want := (Usage{10, (len(big) + 3) / 4, true}); got != big+done || u != want {
+				t.Fatalf("cuts %v, strip %v, no usage: %d bytes, usage %+v, want %+v", cuts, strip, len(got), u, want)
+			}
+		}
 	}
 }
 
