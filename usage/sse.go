@@ -65,12 +65,11 @@ func (w *Writer) sseWrite(p []byte) error {
 			continue
 		}
 		if st.inEvent {
-			if err := w.eventEnd(p, i); err != nil {
-				return err
-			}
+			w.eventEnd(p, i)
 		}
 	}
-	return w.sseHold(p)
+	w.sseHold(p)
+	return w.werr
 }
 
 // lineEnd returns the index of the first CR or LF in b, or len(b).
@@ -89,7 +88,7 @@ func lineEnd(b []byte) int {
 // written go out and the incomplete one waits (up to maxEvent); either
 // way its bytes are kept to read it at its end. An event past maxEvent is
 // not kept: its bytes count whole towards the estimate as they pass.
-func (w *Writer) sseHold(p []byte) error {
+func (w *Writer) sseHold(p []byte) {
 	st := &w.sse
 	from := max(st.evStart, 0)
 	held := len(p)
@@ -97,27 +96,20 @@ func (w *Writer) sseHold(p []byte) error {
 		held = from
 	}
 	if w.stripping {
-		if err := w.out(p[st.fwd:held]); err != nil {
-			return err
-		}
+		w.out(p[st.fwd:held])
 	}
 	if held < len(p) && !st.keep(p[held:]) {
 		w.textBytes += len(st.ev)
 		if w.stripping {
 			// Too big to be the usage chunk: it flows from now on.
-			if err := w.out(st.ev); err != nil {
-				return err
-			}
-			if err := w.out(p[held:]); err != nil {
-				return err
-			}
+			w.out(st.ev)
+			w.out(p[held:])
 		}
 		st.ev = st.ev[:0]
 	}
 	if st.inEvent && st.overflow {
 		w.textBytes += len(p) - from
 	}
-	return nil
 }
 
 // keep appends an incomplete event's bytes; false (and overflow set)
@@ -136,7 +128,7 @@ func (st *sseState) keep(b []byte) bool {
 }
 
 // eventEnd handles an event whose blank line ends just before p[end].
-func (w *Writer) eventEnd(p []byte, end int) error {
+func (w *Writer) eventEnd(p []byte, end int) {
 	st := &w.sse
 	from := max(st.evStart, 0)
 	var ev []byte
@@ -154,10 +146,7 @@ func (w *Writer) eventEnd(p []byte, end int) error {
 		}
 		w.textBytes += len(st.ev) + end - from
 		if w.stripping {
-			// The held head goes now; the rest is in p's pending run.
-			if err := w.out(st.ev); err != nil {
-				return err
-			}
+			w.out(st.ev) // the held head; the rest is in p's pending run
 		}
 	}
 	drop := false
@@ -169,37 +158,30 @@ func (w *Writer) eventEnd(p []byte, end int) error {
 		}
 		drop = w.stripping && !st.dropped && c.usageOnly()
 	}
-	var err error
 	if w.stripping {
-		err = w.eventOut(p, from, end, drop)
+		w.eventOut(p, from, end, drop)
 	}
 	st.ev, st.inEvent, st.overflow, st.evStart = st.ev[:0], false, false, -1
-	return err
 }
 
 // eventOut writes or drops a complete event when stripping.
-func (w *Writer) eventOut(p []byte, from, end int, drop bool) error {
+func (w *Writer) eventOut(p []byte, from, end int, drop bool) {
 	st := &w.sse
 	if st.evStart < 0 && !st.overflow {
 		// Begun in an earlier write: its head is held in ev (with the
 		// rest appended), nothing of p before it is pending.
 		if !drop {
-			if err := w.out(st.ev); err != nil {
-				return err
-			}
+			w.out(st.ev)
 		}
 		st.fwd = end
 	} else if drop {
-		if err := w.out(p[st.fwd:from]); err != nil {
-			return err
-		}
+		w.out(p[st.fwd:from])
 		st.fwd = end
 	}
 	if drop {
 		st.dropped = true
 		st.swallowLF = p[end-1] == '\r'
 	}
-	return nil
 }
 
 // data returns an event's data field: the "data:" lines' values joined by

@@ -58,6 +58,7 @@ type Writer struct {
 
 	tail  tailBuf
 	sse   sseState
+	werr  error // the first failed write when stripping; later ones are skipped
 	done  bool
 	final Usage
 }
@@ -119,9 +120,10 @@ func (w *Writer) Write(p []byte) (int, error) {
 		w.status = http.StatusOK
 		w.decide()
 	}
-	if w.done || (w.mode != modeSSE || !w.stripping) {
+	if w.done || !w.stripping {
 		n, err := w.w.Write(p)
-		if err == nil && !w.done {
+		if !w.done {
+			// Read even what the client missed: the engine generated it.
 			w.read(p)
 		}
 		return n, err
@@ -142,13 +144,14 @@ func (w *Writer) read(p []byte) {
 	}
 }
 
-// out writes bytes through when stripping.
-func (w *Writer) out(b []byte) error {
-	if len(b) == 0 {
-		return nil
+// out writes bytes through when stripping. After a failed write (the
+// client is gone) it writes nothing more, but the stream is still read:
+// the engine generated those tokens.
+func (w *Writer) out(b []byte) {
+	if len(b) == 0 || w.werr != nil {
+		return
 	}
-	_, err := w.w.Write(b)
-	return err
+	_, w.werr = w.w.Write(b)
 }
 
 // Flush flushes through; see FlushError.
@@ -250,7 +253,8 @@ func (w *Writer) finishEvent() {
 		st.dropped = true
 		return
 	}
-	if w.out(ev) == nil {
+	w.out(ev)
+	if w.werr == nil {
 		_ = flush(w.w)
 	}
 }

@@ -2,6 +2,7 @@ package usage
 
 import (
 	"bytes"
+	"errors"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
@@ -359,6 +360,42 @@ func TestTailBuf(t *testing.T) {
 		tb.write(src[:5])
 		if got := tb.bytes(); !bytes.Equal(got[maxTail-5:], src[:5]) || !bytes.Equal(got[:10], src[len(src)-maxTail+5:][:10]) {
 			t.Fatalf("pieces of %d: wrong tail after more", piece)
+		}
+	}
+}
+
+// failingRW fails every write once limit bytes went through.
+type failingRW struct {
+	discardRW
+	limit, n int
+}
+
+func (f *failingRW) Write(p []byte) (int, error) {
+	if f.n+len(p) > f.limit {
+		return 0, errors.New("client gone")
+	}
+	f.n += len(p)
+	return len(p), nil
+}
+
+// TestWriterClientGone keeps reading after the client left: the tokens
+// were generated all the same.
+func TestWriterClientGone(t *testing.T) {
+	in := cmplContent + cmplUsage + done
+	for _, strip := range []bool{true, false} {
+		rw := &failingRW{discardRW: discardRW{h: http.Header{"Content-Type": {"text/event-stream"}}}, limit: 100}
+		w := NewWriter(rw, strip)
+		var errs int
+		for i := 0; i < len(in); i += 50 {
+			if _, err := w.Write([]byte(in[i:min(i+50, len(in))])); err != nil {
+				errs++
+			}
+		}
+		if errs == 0 {
+			t.Fatalf("strip %v: no write error reported", strip)
+		}
+		if u := w.Finish(1); u != (Usage{2, 3, false}) {
+			t.Fatalf("strip %v: usage %+v", strip, u)
 		}
 	}
 }
