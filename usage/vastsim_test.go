@@ -141,3 +141,45 @@ func TestVastsimUsage(t *testing.T) {
 		})
 	}
 }
+
+// TestVastsimClientGone: a client that leaves mid-stream gets no usage
+// chunk from the engine, so Finish estimates from the text relayed and
+// says so.
+func TestVastsimClientGone(t *testing.T) {
+	sim := vastsim.New(vastsim.Options{APIKey: "k", TokenInterval: 5 * time.Millisecond})
+	if _, err := sim.Start(""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sim.Close)
+	id, err := sim.Launch(vastsim.LaunchSpec{Running: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := sim.Instances()[0]
+	gw, usages := miniGateway(t, info.EngineAddr, info.JupyterToken)
+	body := `{"messages":[{"role":"user","content":"go on"}],"max_tokens":400,"stream":true}`
+	resp, err := http.Post(gw+"/v1/chat/completions", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 1)
+	for nl := 0; nl < 6; { // the role chunk and two tokens: "\n\n" each
+		if _, err := resp.Body.Read(buf); err != nil {
+			t.Fatal(err)
+		}
+		if buf[0] == '\n' {
+			nl++
+		}
+	}
+	resp.Body.Close()
+	u := <-usages
+	_, pi := Prepare([]byte(body))
+	if !u.Estimated || u.PromptTokens != pi.PromptEstimate || u.CompletionTokens < 2 || u.CompletionTokens > 400*2 {
+		t.Fatalf("usage %+v, want an estimate of the relayed text (prompt estimate %d)", u, pi.PromptEstimate)
+	}
+	for deadline := time.Now().Add(10 * time.Second); sim.Engine(id).Cancelled != 1; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("engine stats %+v: the generation was not cut short", sim.Engine(id))
+		}
+	}
+}
