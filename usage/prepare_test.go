@@ -6,14 +6,16 @@ import (
 	"testing"
 )
 
-func TestPrepare(t *testing.T) {
+// prepareCase is a body, what Prepare must make of it ("" unchanged)
+// and what it must say.
+type prepareCase struct {
+	name, body, want string
+	info             RequestInfo
+}
+
+func prepareCases() []prepareCase {
 	longPrompt := strings.Repeat("abcd", 100)
-	tests := []struct {
-		name string
-		body string
-		want string // "" means unchanged
-		info RequestInfo
-	}{
+	return []prepareCase{
 		{"not streaming", `{"model":"m","prompt":"hello world!"}`, "",
 			RequestInfo{PromptEstimate: 3}},
 		{"stream false", `{"prompt":"hi","stream":false}`, "", RequestInfo{PromptEstimate: 1}},
@@ -66,7 +68,10 @@ func TestPrepare(t *testing.T) {
 		{"not an object", `[1,2]`, "", RequestInfo{PromptEstimate: 1}},
 		{"empty", ``, "", RequestInfo{PromptEstimate: 1}},
 	}
-	for _, tc := range tests {
+}
+
+func TestPrepare(t *testing.T) {
+	for _, tc := range prepareCases() {
 		t.Run(tc.name, func(t *testing.T) {
 			body := []byte(tc.body)
 			out, info := Prepare(body)
@@ -113,6 +118,9 @@ func FuzzPrepare(f *testing.F) {
 		`{"stream":true,"prompt":"\"}","max_tokens":12}`, `{}`, `[`, `{"a":`,
 	} {
 		f.Add([]byte(s))
+	}
+	for _, tc := range prepareCases() {
+		f.Add([]byte(tc.body))
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
 		orig := string(body)
