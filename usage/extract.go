@@ -46,7 +46,9 @@ func (c *chunkInfo) usageOnly() bool { return c.wellFormed && c.hasUsage && c.no
 
 // readChunk reads a completion object (whole response or stream chunk):
 // its top-level usage, whether choices is empty, and the bytes of text the
-// choices carry.
+// choices carry; and the Responses API's shapes (usage under "response",
+// text in "delta"). A Responses event has no choices, so it is never
+// taken for the usage-only chunk.
 func readChunk(b []byte) (c chunkInfo) {
 	s := newScanner(b)
 	if s.peek() != '{' {
@@ -61,12 +63,41 @@ func readChunk(b []byte) (c chunkInfo) {
 			}
 		case "choices":
 			c.noChoices, c.textBytes = readChoices(&s)
+		case "response":
+			// Responses API: response.completed carries the usage.
+			if u, ok := nestedUsage(&s); ok {
+				c.usage, c.hasUsage = u, true
+			}
+		case "delta":
+			// Responses API: response.output_text.delta and friends.
+			if s.peek() == '"' {
+				c.textBytes += len(s.str())
+			} else {
+				s.skip()
+			}
 		default:
 			s.skip()
 		}
 	}
 	c.wellFormed = s.ok
 	return c
+}
+
+// nestedUsage reads the usage member of an object.
+func nestedUsage(s *scanner) (u Usage, ok bool) {
+	if s.peek() != '{' {
+		s.skip()
+		return Usage{}, false
+	}
+	m := s.object()
+	for key, more := m.next(); more; key, more = m.next() {
+		if isKey(key, "usage") {
+			u, ok = readUsage(s)
+		} else {
+			s.skip()
+		}
+	}
+	return u, ok
 }
 
 // readChoices measures the generated text of a choices array: "text"

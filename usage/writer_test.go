@@ -31,6 +31,10 @@ const (
 	vllmUsage = `data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m","choices":[],"usage":{"prompt_tokens":12,"total_tokens":19,"completion_tokens":7,"prompt_tokens_details":{"cached_tokens":0}}}` + "\n\n"
 )
 
+// responsesStream is a Responses API stream (no choices: nothing to strip).
+const responsesStream = "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"Hi\"}\n\n" +
+	"event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"r\",\"output\":[],\"usage\":{\"input_tokens\":5,\"output_tokens\":2,\"total_tokens\":7}}}\n\n"
+
 // crlf rewrites a stream's line ends as CRLF.
 func crlf(s string) string { return strings.ReplaceAll(s, "\n", "\r\n") }
 
@@ -55,6 +59,7 @@ func sseCases() []sseCase {
 		{"vllm injected", vllmContent + vllmUsage + done, vllmContent + done, true, Usage{12, 7, false}, 0},
 		{"vllm extra blank lines kept", vllmContent + "\n\n" + vllmUsage + "\n" + done,
 			vllmContent + "\n\n" + "\n" + done, true, Usage{12, 7, false}, 0},
+		{"responses API stream", responsesStream, responsesStream, true, Usage{5, 2, false}, 0},
 		{"no usage estimated", cmplContent + done, cmplContent + done, true, Usage{PromptTokens: 10, Estimated: true}, 5},
 		{"usage last event without blank line", cmplContent + strings.TrimSuffix(cmplUsage, "\n\n"), cmplContent,
 			true, Usage{2, 3, false}, 0},
