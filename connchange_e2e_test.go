@@ -17,8 +17,9 @@ import (
 	"github.com/caddy-vastai/caddy-vastai/vastsim"
 )
 
-// quietHealthPool probes rarely, so that after readiness the engines see
-// only the test's own requests.
+// quietHealthPool probes rarely and does not scrape the engines' /metrics
+// (the scraper has its own connections), so that after readiness the
+// engines see only the test's own requests.
 const quietHealthPool = `		pool llm {
 			label_prefix llm-
 			health {
@@ -27,6 +28,9 @@ const quietHealthPool = `		pool llm {
 				timeout 2s
 				grace 1m
 			}
+		}
+		engines {
+			off
 		}`
 
 // TestOneInstancesSSHChangeKeepsTheOthersConnections moves instance A's
