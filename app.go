@@ -78,6 +78,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	fleet.SortPools(a.specs)
 	a.lifecycle = a.lifecycleConfig(repl)
+	a.keys, a.keysErr = a.Keys.settings(repl, a.gatewayID())
 
 	st, _, err := states.LoadOrNew(stateKey, func() (caddy.Destructor, error) {
 		return newState(), nil
@@ -103,6 +104,9 @@ func (a *App) Validate() error {
 	}
 	if _, err := a.apiURL(); err != nil {
 		return err
+	}
+	if a.keysErr != nil {
+		return a.keysErr
 	}
 	if a.PollInterval < 0 {
 		return fmt.Errorf("poll_interval: must not be negative, got %s", time.Duration(a.PollInterval))
@@ -141,12 +145,19 @@ func isLiteralSecret(v string) bool {
 }
 
 // literalSecretFields names the secret-bearing fields written literally:
-// api_key, static tokens and provision env values (Docker options such as
+// api_key, static tokens, client key secrets and provision env values (Docker options such as
 // "-p 8000:8000" excepted). New secret fields belong here.
 func (a *App) literalSecretFields() []string {
 	var out []string
 	if isLiteralSecret(a.APIKey) {
 		out = append(out, "api_key")
+	}
+	if a.Keys != nil {
+		for _, name := range slices.Sorted(maps.Keys(a.Keys.Keys)) {
+			if k := a.Keys.Keys[name]; k != nil && isLiteralSecret(k.Secret) {
+				out = append(out, "keys.keys."+name+".secret")
+			}
+		}
 	}
 	for _, name := range slices.Sorted(maps.Keys(a.Pools)) {
 		p := a.Pools[name]
@@ -226,6 +237,7 @@ func (a *App) Start() error {
 		store:     a.storage,
 		engines:   a.Engines.settings(),
 		models:    a.modelRouting,
+		keys:      a.keys,
 	})
 }
 

@@ -20,6 +20,7 @@ import (
 //	caddyfile_proxy.go      the vastai_proxy directive and dynamic vastai
 //	caddyfile_models.go     the vastai_models directive
 //	caddyfile_transport.go  transport vastai { ... }
+//	caddyfile_keys.go       keys { ... } and the vastai_keys directive
 //
 // Every option has its own case; an error names the block and the option.
 
@@ -119,6 +120,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //			max_concurrent_scrapes <n>          # default 16
 //			off                                 # route on in-flight counts only
 //		}
+//		keys { ... }                          # client keys: see unmarshalKeys (caddyfile_keys.go)
 //	}
 func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // option name
@@ -161,6 +163,10 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "engines":
 			if err = blockStart(d, "", a.Engines != nil); err == nil {
 				a.Engines, err = unmarshalEngines(d)
+			}
+		case "keys":
+			if err = blockStart(d, "", a.Keys != nil); err == nil {
+				a.Keys, err = unmarshalKeys(d) // caddyfile_keys.go
 			}
 		default:
 			err = d.Errf("unrecognized vastai option %q", opt)

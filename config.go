@@ -100,6 +100,11 @@ type App struct {
 	// Default: every routable instance every 2s.
 	Engines *EnginesConfig `json:"engines,omitempty"`
 
+	// Client API keys, their limits, budgets and prices (checked by the
+	// vastai_keys handler). Keys created through the admin API need no
+	// config; this block defines keys in the config and sets the prices.
+	Keys *KeysConfig `json:"keys,omitempty"`
+
 	storage caddyStorage
 	apiKey  string
 	// literalSecrets names the fields that hold a literal secret.
@@ -111,6 +116,8 @@ type App struct {
 	// modelRouting is set by a vastai_models handler's Provision (before
 	// Start) so that the state learns the engines' models.
 	modelRouting bool
+	keys         keySettings
+	keysErr      error
 }
 
 // Pool selects instances of the account and says how to reach their engine.
@@ -294,4 +301,88 @@ type EnginesConfig struct {
 
 	// Scrapes in flight at once, over all instances. Default: 16.
 	MaxConcurrentScrapes int `json:"max_concurrent_scrapes,omitempty"`
+}
+
+// KeysConfig configures client API keys: the keys defined in the config,
+// how often the keys and spend in storage are read and written, and what a
+// token costs. A request is charged its tokens at the pool's price per
+// million tokens when one is set (pool_prices, else price_per_mtok_in and
+// price_per_mtok_out); otherwise its share of the instance's time: the
+// instance's dph_total times the request's duration, divided by the
+// requests the instance was serving at once.
+type KeysConfig struct {
+	// Keys defined in the config, by name. Their secrets should be
+	// placeholders ({env.TEAM_A_KEY}); a literal one is warned about (or
+	// refused, with refuse_literal_secrets) like the other secrets.
+	Keys map[string]*ClientKey `json:"keys,omitempty"`
+
+	// How often the keys created through the admin API, revocations and
+	// the other gateways' spend are read from storage: a revocation takes
+	// effect on every gateway within this. Default: 2s; minimum 100ms.
+	PollInterval caddy.Duration `json:"poll_interval,omitempty"`
+
+	// How often this gateway's spend is written to storage (and on
+	// shutdown). Default: 5s; at most 10s.
+	FlushInterval caddy.Duration `json:"flush_interval,omitempty"`
+
+	// Dollars per million prompt tokens, for every pool without its own
+	// price in pool_prices. Unset (with price_per_mtok_out): requests are
+	// charged their share of the instance's time.
+	PricePerMTokIn float64 `json:"price_per_mtok_in,omitempty"`
+
+	// Dollars per million completion tokens; see price_per_mtok_in.
+	PricePerMTokOut float64 `json:"price_per_mtok_out,omitempty"`
+
+	// Prices per million tokens by pool, overriding the two above.
+	PoolPrices map[string]*TokenPrice `json:"pool_prices,omitempty"`
+
+	// The worst-case dollars per million tokens reserved for a request to
+	// a pool charged by instance time, whose real cost is known only when
+	// it ends. Default: 5.
+	ReservePricePerMTok float64 `json:"reserve_price_per_mtok,omitempty"`
+
+	// The max_tokens a reservation assumes for a request that gives none.
+	// Default: 1024.
+	DefaultMaxTokens int `json:"default_max_tokens,omitempty"`
+}
+
+// ClientKey is one key defined in the config.
+type ClientKey struct {
+	// The secret clients send as "Authorization: Bearer <secret>" or
+	// "x-api-key: <secret>". Use a placeholder such as {env.TEAM_A_KEY};
+	// only its SHA-256 is kept once the config is loaded. Required.
+	Secret string `json:"secret,omitempty"`
+
+	// Pools the key may reach; empty: all.
+	Pools []string `json:"pools,omitempty"`
+
+	// Models the key may request; empty: all.
+	Models []string `json:"models,omitempty"`
+
+	// Requests per minute (0: no limit).
+	RPM int `json:"rpm,omitempty"`
+
+	// Prompt plus completion tokens per minute (0: no limit).
+	TPM int `json:"tpm,omitempty"`
+
+	// Requests in flight at once (0: no limit).
+	MaxParallel int `json:"max_parallel,omitempty"`
+
+	// Dollars the key may spend per budget_period (0: no budget).
+	Budget float64 `json:"budget,omitempty"`
+
+	// The budget's period: "day", "month" (default) or "total".
+	BudgetPeriod string `json:"budget_period,omitempty"`
+
+	// When the key stops working: a date (2027-01-01, midnight UTC) or an
+	// RFC 3339 time. Default: never.
+	Expires string `json:"expires,omitempty"`
+}
+
+// TokenPrice is a price per million tokens.
+type TokenPrice struct {
+	// Dollars per million prompt tokens.
+	In float64 `json:"in,omitempty"`
+	// Dollars per million completion tokens.
+	Out float64 `json:"out,omitempty"`
 }

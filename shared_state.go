@@ -51,6 +51,8 @@ type state struct {
 	routes     routeDecisions                           // routes_metrics.go
 	speeds     routing.Speeds                           // engines' measured speeds (wire_engines.go), for capacity throughput
 	aborts     abortCounters                            // abort.go
+	keys       atomic.Pointer[keysRuntime]              // wire_keys.go
+	keyStats   keyMetrics                               // keys.go
 
 	mu       sync.Mutex // guards the fields below
 	settings clientSettings
@@ -59,6 +61,7 @@ type state struct {
 	done     chan struct{}
 	engRT    *engineRuntime
 	modRT    *modelRuntime
+	keyRT    *keysRuntime
 }
 
 func newState() *state {
@@ -77,6 +80,7 @@ type applied struct {
 	store     lifecycle.Store
 	engines   engineSettings
 	models    bool // a vastai_models handler is loaded: learn the engines' models
+	keys      keySettings
 }
 
 // apply installs a started config: it (re)creates the vast.ai client only if
@@ -122,6 +126,7 @@ func (s *state) apply(log *zap.Logger, c applied) error {
 	s.startDashboardLocked()
 	s.applyEnginesLocked(log, c.engines)
 	s.applyModelsLocked(log, c.models)
+	s.applyKeysLocked(log, c.keys, c.store)
 	return nil
 }
 
@@ -139,6 +144,7 @@ func (s *state) Destruct() error {
 	s.mu.Lock()
 	s.stopEnginesLocked()
 	s.stopModelsLocked()
+	s.stopKeysLocked() // flushes the key spend
 	s.stopDashboardLocked()
 	s.stopLedgerLocked() // flushes the cost ledger
 	s.stopLifecycleLocked()
@@ -153,6 +159,9 @@ func (s *state) registerMetrics(ctx caddy.Context) error {
 		return err
 	}
 	if err := s.routes.register(ctx.GetMetricsRegistry()); err != nil {
+		return err
+	}
+	if err := s.keyStats.register(ctx.GetMetricsRegistry()); err != nil {
 		return err
 	}
 	if err := s.registerAbortMetrics(ctx.GetMetricsRegistry()); err != nil {

@@ -172,6 +172,9 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if !ok {
 		return nil, reverseproxy.NewDialError(fmt.Errorf("vastai transport: %s: %w", di.Upstream.Dial, errNoRoute))
 	}
+	if resp := keyPoolRefusal(req, route.Pool); resp != nil { // keys.go
+		return resp, nil
+	}
 	// A RoundTripper must not modify the request it is given; the header
 	// map is shared with reverse_proxy's retry logic.
 	out := req.WithContext(req.Context())

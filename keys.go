@@ -1,0 +1,332 @@
+package vastai
+
+// The vastai_keys handler: a client's key is checked on the request path
+// against the registry's in-memory snapshot (wire_keys.go, package keys),
+// never storage. It refuses a missing, unknown, revoked or expired key
+// (401), a pool or model the key may not use (403), and a request over
+// the key's rpm, tpm, max_parallel or budget (429, with Retry-After), all
+// before anything is sent upstream. An admitted request reserves its worst
+// case (prompt estimate + max_tokens) against the budget, is prepared and
+// watched for usage (keys_usage.go), and settles with what it used.
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/caddy-vastai/caddy-vastai/keys"
+)
+
+func init() {
+	caddy.RegisterModule(KeysHandler{})
+}
+
+// DefaultKeysMaxBody bounds the request body the keys handler reads to
+// prepare it (stream_options injection) and to estimate its prompt.
+const DefaultKeysMaxBody = 4 << 20
+
+// KeysHandler checks client API keys, enforces their limits and budgets,
+// and accounts each request's tokens and spend to its key. Keys are
+// defined in the vastai app's keys block or created through the admin API
+// (POST /vastai/keys). The client's Authorization header is replaced by
+// the instance's token in the vastai transport, as without keys.
+type KeysHandler struct {
+	// The pool this route sends to, for keys limited to some pools. When
+	// a vastai_models handler ran before this one its choice is used; when
+	// neither names it, a key limited to pools is checked against the pool
+	// of the instance the request is sent to, still before any byte goes
+	// upstream.
+	Pool string `json:"pool,omitempty"`
+
+	// Bytes of a request body read to prepare it and estimate its prompt;
+	// a larger body is passed on unprepared (its usage then comes only
+	// from the response, or an estimate). Default: 4 MiB.
+	MaxBody int64 `json:"max_body,omitempty"`
+
+	st *state
+}
+
+// CaddyModule returns the Caddy module information.
+func (KeysHandler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.vastai_keys",
+		New: func() caddy.Module { return new(KeysHandler) },
+	}
+}
+
+// Provision finds the vastai app.
+func (h *KeysHandler) Provision(ctx caddy.Context) error {
+	app, err := lookupApp(ctx)
+	if err != nil {
+		return err
+	}
+	h.st = app.state
+	if h.MaxBody <= 0 {
+		h.MaxBody = DefaultKeysMaxBody
+	}
+	return nil
+}
+
+// keyCtxKey holds the admitted key in the request context, for the
+// transport's pool check.
+type keyCtxKey struct{}
+
+type admittedKey struct {
+	entry     *keys.Entry
+	poolKnown bool
+}
+
+// ServeHTTP checks the key, admits the request and accounts for it.
+func (h *KeysHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	reg, pricing := h.st.keyRegistry()
+	if reg == nil {
+		return writeKeyError(w, http.StatusServiceUnavailable, "service_unavailable", "keys_not_ready", "The gateway's keys are not loaded yet; retry shortly.")
+	}
+	now := time.Now()
+	e, err := reg.Snapshot().Lookup(clientSecret(r), now)
+	if err != nil {
+		h.st.keyStats.request("", "", http.StatusUnauthorized)
+		return writeKeyRefusal(w, err)
+	}
+	name := e.Key.Name
+	r, info, err := h.prepare(r)
+	if err != nil {
+		return err
+	}
+	rinfo := requestInfo(r, h.MaxBody)
+	pool, poolKnown := poolFromContext(r)
+	if !poolKnown && h.Pool != "" {
+		pool, poolKnown = h.Pool, true
+	}
+	if err := e.Allows(pool, rinfo.Model); err != nil {
+		h.st.keyStats.request(name, pool, http.StatusForbidden)
+		return writeKeyRefusal(w, err)
+	}
+	ticket, err := e.Admit(pricing.demand(pool, info), now)
+	if err != nil {
+		h.st.keyStats.request(name, pool, http.StatusTooManyRequests)
+		return writeKeyRefusal(w, err)
+	}
+	defer ticket.Release()
+	r = r.WithContext(context.WithValue(r.Context(), keyCtxKey{}, &admittedKey{entry: e, poolKnown: poolKnown}))
+	sw := &statusWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
+	uw := newUsageWriter(sw, info.Injected)
+	err = next.ServeHTTP(uw, r)
+	h.settle(ticket, name, pool, pricing, sw, uw, info, err)
+	return err
+}
+
+// prepare reads the body (bounded), lets the usage seam prepare it (the
+// include_usage injection) and puts the result back with its length.
+func (h *KeysHandler) prepare(r *http.Request) (*http.Request, usageInfo, error) {
+	if r.Body == nil || r.Body == http.NoBody || r.Method != http.MethodPost {
+		return r, usageInfo{}, nil
+	}
+	head, err := io.ReadAll(io.LimitReader(r.Body, h.MaxBody+1))
+	if err != nil {
+		return r, usageInfo{}, caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("reading the request body: %w", err))
+	}
+	if int64(len(head)) > h.MaxBody {
+		// Too large to prepare: passed on as is, its prompt estimated.
+		r.Body = struct {
+			io.Reader
+			io.Closer
+		}{io.MultiReader(bytes.NewReader(head), r.Body), r.Body}
+		return r, usageInfo{PromptEstimate: int(max(r.ContentLength, h.MaxBody) / 4)}, nil
+	}
+	out, info := prepareUsage(head)
+	r.Body = io.NopCloser(bytes.NewReader(out))
+	if info.Injected || r.ContentLength != int64(len(out)) {
+		r.ContentLength = int64(len(out))
+		r.Header.Set("Content-Length", strconv.Itoa(len(out)))
+		r.TransferEncoding = nil
+	}
+	return r, info, nil
+}
+
+// demand is the worst case a request may cost: its prompt estimate plus
+// its max_tokens (or the default), at the pool's price, or at the reserve
+// price for a pool charged by instance time.
+func (p *keyPricing) demand(pool string, info usageInfo) keys.Demand {
+	out := info.MaxTokens
+	if out <= 0 {
+		out = p.maxTokens
+	}
+	d := keys.Demand{Tokens: info.PromptEstimate + out}
+	if rate, ok := p.rate(pool); ok {
+		d.Dollars = rate.Cost(info.PromptEstimate, out)
+	} else {
+		d.Dollars = float64(d.Tokens) * p.reserve
+	}
+	return d
+}
+
+// settle charges the request what it used, or releases its reservation
+// when no response came from upstream. A response that failed (status >=
+// 400) is counted as an error and charged nothing.
+func (h *KeysHandler) settle(t *keys.Ticket, name, pool string, p *keyPricing, sw *statusWriter, uw usageCapture, info usageInfo, err error) {
+	now := time.Now()
+	if !sw.wrote {
+		status := http.StatusBadGateway
+		var he caddyhttp.HandlerError
+		if errors.As(err, &he) && he.StatusCode != 0 {
+			status = he.StatusCode
+		}
+		h.st.keyStats.request(name, pool, status)
+		return // the deferred Release frees the reservation
+	}
+	o := keys.Outcome{Duration: now.Sub(t.Start()), Failed: sw.status >= 400}
+	instancePool, perHour, sharing := h.instanceShare(sw)
+	if pool == "" {
+		pool = instancePool
+	}
+	if !o.Failed {
+		u := uw.Finish(info.PromptEstimate)
+		o.TokensIn, o.TokensOut, o.Estimated = u.PromptTokens, u.CompletionTokens, u.Estimated
+		if rate, ok := p.rate(pool); ok {
+			o.Dollars = rate.Cost(o.TokensIn, o.TokensOut)
+		} else if sharing > 0 {
+			o.Dollars = perHour * o.Duration.Hours() / float64(sharing)
+		}
+	}
+	if t.Settle(o, now) {
+		h.st.keyStats.finished(name, pool, sw.status, o)
+	}
+}
+
+// instanceShare finds the instance that served the response (the
+// transport's X-Vastai-Instance header): its pool, its $/h and how many
+// requests it was serving, this one included.
+func (h *KeysHandler) instanceShare(sw *statusWriter) (pool string, perHour float64, sharing int64) {
+	id, err := strconv.ParseInt(sw.Header().Get(InstanceHeader), 10, 64)
+	if err != nil {
+		return "", 0, 0
+	}
+	m, ok := h.st.watcher.Snapshot().Member(id)
+	if !ok {
+		return "", 0, 0
+	}
+	// The response body is closed by now, so this request has been
+	// counted out of the instance: add it back.
+	return m.Pool, m.Instance.DPHTotal, h.st.inflight.count(id) + 1
+}
+
+// clientSecret reads the key from "Authorization: Bearer <key>", else
+// from x-api-key.
+func clientSecret(r *http.Request) string {
+	if a := r.Header.Get("Authorization"); a != "" {
+		if scheme, tok, ok := strings.Cut(a, " "); ok && strings.EqualFold(scheme, "Bearer") {
+			return strings.TrimSpace(tok)
+		}
+		return ""
+	}
+	return strings.TrimSpace(r.Header.Get("X-Api-Key"))
+}
+
+// writeKeyRefusal answers a refusal of the key check in OpenAI's error
+// shape. It never echoes the key.
+func writeKeyRefusal(w http.ResponseWriter, err error) error {
+	var le *keys.LimitError
+	switch {
+	case errors.Is(err, keys.ErrMissingKey):
+		return writeKeyError(w, http.StatusUnauthorized, "invalid_request_error", "invalid_api_key",
+			"You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.")
+	case errors.Is(err, keys.ErrUnknownKey), errors.Is(err, keys.ErrRevoked), errors.Is(err, keys.ErrExpired):
+		msg := "Incorrect API key provided."
+		if errors.Is(err, keys.ErrExpired) {
+			msg = "The API key has expired."
+		} else if errors.Is(err, keys.ErrRevoked) {
+			msg = "The API key has been revoked."
+		}
+		return writeKeyError(w, http.StatusUnauthorized, "invalid_request_error", "invalid_api_key", msg)
+	case errors.Is(err, keys.ErrPoolNotAllowed):
+		return writeKeyError(w, http.StatusForbidden, "invalid_request_error", "pool_not_allowed", "This API key may not use this endpoint's pool.")
+	case errors.Is(err, keys.ErrModelNotAllowed):
+		return writeKeyError(w, http.StatusForbidden, "invalid_request_error", "model_not_allowed", "This API key may not use the requested model.")
+	case errors.As(err, &le):
+		w.Header().Set("Retry-After", strconv.FormatInt(max(1, int64(math.Ceil(le.RetryAfter.Seconds()))), 10))
+		if errors.Is(err, keys.ErrBudgetExceeded) {
+			return writeKeyError(w, http.StatusTooManyRequests, "budget_exceeded", "budget_exceeded",
+				fmt.Sprintf("This API key's %s budget is spent (or reserved by requests in flight).", le.Limit))
+		}
+		return writeKeyError(w, http.StatusTooManyRequests, "rate_limit_error", "rate_limit_exceeded",
+			fmt.Sprintf("This API key's %s limit is reached; retry after %s.", le.Limit, w.Header().Get("Retry-After")+"s"))
+	}
+	return writeKeyError(w, http.StatusInternalServerError, "server_error", "", "The key check failed.")
+}
+
+// writeKeyError writes {"error":{"message","type","code"}}.
+func writeKeyError(w http.ResponseWriter, status int, typ, code, msg string) error {
+	body := map[string]any{"error": map[string]any{"message": msg, "type": typ, "code": code}}
+	b, _ := json.Marshal(body)
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+	w.WriteHeader(status)
+	_, err := w.Write(b)
+	return err
+}
+
+// keyPoolRefusal is the transport's check of a key limited to pools when
+// the handler did not know the pool: a 403 answered in place of the
+// upstream's, so nothing is sent to the instance.
+func keyPoolRefusal(req *http.Request, pool string) *http.Response {
+	ak, ok := req.Context().Value(keyCtxKey{}).(*admittedKey)
+	if !ok || ak.poolKnown || ak.entry.Allows(pool, "") == nil || len(ak.entry.Key.Pools) == 0 {
+		return nil
+	}
+	rec := httptestRecorder{header: http.Header{}}
+	_ = writeKeyRefusal(&rec, keys.ErrPoolNotAllowed)
+	return &http.Response{
+		StatusCode: rec.status, Status: http.StatusText(rec.status), Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: rec.header, Body: io.NopCloser(bytes.NewReader(rec.body.Bytes())), ContentLength: int64(rec.body.Len()), Request: req,
+	}
+}
+
+// httptestRecorder collects a response written by writeKeyError.
+type httptestRecorder struct {
+	header http.Header
+	status int
+	body   bytes.Buffer
+}
+
+func (r *httptestRecorder) Header() http.Header         { return r.header }
+func (r *httptestRecorder) WriteHeader(s int)           { r.status = s }
+func (r *httptestRecorder) Write(p []byte) (int, error) { return r.body.Write(p) }
+
+// statusWriter records the response's status.
+type statusWriter struct {
+	*caddyhttp.ResponseWriterWrapper
+	status int
+	wrote  bool
+}
+
+func (s *statusWriter) WriteHeader(code int) {
+	if !s.wrote && code >= 200 {
+		s.status, s.wrote = code, true
+	}
+	s.ResponseWriterWrapper.WriteHeader(code)
+}
+
+func (s *statusWriter) Write(p []byte) (int, error) {
+	if !s.wrote {
+		s.status, s.wrote = http.StatusOK, true
+	}
+	return s.ResponseWriterWrapper.Write(p)
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*KeysHandler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*KeysHandler)(nil)
+)
