@@ -105,7 +105,7 @@ func (a *adminAPI) handleAPIEndpoints(w http.ResponseWriter, r *http.Request) er
 // instances, pools and operations replaced by "*") and that id.
 func routeShape(path string) (shape, arg string) {
 	parts := strings.Split(strings.Trim(strings.TrimPrefix(path, "/vastai"), "/"), "/")
-	if len(parts) >= 2 && (parts[0] == "pools" || parts[0] == "operations" || parts[0] == "instances") {
+	if len(parts) >= 2 && (parts[0] == "pools" || parts[0] == "operations" || parts[0] == "instances" || parts[0] == "keys") {
 		arg, parts[1] = parts[1], "*"
 	}
 	return strings.Join(parts, "/"), arg

@@ -8,6 +8,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/caddy-vastai/caddy-vastai/keys"
 	"github.com/caddy-vastai/caddy-vastai/lifecycle"
 )
 
@@ -39,21 +40,22 @@ func adminStatus(err error) int {
 	switch {
 	case errors.Is(err, errMethodNotAllowed):
 		return http.StatusMethodNotAllowed
-	case errors.Is(err, lifecycle.ErrInvalidRequest):
+	case errors.Is(err, lifecycle.ErrInvalidRequest), errors.Is(err, keys.ErrInvalid):
 		return http.StatusBadRequest
 	case errors.Is(err, errBodyTooLarge):
 		return http.StatusRequestEntityTooLarge
 	case errors.Is(err, errNoEndpoint), errors.Is(err, ErrUnknownPool), errors.Is(err, ErrNoHistory),
 		errors.Is(err, lifecycle.ErrUnknownPool), errors.Is(err, lifecycle.ErrOperationNotFound),
-		errors.Is(err, lifecycle.ErrInstanceNotFound):
+		errors.Is(err, lifecycle.ErrInstanceNotFound), errors.Is(err, keys.ErrNotFound):
 		return http.StatusNotFound
 	case errors.Is(err, lifecycle.ErrNotOwned):
 		return http.StatusForbidden
-	case errors.Is(err, ErrNoProvisionBlock), errors.Is(err, lifecycle.ErrBudget),
+	case errors.Is(err, ErrNoProvisionBlock), errors.Is(err, lifecycle.ErrBudget), errors.Is(err, keys.ErrExists),
 		errors.Is(err, lifecycle.ErrMaxInstances), errors.Is(err, lifecycle.ErrNoOffers):
 		return http.StatusConflict
 	case errors.Is(err, ErrNotConfigured), errors.Is(err, errManagerNotRunning), errors.Is(err, lifecycle.ErrStopped),
-		errors.Is(err, errLedgerNotLoaded), errors.Is(err, ErrTooManyStreams), errors.Is(err, errSamplerNotStarted):
+		errors.Is(err, errLedgerNotLoaded), errors.Is(err, ErrTooManyStreams), errors.Is(err, errSamplerNotStarted),
+		errors.Is(err, errKeysNotRunning):
 		return http.StatusServiceUnavailable
 	case errors.Is(err, errInternal):
 		return http.StatusInternalServerError

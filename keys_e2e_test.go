@@ -4,10 +4,16 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/caddyserver/certmagic"
+
+	"github.com/caddy-vastai/caddy-vastai/adminapi"
+	"github.com/caddy-vastai/caddy-vastai/keys"
 	"github.com/caddy-vastai/caddy-vastai/vastsim"
 )
 
@@ -84,19 +90,27 @@ func apiErrorCode(t testing.TB, body []byte) string {
 
 const tinyCompletion = `{"model":"vastsim/tiny-llm","prompt":"hello","max_tokens":4}`
 
-// startKeysGateway starts one llm instance behind vastai_keys.
-func startKeysGateway(t *testing.T, extraKeys, site string) (*vastsim.Sim, int64) {
+// startKeysGateway starts one llm instance behind vastai_keys, with a
+// fresh keys folder in the test storage and every log line (debug
+// included) written to the returned file.
+func startKeysGateway(t *testing.T, extraKeys, site string) (*vastsim.Sim, int64, string) {
 	t.Helper()
 	setKeyEnv(t)
+	if err := os.RemoveAll(filepath.Join(e2eStorage, "vastai", "keys")); err != nil {
+		t.Fatal(err)
+	}
+	logFile := filepath.Join(t.TempDir(), "caddy.log")
 	sim := newSim(t, vastsim.Options{})
 	ids := launch(t, sim, 1, "llm-")
-	startCaddy(t, testConfig(sim.URL(), llmPool+"\n"+keysBlock(extraKeys), site))
+	cfg := testConfig(sim.URL(), llmPool+"\n"+keysBlock(extraKeys), site)
+	cfg = strings.Replace(cfg, "\tskip_install_trust\n", "\tskip_install_trust\n\tlog {\n\t\toutput file "+logFile+"\n\t\tlevel DEBUG\n\t}\n", 1)
+	startCaddy(t, cfg)
 	waitRoutable(t, 10*time.Second, ids)
-	return sim, ids[0]
+	return sim, ids[0], logFile
 }
 
 func TestKeysRefusedBeforeUpstream(t *testing.T) {
-	sim, id := startKeysGateway(t, "", keysSite)
+	sim, id, _ := startKeysGateway(t, "", keysSite)
 	cases := []struct {
 		name, key  string
 		status     int
@@ -128,5 +142,92 @@ func TestKeysRefusedBeforeUpstream(t *testing.T) {
 				t.Errorf("the answer echoes the key")
 			}
 		})
+	}
+}
+
+// TestKeysAdminLifecycle: a key created through the admin API works at
+// once; a second gateway (a registry over the same storage folder, as
+// another Caddy would run) knows it after one poll; revoking it refuses it
+// here at once, before any upstream request, and there after one poll.
+// The secret appears only in the creation's answer: never in the list,
+// the logs, the metrics, storage or /config/.
+func TestKeysAdminLifecycle(t *testing.T) {
+	sim, id, logFile := startKeysGateway(t, "", keysSite)
+	status, body := adminDo(t, http.MethodPost, "/vastai/keys", `{"name":"team-b","models":["vastsim/tiny-llm"],"rpm":100,"budget":5,"period":"day"}`)
+	if status != http.StatusCreated {
+		t.Fatalf("create: %d %s", status, body)
+	}
+	var created adminapi.KeyCreated
+	if err := json.Unmarshal(body, &created); err != nil || !strings.HasPrefix(created.Secret, keys.SecretPrefix) || created.Status != "active" {
+		t.Fatalf("create answer %s (%v)", body, err)
+	}
+	secret := created.Secret
+	if st, b := adminDo(t, http.MethodPost, "/vastai/keys", `{"name":"team-b"}`); st != http.StatusConflict {
+		t.Errorf("second create of team-b: %d %s", st, b)
+	}
+	if st, _, b := keyedRequest(t, "/v1/completions", secret, tinyCompletion); st != http.StatusOK {
+		t.Fatalf("request with the new key: %d %s", st, b)
+	}
+	other := keys.New(&certmagic.FileStorage{Path: e2eStorage}, "vastai/keys", "second-gateway")
+	if err := other.Poll(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.Snapshot().Lookup(secret, time.Now()); err != nil {
+		t.Fatalf("second gateway after a poll: %v", err)
+	}
+	if st, b := adminDo(t, http.MethodDelete, "/vastai/keys/team-b", ""); st != http.StatusOK || !strings.Contains(string(b), `"revoked"`) {
+		t.Fatalf("revoke: %d %s", st, b)
+	}
+	before := sim.Engine(id).Requests
+	st, _, b := keyedRequest(t, "/v1/completions", secret, tinyCompletion)
+	if st != http.StatusUnauthorized || apiErrorCode(t, b) != "invalid_api_key" || sim.Engine(id).Requests != before {
+		t.Fatalf("revoked key: %d %s (engine requests %d → %d)", st, b, before, sim.Engine(id).Requests)
+	}
+	if err := other.Poll(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.Snapshot().Lookup(secret, time.Now()); err == nil {
+		t.Fatal("second gateway still accepts the revoked key after a poll")
+	}
+	if st, b := adminDo(t, http.MethodDelete, "/vastai/keys/team-a", ""); st != http.StatusBadRequest {
+		t.Errorf("revoking a config key: %d %s", st, b)
+	}
+	if st, b := adminDo(t, http.MethodGet, "/vastai/keys/nope/usage", ""); st != http.StatusNotFound {
+		t.Errorf("usage of an unknown key: %d %s", st, b)
+	}
+	assertNoSecrets(t, logFile, secret, keyTeamA, keyExpired, keyOther)
+}
+
+// assertNoSecrets looks for every secret (and its hash, in the admin
+// answers) in the admin API's answers, the metrics, the logs, the storage
+// folder and /config/.
+func assertNoSecrets(t *testing.T, logFile string, secrets ...string) {
+	t.Helper()
+	places := map[string]string{}
+	for _, p := range []string{"/vastai/keys", "/vastai/keys/team-a", "/vastai/keys/team-a/usage?period=day", "/config/", "/metrics"} {
+		_, b := adminDo(t, http.MethodGet, p, "")
+		places["GET "+p] = string(b)
+	}
+	logs, err := os.ReadFile(logFile)
+	if err != nil || len(logs) == 0 {
+		t.Fatalf("reading the log %s: %v (%d bytes)", logFile, err, len(logs))
+	}
+	places["log"] = string(logs)
+	_ = filepath.WalkDir(e2eStorage, func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			b, _ := os.ReadFile(p)
+			places["storage "+p] = string(b)
+		}
+		return nil
+	})
+	for where, text := range places {
+		for _, s := range secrets {
+			if strings.Contains(text, s) {
+				t.Errorf("%s holds a key secret", where)
+			}
+			if !strings.HasPrefix(where, "storage") && strings.Contains(text, keys.Hash(s)) {
+				t.Errorf("%s holds a key hash", where)
+			}
+		}
 	}
 }

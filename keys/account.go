@@ -74,6 +74,7 @@ func (u *KeyUsage) add(o Tally) {
 
 // sumCurrent adds o's tallies of the periods containing now.
 func (u *KeyUsage) sumCurrent(o KeyUsage, now time.Time) {
+	u.roll(now)
 	if o.Day.Period == periodID(PeriodDay, now) {
 		u.Day.add(o.Day)
 	}
