@@ -78,7 +78,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	fleet.SortPools(a.specs)
 	a.lifecycle = a.lifecycleConfig(repl)
-	a.keys, a.keysErr = a.Keys.settings(repl, a.gatewayID())
+	a.keys, a.keysErr = a.Keys.settings(repl, a.gatewayID(), slices.Sorted(maps.Keys(a.Pools)))
 
 	st, _, err := states.LoadOrNew(stateKey, func() (caddy.Destructor, error) {
 		return newState(), nil

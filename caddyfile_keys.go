@@ -22,6 +22,7 @@ func init() {
 //	vastai_keys [<matcher>] [<pool>] {
 //		pool     <pool>    # the pool this route sends to, for keys limited to pools
 //		max_body <bytes>   # default 4 MiB
+//		no_usage_injection # do not add stream_options.include_usage to streams
 //	}
 func parseVastaiKeys(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	k := new(KeysHandler)
@@ -57,6 +58,10 @@ func (k *KeysHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("vastai_keys: max_body: %q is not a positive number of bytes", raw)
 			}
 			k.MaxBody = n
+		case "no_usage_injection":
+			if err := flagArg(d, "vastai_keys: ", &k.NoUsageInjection); err != nil {
+				return err
+			}
 		default:
 			return d.Errf("unrecognized vastai_keys option %q", opt)
 		}

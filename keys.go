@@ -54,6 +54,11 @@ type KeysHandler struct {
 	// from the response, or an estimate). Default: 4 MiB.
 	MaxBody int64 `json:"max_body,omitempty"`
 
+	// Do not add stream_options.include_usage to streamed completions
+	// whose client did not ask for usage (for engines that refuse the
+	// field; vLLM and SGLang accept it). Their tokens are then estimated.
+	NoUsageInjection bool `json:"no_usage_injection,omitempty"`
+
 	st *state
 }
 
@@ -120,10 +125,9 @@ func (h *KeysHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, next cad
 	}
 	defer ticket.Release()
 	r = r.WithContext(context.WithValue(r.Context(), keyCtxKey{}, &admittedKey{entry: e, poolKnown: poolKnown}))
-	sw := &statusWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
-	uw := newUsageWriter(sw, info.Injected)
+	uw := newUsageWriter(w, info.Injected)
 	err = next.ServeHTTP(uw, r)
-	h.settle(ticket, name, pool, pricing, sw, uw, info, err)
+	h.settle(ticket, name, pool, pricing, uw, info, err)
 	return err
 }
 
@@ -145,7 +149,7 @@ func (h *KeysHandler) prepare(r *http.Request) (*http.Request, usageInfo, error)
 		}{io.MultiReader(bytes.NewReader(head), r.Body), r.Body}
 		return r, usageInfo{PromptEstimate: int(max(r.ContentLength, h.MaxBody) / 4)}, nil
 	}
-	out, info := prepareUsage(head)
+	out, info := prepareUsage(r.URL.Path, head, !h.NoUsageInjection)
 	r.Body = io.NopCloser(bytes.NewReader(out))
 	if info.Injected || r.ContentLength != int64(len(out)) {
 		r.ContentLength = int64(len(out))
@@ -156,29 +160,35 @@ func (h *KeysHandler) prepare(r *http.Request) (*http.Request, usageInfo, error)
 }
 
 // demand is the worst case a request may cost: its prompt estimate plus
-// its max_tokens (or the default), at the pool's price, or at the reserve
-// price for a pool charged by instance time.
+// its max_tokens (or the default), at the pool's price, at the reserve
+// price for a pool charged by instance time, or at the dearest of these
+// over every pool when the pool is not known yet.
 func (p *keyPricing) demand(pool string, info usageInfo) keys.Demand {
 	out := info.MaxTokens
 	if out <= 0 {
 		out = p.maxTokens
 	}
 	d := keys.Demand{Tokens: info.PromptEstimate + out}
-	if rate, ok := p.rate(pool); ok {
-		d.Dollars = rate.Cost(info.PromptEstimate, out)
-	} else {
-		d.Dollars = float64(d.Tokens) * p.reserve
+	rate, ok := p.rate(pool)
+	switch {
+	case pool == "":
+		rate = p.worst
+	case !ok:
+		rate = keys.TokenRate{In: p.reserve, Out: p.reserve}
 	}
+	d.Dollars = rate.Cost(info.PromptEstimate, out)
 	return d
 }
 
 // settle charges the request what it used, or releases its reservation
 // when no response came from upstream. A response that failed (status >=
 // 400) is counted as an error and charged nothing.
-func (h *KeysHandler) settle(t *keys.Ticket, name, pool string, p *keyPricing, sw *statusWriter, uw usageCapture, info usageInfo, err error) {
+func (h *KeysHandler) settle(t *keys.Ticket, name, pool string, p *keyPricing, uw usageCapture, info usageInfo, err error) {
+	u := uw.Finish(info.PromptEstimate) // also writes out what the writer held
 	now := time.Now()
-	if !sw.wrote {
-		status := http.StatusBadGateway
+	status := uw.Status()
+	if status == 0 {
+		status = http.StatusBadGateway
 		var he caddyhttp.HandlerError
 		if errors.As(err, &he) && he.StatusCode != 0 {
 			status = he.StatusCode
@@ -186,13 +196,12 @@ func (h *KeysHandler) settle(t *keys.Ticket, name, pool string, p *keyPricing, s
 		h.st.keyStats.request(name, pool, status)
 		return // the deferred Release frees the reservation
 	}
-	o := keys.Outcome{Duration: now.Sub(t.Start()), Failed: sw.status >= 400}
-	instancePool, perHour, sharing := h.instanceShare(sw)
+	o := keys.Outcome{Duration: now.Sub(t.Start()), Failed: status >= 400}
+	instancePool, perHour, sharing := h.instanceShare(uw.Header())
 	if pool == "" {
 		pool = instancePool
 	}
 	if !o.Failed {
-		u := uw.Finish(info.PromptEstimate)
 		o.TokensIn, o.TokensOut, o.Estimated = u.PromptTokens, u.CompletionTokens, u.Estimated
 		if rate, ok := p.rate(pool); ok {
 			o.Dollars = rate.Cost(o.TokensIn, o.TokensOut)
@@ -201,15 +210,15 @@ func (h *KeysHandler) settle(t *keys.Ticket, name, pool string, p *keyPricing, s
 		}
 	}
 	if t.Settle(o, now) {
-		h.st.keyStats.finished(name, pool, sw.status, o)
+		h.st.keyStats.finished(name, pool, status, o)
 	}
 }
 
 // instanceShare finds the instance that served the response (the
 // transport's X-Vastai-Instance header): its pool, its $/h and how many
 // requests it was serving, this one included.
-func (h *KeysHandler) instanceShare(sw *statusWriter) (pool string, perHour float64, sharing int64) {
-	id, err := strconv.ParseInt(sw.Header().Get(InstanceHeader), 10, 64)
+func (h *KeysHandler) instanceShare(hdr http.Header) (pool string, perHour float64, sharing int64) {
+	id, err := strconv.ParseInt(hdr.Get(InstanceHeader), 10, 64)
 	if err != nil {
 		return "", 0, 0
 	}
@@ -304,26 +313,9 @@ func (r *httptestRecorder) Header() http.Header         { return r.header }
 func (r *httptestRecorder) WriteHeader(s int)           { r.status = s }
 func (r *httptestRecorder) Write(p []byte) (int, error) { return r.body.Write(p) }
 
-// statusWriter records the response's status.
-type statusWriter struct {
-	*caddyhttp.ResponseWriterWrapper
-	status int
-	wrote  bool
-}
-
-func (s *statusWriter) WriteHeader(code int) {
-	if !s.wrote && code >= 200 {
-		s.status, s.wrote = code, true
-	}
-	s.ResponseWriterWrapper.WriteHeader(code)
-}
-
-func (s *statusWriter) Write(p []byte) (int, error) {
-	if !s.wrote {
-		s.status, s.wrote = http.StatusOK, true
-	}
-	return s.ResponseWriterWrapper.Write(p)
-}
+// poolFromContext is the pool a vastai_models handler before this one
+// chose (models.go's chosenPool, once merged).
+func poolFromContext(*http.Request) (string, bool) { return "", false }
 
 // Interface guards
 var (

@@ -2,6 +2,7 @@ package vastai
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -230,4 +231,130 @@ func assertNoSecrets(t *testing.T, logFile string, secrets ...string) {
 			}
 		}
 	}
+}
+
+// keyUsage reads a key's usage over period from the admin API.
+func keyUsage(t testing.TB, name, period string) adminapi.KeyUsage {
+	t.Helper()
+	var u adminapi.KeyUsage
+	if st, b := adminGET(t, "/vastai/keys/"+name+"/usage?period="+period, &u); st != http.StatusOK {
+		t.Fatalf("usage of %s: %d %s", name, st, b)
+	}
+	return u
+}
+
+// TestKeysStreamUsage: a stream whose client did not ask for usage gets
+// none (the chunk the gateway asked for is stripped) and is otherwise
+// what the engine sent, while its tokens are counted exactly, as the
+// simulator counted them; a client that asked for usage keeps its chunk.
+// Non-streamed answers are counted from their usage. The per-key metrics
+// show the same figures.
+func TestKeysStreamUsage(t *testing.T) {
+	sim, id, _ := startKeysGateway(t, "", keysSite)
+	cases := []struct {
+		name, body string
+		wantUsage  bool
+	}{
+		{"stream without include_usage", `{"model":"vastsim/tiny-llm","prompt":"count the tokens of this prompt","max_tokens":7,"stream":true}`, false},
+		{"stream with include_usage", `{"model":"vastsim/tiny-llm","prompt":"and of this one","max_tokens":5,"stream":true,"stream_options":{"include_usage":true}}`, true},
+		{"chat stream without include_usage", `{"model":"vastsim/tiny-llm","messages":[{"role":"user","content":"hi there"}],"max_tokens":6,"stream":true}`, false},
+		{"whole answer", `{"model":"vastsim/tiny-llm","prompt":"not streamed","max_tokens":3}`, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			before, u0 := sim.Engine(id), keyUsage(t, "team-a", "day")
+			path := "/v1/completions"
+			if strings.Contains(tc.body, "messages") {
+				path = "/v1/chat/completions"
+			}
+			status, _, body := keyedRequest(t, path, keyTeamA, tc.body)
+			if status != http.StatusOK {
+				t.Fatalf("status %d: %s", status, body)
+			}
+			if got := strings.Contains(string(body), `"prompt_tokens"`); got != tc.wantUsage {
+				t.Fatalf("usage in the answer: %v, want %v:\n%s", got, tc.wantUsage, body)
+			}
+			if strings.Contains(tc.body, `"stream":true`) && !strings.HasSuffix(string(body), "data: [DONE]\n\n") {
+				t.Fatalf("the stream does not end with [DONE]:\n%s", body)
+			}
+			after, u1 := sim.Engine(id), keyUsage(t, "team-a", "day")
+			wantIn, wantOut := after.PromptTokens-before.PromptTokens, after.GenerationTokens-before.GenerationTokens
+			if in, out := u1.TokensIn-u0.TokensIn, u1.TokensOut-u0.TokensOut; in != wantIn || out != wantOut || wantOut == 0 {
+				t.Errorf("counted %d in / %d out, the engine %d / %d", in, out, wantIn, wantOut)
+			}
+			if u1.Estimated != u0.Estimated || u1.Requests != u0.Requests+1 {
+				t.Errorf("estimated %d → %d, requests %d → %d", u0.Estimated, u1.Estimated, u0.Requests, u1.Requests)
+			}
+		})
+	}
+	_, metrics := adminDo(t, http.MethodGet, "/metrics", "")
+	for _, want := range []string{
+		`caddy_vastai_key_requests_total{code="200",key="team-a",pool="llm"} 4`,
+		`caddy_vastai_key_tokens_total{direction="out",key="team-a"}`,
+		`caddy_vastai_key_spend_dollars_total{key="team-a"}`,
+	} {
+		if !strings.Contains(string(metrics), want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+}
+
+// TestKeysBudgetUnderConcurrency: 50 concurrent requests against a
+// budget that fits 10 worst cases spend no more than the budget plus one
+// reservation; the refused ones get 429 budget_exceeded with Retry-After,
+// and the spend is what the engine's tokens cost.
+func TestKeysBudgetUnderConcurrency(t *testing.T) {
+	// $0.01 per completion token, prompts free: a request with max_tokens 4
+	// reserves $0.04; the budget fits 10.
+	const reservation, budget = 0.04, 0.40
+	t.Setenv("TEST_KEY_CAPPED", "cvk_capped-secret-0123456789abcdef")
+	sim, id, _ := startKeysGateway(t, `			pool_price llm 0 10000
+			key capped {
+				secret {env.TEST_KEY_CAPPED}
+				budget 0.40 day
+			}`, keysSite)
+	before := sim.Engine(id)
+	codes := make(chan int, 50)
+	retry := make(chan string, 50)
+	start := make(chan struct{})
+	for range 50 {
+		go func() {
+			<-start
+			st, h, b := keyedRequest(t, "/v1/completions", "cvk_capped-secret-0123456789abcdef", tinyCompletion)
+			if st == http.StatusTooManyRequests && apiErrorCode(t, b) != "budget_exceeded" {
+				st = -1
+			}
+			codes <- st
+			retry <- h.Get("Retry-After")
+		}()
+	}
+	close(start)
+	ok, refused := 0, 0
+	for range 50 {
+		switch st, ra := <-codes, <-retry; st {
+		case http.StatusOK:
+			ok++
+		case http.StatusTooManyRequests:
+			refused++
+			if ra == "" {
+				t.Error("a 429 without Retry-After")
+			}
+		default:
+			t.Errorf("status %d", st)
+		}
+	}
+	u := keyUsage(t, "capped", "day")
+	engineOut := sim.Engine(id).GenerationTokens - before.GenerationTokens
+	t.Logf("admitted %d, refused %d, spent $%.4f of $%.2f", ok, refused, u.Spend, budget)
+	if ok == 0 || refused == 0 || u.Spend > budget+reservation+1e-9 {
+		t.Fatalf("admitted %d refused %d spent %.4f: want spend <= %.2f", ok, refused, u.Spend, budget+reservation)
+	}
+	if want := float64(engineOut) * 0.01; u.Spend < want-1e-9 || u.Spend > want+1e-9 || u.TokensOut != engineOut {
+		t.Errorf("spent $%.4f for %d tokens; the engine generated %d ($%.4f)", u.Spend, u.TokensOut, engineOut, want)
+	}
+	// The spend reaches storage within the flush interval.
+	waitFor(t, 5*time.Second, "the spend record", func() bool {
+		b, err := os.ReadFile(filepath.Join(e2eStorage, "vastai", "keys", "spend", "default.json"))
+		return err == nil && strings.Contains(string(b), `"capped"`) && strings.Contains(string(b), fmt.Sprintf(`"requests":%d`, ok))
+	})
 }

@@ -1,10 +1,9 @@
 package vastai
 
-// The seam between the keys handler and package usage (request
-// preparation and usage capture). Until usage/ is merged this is a
-// stand-in with the same shape: it injects nothing and estimates tokens
-// from byte counts; the switch to usage.Prepare and usage.NewWriter is
-// this file only.
+// The seam between the keys handler and package usage. Until usage/ is
+// merged this is a stand-in with its shape: it injects nothing and
+// estimates tokens from byte counts; the switch to usage.Prepare and
+// usage.NewWriter is this file only.
 
 import (
 	"encoding/json"
@@ -25,14 +24,14 @@ type tokenUsage struct {
 	Estimated                      bool
 }
 
-// usageCapture is *usage.Writer.
+// usageCapture is what the handler needs of *usage.Writer.
 type usageCapture interface {
 	http.ResponseWriter
+	Status() int
 	Finish(promptEstimate int) tokenUsage
 }
 
-// prepareUsage is usage.Prepare.
-func prepareUsage(body []byte) ([]byte, usageInfo) {
+func prepareUsage(_ string, body []byte, _ bool) ([]byte, usageInfo) {
 	var req struct {
 		Stream    bool `json:"stream"`
 		MaxTokens int  `json:"max_tokens"`
@@ -41,24 +40,32 @@ func prepareUsage(body []byte) ([]byte, usageInfo) {
 	return body, usageInfo{Stream: req.Stream, MaxTokens: req.MaxTokens, PromptEstimate: len(body) / 4}
 }
 
-// newUsageWriter is usage.NewWriter.
 func newUsageWriter(w http.ResponseWriter, _ bool) usageCapture {
 	return &stubUsageWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
 }
 
 type stubUsageWriter struct {
 	*caddyhttp.ResponseWriterWrapper
-	n int
+	status, n int
+}
+
+func (s *stubUsageWriter) WriteHeader(code int) {
+	if s.status == 0 && code >= 200 {
+		s.status = code
+	}
+	s.ResponseWriterWrapper.WriteHeader(code)
 }
 
 func (s *stubUsageWriter) Write(p []byte) (int, error) {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
 	s.n += len(p)
 	return s.ResponseWriterWrapper.Write(p)
 }
 
+func (s *stubUsageWriter) Status() int { return s.status }
+
 func (s *stubUsageWriter) Finish(promptEstimate int) tokenUsage {
 	return tokenUsage{PromptTokens: promptEstimate, CompletionTokens: s.n / 4, Estimated: true}
 }
-
-// poolFromContext is models.go's chosenPool once vastai_models is merged.
-func poolFromContext(*http.Request) (string, bool) { return "", false }

@@ -44,7 +44,21 @@ type keyPricing struct {
 	pools     map[string]keys.TokenRate
 	fallback  *keys.TokenRate // nil: charge instance time
 	reserve   float64         // $ per token reserved for instance-time pools
+	worst     keys.TokenRate  // the dearest rate of any pool, for a request whose pool is not known yet
 	maxTokens int
+}
+
+// setWorst finds the dearest rate a request to any of pools may pay: a
+// reservation made before the pool is known must hold wherever it goes.
+func (p *keyPricing) setWorst(pools []string) {
+	p.worst = keys.TokenRate{}
+	for _, name := range pools {
+		r, ok := p.rate(name)
+		if !ok {
+			r = keys.TokenRate{In: p.reserve, Out: p.reserve}
+		}
+		p.worst.In, p.worst.Out = max(p.worst.In, r.In), max(p.worst.Out, r.Out)
+	}
 }
 
 // rate is the price per token of pool, ok false for instance time.
@@ -129,9 +143,11 @@ func (s *state) stopKeysLocked() {
 
 // keySettings resolves the keys block: each configured secret's
 // placeholders, then its hash; the secret itself is dropped.
-func (c *KeysConfig) settings(repl *caddy.Replacer, gateway string) (keySettings, error) {
+// pools names the app's pools, for the worst-case rate.
+func (c *KeysConfig) settings(repl *caddy.Replacer, gateway string, pools []string) (keySettings, error) {
 	ks := keySettings{poll: defaultKeysPoll, flush: defaultKeysFlush, gateway: gateway,
 		pricing: &keyPricing{pools: map[string]keys.TokenRate{}, reserve: defaultReservePrice / 1e6, maxTokens: defaultMaxTokens}}
+	defer ks.pricing.setWorst(pools)
 	if c == nil {
 		return ks, nil
 	}
