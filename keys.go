@@ -109,7 +109,7 @@ func (h *KeysHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, next cad
 	if err != nil {
 		return err
 	}
-	rinfo := requestInfo(r, h.MaxBody)
+	r, rinfo := withRequestInfo(r, h.MaxBody)
 	pool, poolKnown := poolFromContext(r)
 	if !poolKnown && h.Pool != "" {
 		pool, poolKnown = h.Pool, true

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"sync/atomic"
 	"time"
 )
 
@@ -121,6 +122,15 @@ func Hash(secret string) string {
 	return hex.EncodeToString(sum[:])
 }
 
+// digest is a hash as the snapshot's map key: no allocation per lookup.
+type digest [sha256.Size]byte
+
+func digestOf(hexHash string) (digest, bool) {
+	var d digest
+	n, err := hex.Decode(d[:], []byte(hexHash))
+	return d, err == nil && n == len(d)
+}
+
 // Generate returns a new secret: SecretPrefix and 32 random bytes in
 // unpadded base64url.
 func Generate() (string, error) {
@@ -149,13 +159,28 @@ func ParseExpires(s string) (time.Time, error) {
 
 // periodID names the calendar period containing now: "2026-12-03" for a
 // day, "2026-12" for a month, "" for total.
+// The request path asks this for every admission, so the current day's
+// names are cached: formatting a date costs an allocation.
 func periodID(p Period, now time.Time) string {
-	now = now.UTC()
-	switch p {
-	case PeriodDay:
-		return now.Format(time.DateOnly)
-	case PeriodMonth:
-		return now.Format("2006-01")
+	if p != PeriodDay && p != PeriodMonth {
+		return ""
 	}
-	return ""
+	day := now.Unix() / 86400
+	c := periodCache.Load()
+	if c == nil || c.day != day {
+		u := now.UTC()
+		c = &periodNames{day: day, dayID: u.Format(time.DateOnly), monthID: u.Format("2006-01")}
+		periodCache.Store(c)
+	}
+	if p == PeriodDay {
+		return c.dayID
+	}
+	return c.monthID
 }
+
+type periodNames struct {
+	day         int64
+	dayID, monthID string
+}
+
+var periodCache atomic.Pointer[periodNames]

@@ -240,3 +240,36 @@ func mustList(t *testing.T, st *lifecycle.MemoryStore) []string {
 	}
 	return l
 }
+
+// BenchmarkKeyCheck is the key check on the request path: the hash of
+// the secret, the snapshot lookup, the pool and model check, the
+// admission (limits and budget reservation) and the settlement.
+func BenchmarkKeyCheck(b *testing.B) {
+	r := New(lifecycle.NewMemoryStore(), "vastai/keys", "gw")
+	var list []Key
+	for i := range 1000 {
+		list = append(list, configKey("k"+strings.Repeat("x", i%7)+string(rune('a'+i%26))+string(rune('a'+i/26%26)), "secret-"+string(rune(i)), nil))
+	}
+	list = append(list, configKey("bench", "cvk_bench-secret-0123456789abcdefghijklmnopqrstuv", func(k *Key) {
+		k.Pools, k.Models, k.RPM, k.TPM, k.MaxParallel, k.Budget = []string{"llm"}, []string{"m1"}, 1<<30, 1<<40, 1<<20, 1e12
+	}))
+	r.SetConfigKeys(list)
+	now := time.Now()
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			e, err := r.Snapshot().Lookup("cvk_bench-secret-0123456789abcdefghijklmnopqrstuv", now)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := e.Allows("llm", "m1"); err != nil {
+				b.Fatal(err)
+			}
+			tk, err := e.Admit(Demand{Tokens: 1100, Dollars: 0.001}, now)
+			if err != nil {
+				b.Fatal(err)
+			}
+			tk.Settle(Outcome{TokensIn: 100, TokensOut: 1000, Dollars: 0.001}, now)
+		}
+	})
+}

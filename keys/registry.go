@@ -2,6 +2,7 @@ package keys
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -41,7 +42,7 @@ type Entry struct {
 // Snapshot is every key by secret hash and by name, immutable once
 // published.
 type Snapshot struct {
-	byHash map[string]*Entry
+	byHash map[digest]*Entry
 	byName map[string]*Entry
 }
 
@@ -67,7 +68,7 @@ type Registry struct {
 // ("vastai/keys/"); gateway names this gateway's spend record.
 func New(store Store, prefix, gateway string) *Registry {
 	r := &Registry{store: store, prefix: prefix, gateway: gateway, stored: map[string]Key{}, accounts: map[string]*account{}, now: time.Now}
-	r.snap.Store(&Snapshot{byHash: map[string]*Entry{}, byName: map[string]*Entry{}})
+	r.snap.Store(&Snapshot{byHash: map[digest]*Entry{}, byName: map[string]*Entry{}})
 	return r
 }
 
@@ -97,9 +98,10 @@ func (r *Registry) SetConfigKeys(keys []Key) {
 // rebuildLocked publishes a snapshot of the config and stored keys. A
 // config key wins over a stored one of the same name.
 func (r *Registry) rebuildLocked() {
-	s := &Snapshot{byHash: map[string]*Entry{}, byName: map[string]*Entry{}}
+	s := &Snapshot{byHash: map[digest]*Entry{}, byName: map[string]*Entry{}}
 	add := func(k Key) {
-		if _, dup := s.byName[k.Name]; dup {
+		d, ok := digestOf(k.Hash)
+		if _, dup := s.byName[k.Name]; dup || !ok {
 			return
 		}
 		acc := r.accounts[k.Name]
@@ -109,7 +111,7 @@ func (r *Registry) rebuildLocked() {
 		}
 		e := &Entry{Key: k, acc: acc}
 		s.byName[k.Name] = e
-		s.byHash[k.Hash] = e
+		s.byHash[d] = e
 	}
 	for _, k := range r.config {
 		add(k)
@@ -128,7 +130,7 @@ func (s *Snapshot) Lookup(secret string, now time.Time) (*Entry, error) {
 	if secret == "" {
 		return nil, ErrMissingKey
 	}
-	e, ok := s.byHash[Hash(secret)]
+	e, ok := s.byHash[sha256.Sum256([]byte(secret))]
 	switch {
 	case !ok:
 		return nil, ErrUnknownKey
