@@ -179,7 +179,7 @@ func periodID(p Period, now time.Time) string {
 }
 
 type periodNames struct {
-	day         int64
+	day            int64
 	dayID, monthID string
 }
 
