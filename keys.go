@@ -26,6 +26,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/caddy-vastai/caddy-vastai/keys"
+	"github.com/caddy-vastai/caddy-vastai/routing"
 )
 
 func init() {
@@ -88,8 +89,7 @@ func (h *KeysHandler) Provision(ctx caddy.Context) error {
 type keyCtxKey struct{}
 
 type admittedKey struct {
-	entry     *keys.Entry
-	poolKnown bool
+	entry *keys.Entry
 }
 
 // ServeHTTP checks the key, admits the request and accounts for it.
@@ -109,12 +109,17 @@ func (h *KeysHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, next cad
 	if err != nil {
 		return err
 	}
-	r, rinfo := withRequestInfo(r, h.MaxBody)
+	model := ""
+	if len(e.Key.Models) > 0 { // the body's model is parsed only when it matters
+		var rinfo *routing.Request
+		r, rinfo = withRequestInfo(r, h.MaxBody)
+		model = rinfo.Model
+	}
 	pool, poolKnown := poolFromContext(r)
 	if !poolKnown && h.Pool != "" {
 		pool, poolKnown = h.Pool, true
 	}
-	if err := e.Allows(pool, rinfo.Model); err != nil {
+	if err := e.Allows(pool, model); err != nil {
 		h.st.keyStats.request(name, pool, http.StatusForbidden)
 		return writeKeyRefusal(w, err)
 	}
@@ -124,7 +129,9 @@ func (h *KeysHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, next cad
 		return writeKeyRefusal(w, err)
 	}
 	defer ticket.Release()
-	r = r.WithContext(context.WithValue(r.Context(), keyCtxKey{}, &admittedKey{entry: e, poolKnown: poolKnown}))
+	if !poolKnown && len(e.Key.Pools) > 0 { // for the transport's check
+		r = r.WithContext(context.WithValue(r.Context(), keyCtxKey{}, &admittedKey{entry: e}))
+	}
 	uw := newUsageWriter(w, info.Injected)
 	err = next.ServeHTTP(uw, r)
 	h.settle(ticket, name, pool, pricing, uw, info, err)
@@ -218,7 +225,11 @@ func (h *KeysHandler) settle(t *keys.Ticket, name, pool string, p *keyPricing, u
 // transport's X-Vastai-Instance header): its pool, its $/h and how many
 // requests it was serving, this one included.
 func (h *KeysHandler) instanceShare(hdr http.Header) (pool string, perHour float64, sharing int64) {
-	id, err := strconv.ParseInt(hdr.Get(InstanceHeader), 10, 64)
+	v := hdr.Get(InstanceHeader)
+	if v == "" {
+		return "", 0, 0
+	}
+	id, err := strconv.ParseInt(v, 10, 64)
 	if err != nil {
 		return "", 0, 0
 	}
@@ -291,7 +302,7 @@ func writeKeyError(w http.ResponseWriter, status int, typ, code, msg string) err
 // upstream's, so nothing is sent to the instance.
 func keyPoolRefusal(req *http.Request, pool string) *http.Response {
 	ak, ok := req.Context().Value(keyCtxKey{}).(*admittedKey)
-	if !ok || ak.poolKnown || ak.entry.Allows(pool, "") == nil || len(ak.entry.Key.Pools) == 0 {
+	if !ok || ak.entry.Allows(pool, "") == nil {
 		return nil
 	}
 	rec := httptestRecorder{header: http.Header{}}

@@ -239,10 +239,19 @@ type keyMetrics struct {
 	requests *prometheus.CounterVec
 	tokens   *prometheus.CounterVec
 	spend    *prometheus.CounterVec
-	cache    sync.Map // keyMetricKey → prometheus.Counter
+	cache    sync.Map // keyMetricKey → *keyCounters
 }
 
-type keyMetricKey struct{ kind, key, a, b string }
+// keyCounters are one key's counters for one pool and status: the
+// request path makes one map lookup per request.
+type keyCounters struct {
+	requests, tokensIn, tokensOut, spend prometheus.Counter
+}
+
+type keyMetricKey struct {
+	key, pool string
+	code      int
+}
 
 func (m *keyMetrics) init() {
 	m.once.Do(func() {
@@ -260,40 +269,38 @@ func (m *keyMetrics) init() {
 	})
 }
 
-func (m *keyMetrics) counter(k keyMetricKey) prometheus.Counter {
+func (m *keyMetrics) counters(key, pool string, code int) *keyCounters {
+	k := keyMetricKey{key, pool, code}
 	if c, ok := m.cache.Load(k); ok {
-		return c.(prometheus.Counter)
+		return c.(*keyCounters)
 	}
 	m.init()
-	var c prometheus.Counter
-	switch k.kind {
-	case "r":
-		c = m.requests.WithLabelValues(k.key, k.a, k.b)
-	case "t":
-		c = m.tokens.WithLabelValues(k.key, k.a)
-	default:
-		c = m.spend.WithLabelValues(k.key)
+	c := &keyCounters{
+		requests: m.requests.WithLabelValues(key, pool, strconv.Itoa(code)),
+		tokensIn: m.tokens.WithLabelValues(key, "in"), tokensOut: m.tokens.WithLabelValues(key, "out"),
+		spend: m.spend.WithLabelValues(key),
 	}
 	v, _ := m.cache.LoadOrStore(k, c)
-	return v.(prometheus.Counter)
+	return v.(*keyCounters)
 }
 
 // request counts one request's outcome.
 func (m *keyMetrics) request(key, pool string, status int) {
-	m.counter(keyMetricKey{"r", key, pool, strconv.Itoa(status)}).Inc()
+	m.counters(key, pool, status).requests.Inc()
 }
 
 // finished counts a settled request, its tokens and its spend.
 func (m *keyMetrics) finished(key, pool string, status int, o keys.Outcome) {
-	m.request(key, pool, status)
+	c := m.counters(key, pool, status)
+	c.requests.Inc()
 	if o.TokensIn > 0 {
-		m.counter(keyMetricKey{"t", key, "in", ""}).Add(float64(o.TokensIn))
+		c.tokensIn.Add(float64(o.TokensIn))
 	}
 	if o.TokensOut > 0 {
-		m.counter(keyMetricKey{"t", key, "out", ""}).Add(float64(o.TokensOut))
+		c.tokensOut.Add(float64(o.TokensOut))
 	}
 	if o.Dollars > 0 {
-		m.counter(keyMetricKey{"s", key, "", ""}).Add(o.Dollars)
+		c.spend.Add(o.Dollars)
 	}
 }
 

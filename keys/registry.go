@@ -130,7 +130,7 @@ func (s *Snapshot) Lookup(secret string, now time.Time) (*Entry, error) {
 	if secret == "" {
 		return nil, ErrMissingKey
 	}
-	e, ok := s.byHash[sha256.Sum256([]byte(secret))]
+	e, ok := s.byHash[digestOfSecret(secret)]
 	switch {
 	case !ok:
 		return nil, ErrUnknownKey
@@ -140,6 +140,15 @@ func (s *Snapshot) Lookup(secret string, now time.Time) (*Entry, error) {
 		return nil, ErrExpired
 	}
 	return e, nil
+}
+
+// digestOfSecret hashes a secret without allocating for the usual sizes.
+func digestOfSecret(secret string) digest {
+	var buf [256]byte
+	if len(secret) <= len(buf) {
+		return sha256.Sum256(append(buf[:0], secret...))
+	}
+	return sha256.Sum256([]byte(secret))
 }
 
 // Entry returns the key named name.
