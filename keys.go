@@ -12,11 +12,9 @@ package vastai
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -96,7 +94,7 @@ type admittedKey struct {
 func (h *KeysHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	reg, pricing := h.st.keyRegistry()
 	if reg == nil {
-		return writeKeyError(w, http.StatusServiceUnavailable, "service_unavailable", "keys_not_ready", "The gateway's keys are not loaded yet; retry shortly.")
+		return writeAPIError(w, http.StatusServiceUnavailable, "service_unavailable", "keys_not_ready", "The gateway's keys are not loaded yet; retry shortly.")
 	}
 	now := time.Now()
 	e, err := reg.Snapshot().Lookup(clientSecret(r), now)
@@ -115,7 +113,7 @@ func (h *KeysHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, next cad
 		r, rinfo = withRequestInfo(r, h.MaxBody)
 		model = rinfo.Model
 	}
-	pool, poolKnown := poolFromContext(r)
+	pool, poolKnown := chosenPool(r) // set when a route runs vastai_models first
 	if !poolKnown && h.Pool != "" {
 		pool, poolKnown = h.Pool, true
 	}
@@ -260,7 +258,7 @@ func writeKeyRefusal(w http.ResponseWriter, err error) error {
 	var le *keys.LimitError
 	switch {
 	case errors.Is(err, keys.ErrMissingKey):
-		return writeKeyError(w, http.StatusUnauthorized, "invalid_request_error", "invalid_api_key",
+		return writeAPIError(w, http.StatusUnauthorized, "invalid_request_error", "invalid_api_key",
 			"You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.")
 	case errors.Is(err, keys.ErrUnknownKey), errors.Is(err, keys.ErrRevoked), errors.Is(err, keys.ErrExpired):
 		msg := "Incorrect API key provided."
@@ -269,32 +267,21 @@ func writeKeyRefusal(w http.ResponseWriter, err error) error {
 		} else if errors.Is(err, keys.ErrRevoked) {
 			msg = "The API key has been revoked."
 		}
-		return writeKeyError(w, http.StatusUnauthorized, "invalid_request_error", "invalid_api_key", msg)
+		return writeAPIError(w, http.StatusUnauthorized, "invalid_request_error", "invalid_api_key", msg)
 	case errors.Is(err, keys.ErrPoolNotAllowed):
-		return writeKeyError(w, http.StatusForbidden, "invalid_request_error", "pool_not_allowed", "This API key may not use this endpoint's pool.")
+		return writeAPIError(w, http.StatusForbidden, "invalid_request_error", "pool_not_allowed", "This API key may not use this endpoint's pool.")
 	case errors.Is(err, keys.ErrModelNotAllowed):
-		return writeKeyError(w, http.StatusForbidden, "invalid_request_error", "model_not_allowed", "This API key may not use the requested model.")
+		return writeAPIError(w, http.StatusForbidden, "invalid_request_error", "model_not_allowed", "This API key may not use the requested model.")
 	case errors.As(err, &le):
-		w.Header().Set("Retry-After", strconv.FormatInt(max(1, int64(math.Ceil(le.RetryAfter.Seconds()))), 10))
+		w.Header().Set("Retry-After", retryAfterSeconds(le.RetryAfter))
 		if errors.Is(err, keys.ErrBudgetExceeded) {
-			return writeKeyError(w, http.StatusTooManyRequests, "budget_exceeded", "budget_exceeded",
+			return writeAPIError(w, http.StatusTooManyRequests, "budget_exceeded", "budget_exceeded",
 				fmt.Sprintf("This API key's %s budget is spent (or reserved by requests in flight).", le.Limit))
 		}
-		return writeKeyError(w, http.StatusTooManyRequests, "rate_limit_error", "rate_limit_exceeded",
+		return writeAPIError(w, http.StatusTooManyRequests, "rate_limit_error", "rate_limit_exceeded",
 			fmt.Sprintf("This API key's %s limit is reached; retry after %s.", le.Limit, w.Header().Get("Retry-After")+"s"))
 	}
-	return writeKeyError(w, http.StatusInternalServerError, "server_error", "", "The key check failed.")
-}
-
-// writeKeyError writes {"error":{"message","type","code"}}.
-func writeKeyError(w http.ResponseWriter, status int, typ, code, msg string) error {
-	body := map[string]any{"error": map[string]any{"message": msg, "type": typ, "code": code}}
-	b, _ := json.Marshal(body)
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
-	w.WriteHeader(status)
-	_, err := w.Write(b)
-	return err
+	return writeAPIError(w, http.StatusInternalServerError, "server_error", "", "The key check failed.")
 }
 
 // keyPoolRefusal is the transport's check of a key limited to pools when
@@ -323,10 +310,6 @@ type httptestRecorder struct {
 func (r *httptestRecorder) Header() http.Header         { return r.header }
 func (r *httptestRecorder) WriteHeader(s int)           { r.status = s }
 func (r *httptestRecorder) Write(p []byte) (int, error) { return r.body.Write(p) }
-
-// poolFromContext is the pool a vastai_models handler before this one
-// chose (models.go's chosenPool, once merged).
-func poolFromContext(*http.Request) (string, bool) { return "", false }
 
 // Interface guards
 var (
