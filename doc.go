@@ -9,8 +9,10 @@
 // (the engines' /metrics parser and scraper, and the model learner),
 // routing (in-flight accounting, the selection decision, the prefix
 // index, the request-body reader), ledger (the persisted cost ledger),
-// history (the dashboard's rings) and vastsim (a simulated vast.ai for
-// tests and the demo). adminapi holds the /vastai/ admin API's JSON
+// history (the dashboard's rings), keys (client API keys: hashed records,
+// the snapshot by hash, limits, budget reservation, per-gateway spend),
+// usage (request preparation and usage capture) and vastsim (a simulated
+// vast.ai for tests and the demo). adminapi holds the /vastai/ admin API's JSON
 // shapes, shared with cli and tui.
 //
 // # Files
@@ -26,7 +28,7 @@
 //     caddy.UsagePool): the one watcher loop, the vast.ai client, and
 //     the runtimes below, applied on Start and stopped on the last Cleanup.
 //   - wire_lifecycle.go, wire_ssh.go, wire_ledger.go, wire_dashboard.go,
-//     wire_engines.go, wire_models.go: one runtime each, hung off the
+//     wire_engines.go, wire_models.go, wire_keys.go: one runtime each, hung off the
 //     shared state; each file holds its apply/stop pair and the adapter
 //     between that engine and the fleet.
 //   - inflight.go: per-instance request counters (in flight, for drains
@@ -41,14 +43,22 @@
 //     wire_models.go (model learning, enginestate.ModelLearner): routing
 //     one site to several pools by the request's model; upstreams.go's
 //     pool "*" takes the handler's choice.
-//   - admin.go, admin_lifecycle.go, admin_ui.go, costs.go: the /vastai/
-//     admin API (adminEndpoints maps each path to one named handler), the
-//     provisioning endpoints, the dashboard, /vastai/costs.
+//   - keys.go (the vastai_keys handler, http.handlers.vastai_keys),
+//     keys_usage.go (its seam to package usage), wire_keys.go (the key
+//     registry, its pricing and the per-key metrics): client keys checked
+//     on the request path, limits, budgets, usage and spend per key; the
+//     transport asks keyPoolRefusal before sending a key limited to pools
+//     to an instance of another pool.
+//   - admin.go, admin_lifecycle.go, admin_ui.go, costs.go, admin_keys.go:
+//     the /vastai/ admin API (adminEndpoints maps each path to one named
+//     handler), the provisioning endpoints, the dashboard, /vastai/costs,
+//     /vastai/keys.
 //   - admin_errors.go: the one mapping from errors to HTTP status codes.
 //   - metrics.go, costs.go: Prometheus collectors (read at scrape time).
 //   - caddyfile.go (the vastai global option), caddyfile_pool.go,
 //     caddyfile_provision.go, caddyfile_ssh.go, caddyfile_proxy.go (the
 //     vastai_proxy directive), caddyfile_models.go (the vastai_models
+//     directive), caddyfile_keys.go (the keys block and the vastai_keys
 //     directive), caddyfile_transport.go, caddyfile_policy.go (lb_policy
 //     vastai_least_load and vastai_cache_aware): Caddyfile parsing, one
 //     case per option.
@@ -78,6 +88,14 @@
 // looks it up in the aliases and the learned models' snapshot
 // (enginestate.Models, no lock, no I/O), and puts the chosen pool in the
 // request context, where GetUpstreams with pool "*" finds it.
+//
+// With client keys, the vastai_keys handler (keys.go) runs before both: it
+// hashes the client's key and looks it up in the registry's snapshot (no
+// lock, no I/O), refuses it (401, 403, 429 with Retry-After) before any
+// upstream request, reserves the request's worst-case cost under the
+// key's own mutex, prepares the body (stream_options.include_usage), wraps
+// the response writer to capture usage, and settles the reservation with
+// the real tokens and cost when the answer ends (or releases it).
 //
 // # Background goroutines
 //
@@ -139,6 +157,15 @@
 //     bounded to 5s and 1 MiB.
 //     stopModelsLocked, on a config without vastai_models and in
 //     Destruct, cancels it and waits for its reads.
+//   - Key registry (wire_keys.go): applyKeysLocked starts
+//     keys.Registry.Run, which reads the keys created through the admin API,
+//     revocations and the other gateways' spend from storage every
+//     poll_interval (2s) and writes this gateway's spend every
+//     flush_interval (5s), publishing a new snapshot after each read. The
+//     registry (with every key's reservations and spend) is kept across
+//     reloads; the loop restarts only when its intervals or the gateway id
+//     change. stopKeysLocked (Destruct) cancels it and waits for its last
+//     flush.
 //   - Event streams (admin_ui.go): each GET /vastai/events runs on the admin
 //     server's request goroutine, at most maxEventStreams at once, until the
 //     client goes, its config is unloaded, or a write stalls.
