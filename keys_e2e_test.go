@@ -364,3 +364,64 @@ func TestKeysBudgetUnderConcurrency(t *testing.T) {
 		return err == nil && strings.Contains(string(b), `"capped"`) && strings.Contains(string(b), fmt.Sprintf(`"requests":%d`, ok))
 	})
 }
+
+// TestKeysInstanceTimePricing: without a price per token, a request is
+// charged its share of the instance's $/h: dph_total × its duration / the
+// requests the instance served at once (one here), so never more than the
+// instance cost over the request's wall time.
+func TestKeysInstanceTimePricing(t *testing.T) {
+	_, id, _ := startKeysGateway(t, "", keysSite)
+	var in adminInstance
+	adminGET(t, fmt.Sprintf("/vastai/instances/%d", id), &in)
+	dph := in.DPHTotal
+	u0 := keyUsage(t, "team-a", "day")
+	start := time.Now()
+	body := `{"model":"vastsim/tiny-llm","prompt":"hello","max_tokens":20}`
+	if st, _, b := keyedRequest(t, "/v1/completions", keyTeamA, body); st != http.StatusOK {
+		t.Fatalf("%d %s", st, b)
+	}
+	wall := time.Since(start)
+	u1 := keyUsage(t, "team-a", "day")
+	spent, charged := u1.Spend-u0.Spend, u1.Seconds-u0.Seconds
+	if dph <= 0 || spent <= 0 || spent > dph*wall.Hours()+1e-12 || charged <= 0 || charged > wall.Seconds() {
+		t.Fatalf("spent $%g over %.3fs charged (wall %s) at $%g/h; want 0 < spend <= dph × wall", spent, charged, wall, dph)
+	}
+	if want := dph * charged / 3600; spent < want*0.999 || spent > want*1.001 {
+		t.Errorf("spent $%g, want dph × duration = $%g", spent, want)
+	}
+}
+
+// TestKeysSurviveReload: a reload keeps the registry: keys created
+// through the admin API, their spend, and the config keys of the new
+// config at once.
+func TestKeysSurviveReload(t *testing.T) {
+	setKeyEnv(t)
+	if err := os.RemoveAll(filepath.Join(e2eStorage, "vastai", "keys")); err != nil {
+		t.Fatal(err)
+	}
+	sim := newSim(t, vastsim.Options{})
+	ids := launch(t, sim, 1, "llm-")
+	tc := startCaddy(t, testConfig(sim.URL(), llmPool+"\n"+keysBlock(""), keysSite))
+	waitRoutable(t, 10*time.Second, ids)
+	status, body := adminDo(t, http.MethodPost, "/vastai/keys", `{"name":"kept"}`)
+	var created adminapi.KeyCreated
+	if status != http.StatusCreated || json.Unmarshal(body, &created) != nil {
+		t.Fatalf("create: %d %s", status, body)
+	}
+	if st, _, b := keyedRequest(t, "/v1/completions", created.Secret, tinyCompletion); st != http.StatusOK {
+		t.Fatalf("before the reload: %d %s", st, b)
+	}
+	t.Setenv("TEST_KEY_NEW", "cvk_new-after-reload-0123456789abcd")
+	tc.InitServer(testConfig(sim.URL(), llmPool+"\n"+keysBlock(`			key new {
+				secret {env.TEST_KEY_NEW}
+			}`), keysSite), "caddyfile")
+	if st, _, b := keyedRequest(t, "/v1/completions", "cvk_new-after-reload-0123456789abcd", tinyCompletion); st != http.StatusOK {
+		t.Fatalf("the new config key: %d %s", st, b)
+	}
+	if st, _, b := keyedRequest(t, "/v1/completions", created.Secret, tinyCompletion); st != http.StatusOK {
+		t.Fatalf("the API key after the reload: %d %s", st, b)
+	}
+	if u := keyUsage(t, "kept", "total"); u.Requests != 2 {
+		t.Fatalf("the API key's requests across the reload: %d, want 2", u.Requests)
+	}
+}
