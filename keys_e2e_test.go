@@ -29,6 +29,11 @@ const (
 const keysSite = `	vastai_keys
 	vastai_proxy llm`
 
+// otherPool is a second pool, which key "other" is limited to.
+const otherPool = `		pool elsewhere {
+			label_prefix other-
+		}`
+
 // keysBlock defines the config keys of these tests; extra goes inside it.
 func keysBlock(extra string) string {
 	return `		keys {
@@ -103,7 +108,7 @@ func startKeysGateway(t *testing.T, extraKeys, site string) (*vastsim.Sim, int64
 	logFile := filepath.Join(t.TempDir(), "caddy.log")
 	sim := newSim(t, vastsim.Options{})
 	ids := launch(t, sim, 1, "llm-")
-	cfg := testConfig(sim.URL(), llmPool+"\n"+keysBlock(extraKeys), site)
+	cfg := testConfig(sim.URL(), llmPool+"\n"+otherPool+"\n"+keysBlock(extraKeys), site)
 	cfg = strings.Replace(cfg, "\tskip_install_trust\n", "\tskip_install_trust\n\tlog {\n\t\toutput file "+logFile+"\n\t\tlevel DEBUG\n\t}\n", 1)
 	startCaddy(t, cfg)
 	waitRoutable(t, 10*time.Second, ids)
@@ -401,7 +406,7 @@ func TestKeysSurviveReload(t *testing.T) {
 	}
 	sim := newSim(t, vastsim.Options{})
 	ids := launch(t, sim, 1, "llm-")
-	tc := startCaddy(t, testConfig(sim.URL(), llmPool+"\n"+keysBlock(""), keysSite))
+	tc := startCaddy(t, testConfig(sim.URL(), llmPool+"\n"+otherPool+"\n"+keysBlock(""), keysSite))
 	waitRoutable(t, 10*time.Second, ids)
 	status, body := adminDo(t, http.MethodPost, "/vastai/keys", `{"name":"kept"}`)
 	var created adminapi.KeyCreated
@@ -412,7 +417,7 @@ func TestKeysSurviveReload(t *testing.T) {
 		t.Fatalf("before the reload: %d %s", st, b)
 	}
 	t.Setenv("TEST_KEY_NEW", "cvk_new-after-reload-0123456789abcd")
-	tc.InitServer(testConfig(sim.URL(), llmPool+"\n"+keysBlock(`			key new {
+	tc.InitServer(testConfig(sim.URL(), llmPool+"\n"+otherPool+"\n"+keysBlock(`			key new {
 				secret {env.TEST_KEY_NEW}
 			}`), keysSite), "caddyfile")
 	if st, _, b := keyedRequest(t, "/v1/completions", "cvk_new-after-reload-0123456789abcd", tinyCompletion); st != http.StatusOK {

@@ -30,6 +30,8 @@ func TestKeysLiteralSecretRefused(t *testing.T) {
 		{`{"flush_interval":60000000000}`, "flush_interval"},
 		{`{"keys":{"bad name":{"secret":"{env.TEAM}"}}}`, "name \"bad name\""},
 		{`{"keys":{"team-a":{"secret":"{env.TEAM}","expires":"soon"}}}`, "expires \"soon\""},
+		{`{"keys":{"team-a":{"secret":"{env.TEAM}","pools":["nope"]}}}`, "key team-a: pools: unknown pool \"nope\""},
+		{`{"pool_prices":{"nope":{"in":1}}}`, "pool_prices: unknown pool \"nope\""},
 	}
 	for _, c := range cases {
 		var cfg caddy.Config

@@ -165,6 +165,9 @@ func (c *KeysConfig) settings(repl *caddy.Replacer, gateway string, pools []stri
 		p.fallback = &keys.TokenRate{In: c.PricePerMTokIn / 1e6, Out: c.PricePerMTokOut / 1e6}
 	}
 	for pool, tp := range c.PoolPrices {
+		if !slices.Contains(pools, pool) {
+			return ks, fmt.Errorf("keys: pool_prices: %w %q (pools: %s)", ErrUnknownPool, pool, strings.Join(pools, ", "))
+		}
 		if tp != nil {
 			p.pools[pool] = keys.TokenRate{In: tp.In / 1e6, Out: tp.Out / 1e6}
 		}
@@ -179,6 +182,11 @@ func (c *KeysConfig) settings(repl *caddy.Replacer, gateway string, pools []stri
 		k, err := c.Keys[name].key(name, repl)
 		if err != nil {
 			return ks, err
+		}
+		for _, p := range k.Pools {
+			if !slices.Contains(pools, p) {
+				return ks, fmt.Errorf("keys: key %s: pools: %w %q (pools: %s)", name, ErrUnknownPool, p, strings.Join(pools, ", "))
+			}
 		}
 		ks.keys = append(ks.keys, k)
 	}
