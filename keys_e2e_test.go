@@ -255,9 +255,6 @@ func keyUsage(t testing.TB, name, period string) adminapi.KeyUsage {
 // Non-streamed answers are counted from their usage. The per-key metrics
 // show the same figures.
 func TestKeysStreamUsage(t *testing.T) {
-	if !usageCaptured {
-		t.Skip("package usage is not merged yet: usage is only estimated")
-	}
 	sim, id, _ := startKeysGateway(t, "", keysSite)
 	cases := []struct {
 		name, body string
@@ -312,9 +309,6 @@ func TestKeysStreamUsage(t *testing.T) {
 // reservation; the refused ones get 429 budget_exceeded with Retry-After,
 // and the spend is what the engine's tokens cost.
 func TestKeysBudgetUnderConcurrency(t *testing.T) {
-	if !usageCaptured {
-		t.Skip("package usage is not merged yet: usage is only estimated")
-	}
 	// $0.01 per completion token, prompts free: a request with max_tokens 4
 	// reserves $0.04; the budget fits 10.
 	const reservation, budget = 0.04, 0.40

@@ -1,32 +1,21 @@
 package vastai
 
-// The seam between the keys handler and package usage. Until usage/ is
-// merged this is a stand-in with its shape: it injects nothing and
-// estimates tokens from byte counts; the switch to usage.Prepare and
-// usage.NewWriter is this file only.
+// The seam between the keys handler and package usage: request
+// preparation (stream_options.include_usage for streams that did not ask)
+// and the response writer that captures usage and strips the chunk the
+// gateway asked for.
 
 import (
-	"encoding/json"
 	"net/http"
+	"strings"
 
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddy-vastai/caddy-vastai/usage"
 )
 
-// usageCaptured is false for this stand-in: the tests of exact usage
-// skip until package usage is in.
-const usageCaptured = false
-
-// usageInfo is usage.RequestInfo.
-type usageInfo struct {
-	Stream, Injected          bool
-	MaxTokens, PromptEstimate int
-}
-
-// tokenUsage is usage.Usage.
-type tokenUsage struct {
-	PromptTokens, CompletionTokens int
-	Estimated                      bool
-}
+type (
+	usageInfo  = usage.RequestInfo
+	tokenUsage = usage.Usage
+)
 
 // usageCapture is what the handler needs of *usage.Writer.
 type usageCapture interface {
@@ -35,41 +24,15 @@ type usageCapture interface {
 	Finish(promptEstimate int) tokenUsage
 }
 
-func prepareUsage(_ string, body []byte, _ bool) ([]byte, usageInfo) {
-	var req struct {
-		Stream    bool `json:"stream"`
-		MaxTokens int  `json:"max_tokens"`
+// prepareUsage prepares a body of the OpenAI completion endpoints; other
+// paths (embeddings, an engine's own API) are only looked at, since a
+// strict server may refuse stream_options.
+func prepareUsage(path string, body []byte, inject bool) ([]byte, usageInfo) {
+	out, info := usage.Prepare(body)
+	if !inject || !strings.HasSuffix(path, "/completions") {
+		out, info.Injected = body, false
 	}
-	_ = json.Unmarshal(body, &req)
-	return body, usageInfo{Stream: req.Stream, MaxTokens: req.MaxTokens, PromptEstimate: len(body) / 4}
+	return out, info
 }
 
-func newUsageWriter(w http.ResponseWriter, _ bool) usageCapture {
-	return &stubUsageWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
-}
-
-type stubUsageWriter struct {
-	*caddyhttp.ResponseWriterWrapper
-	status, n int
-}
-
-func (s *stubUsageWriter) WriteHeader(code int) {
-	if s.status == 0 && code >= 200 {
-		s.status = code
-	}
-	s.ResponseWriterWrapper.WriteHeader(code)
-}
-
-func (s *stubUsageWriter) Write(p []byte) (int, error) {
-	if s.status == 0 {
-		s.status = http.StatusOK
-	}
-	s.n += len(p)
-	return s.ResponseWriterWrapper.Write(p)
-}
-
-func (s *stubUsageWriter) Status() int { return s.status }
-
-func (s *stubUsageWriter) Finish(promptEstimate int) tokenUsage {
-	return tokenUsage{PromptTokens: promptEstimate, CompletionTokens: s.n / 4, Estimated: true}
-}
+func newUsageWriter(w http.ResponseWriter, strip bool) usageCapture { return usage.NewWriter(w, strip) }
