@@ -259,11 +259,15 @@ func TestKeysStreamUsage(t *testing.T) {
 	cases := []struct {
 		name, body string
 		wantUsage  bool
+		events     int // data: events the client gets (0: not a stream)
 	}{
-		{"stream without include_usage", `{"model":"vastsim/tiny-llm","prompt":"count the tokens of this prompt","max_tokens":7,"stream":true}`, false},
-		{"stream with include_usage", `{"model":"vastsim/tiny-llm","prompt":"and of this one","max_tokens":5,"stream":true,"stream_options":{"include_usage":true}}`, true},
-		{"chat stream without include_usage", `{"model":"vastsim/tiny-llm","messages":[{"role":"user","content":"hi there"}],"max_tokens":6,"stream":true}`, false},
-		{"whole answer", `{"model":"vastsim/tiny-llm","prompt":"not streamed","max_tokens":3}`, true},
+		// 7 tokens and [DONE]: no usage chunk.
+		{"stream without include_usage", `{"model":"vastsim/tiny-llm","prompt":"count the tokens of this prompt","max_tokens":7,"stream":true}`, false, 8},
+		// 5 tokens, the usage chunk the client asked for, [DONE].
+		{"stream with include_usage", `{"model":"vastsim/tiny-llm","prompt":"and of this one","max_tokens":5,"stream":true,"stream_options":{"include_usage":true}}`, true, 7},
+		// the role chunk, 6 tokens, [DONE].
+		{"chat stream without include_usage", `{"model":"vastsim/tiny-llm","messages":[{"role":"user","content":"hi there"}],"max_tokens":6,"stream":true}`, false, 8},
+		{"whole answer", `{"model":"vastsim/tiny-llm","prompt":"not streamed","max_tokens":3}`, true, 0},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -279,8 +283,8 @@ func TestKeysStreamUsage(t *testing.T) {
 			if got := strings.Contains(string(body), `"prompt_tokens"`); got != tc.wantUsage {
 				t.Fatalf("usage in the answer: %v, want %v:\n%s", got, tc.wantUsage, body)
 			}
-			if strings.Contains(tc.body, `"stream":true`) && !strings.HasSuffix(string(body), "data: [DONE]\n\n") {
-				t.Fatalf("the stream does not end with [DONE]:\n%s", body)
+			if tc.events > 0 && (!strings.HasSuffix(string(body), "data: [DONE]\n\n") || strings.Count(string(body), "data: ") != tc.events) {
+				t.Fatalf("want %d events ending with [DONE], got %d:\n%s", tc.events, strings.Count(string(body), "data: "), body)
 			}
 			after, u1 := sim.Engine(id), keyUsage(t, "team-a", "day")
 			wantIn, wantOut := after.PromptTokens-before.PromptTokens, after.GenerationTokens-before.GenerationTokens
@@ -309,8 +313,10 @@ func TestKeysStreamUsage(t *testing.T) {
 // reservation; the refused ones get 429 budget_exceeded with Retry-After,
 // and the spend is what the engine's tokens cost.
 func TestKeysBudgetUnderConcurrency(t *testing.T) {
-	// $0.01 per completion token, prompts free: a request with max_tokens 4
-	// reserves $0.04; the budget fits 10.
+	// $0.01 per completion token, prompts free in pool llm: a request with
+	// max_tokens 4 reserves $0.04 and a little more (the site names no
+	// pool, so the prompt is reserved at the dearest pool's rate): the
+	// budget fits 9 or 10.
 	const reservation, budget = 0.04, 0.40
 	t.Setenv("TEST_KEY_CAPPED", "cvk_capped-secret-0123456789abcdef")
 	sim, id, _ := startKeysGateway(t, `			pool_price llm 0 10000
