@@ -142,7 +142,7 @@ func (h *KeysHandler) prepare(r *http.Request) (*http.Request, usageInfo, error)
 	if r.Body == nil || r.Body == http.NoBody || r.Method != http.MethodPost {
 		return r, usageInfo{}, nil
 	}
-	head, err := io.ReadAll(io.LimitReader(r.Body, h.MaxBody+1))
+	head, err := readBody(r, h.MaxBody+1)
 	if err != nil {
 		return r, usageInfo{}, caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("reading the request body: %w", err))
 	}
@@ -155,7 +155,9 @@ func (h *KeysHandler) prepare(r *http.Request) (*http.Request, usageInfo, error)
 		return r, usageInfo{PromptEstimate: int(max(r.ContentLength, h.MaxBody) / 4)}, nil
 	}
 	out, info := prepareUsage(r.URL.Path, head, !h.NoUsageInjection)
-	r.Body = io.NopCloser(bytes.NewReader(out))
+	rb := &replayBody{}
+	rb.Reset(out)
+	r.Body = rb
 	if info.Injected || r.ContentLength != int64(len(out)) {
 		r.ContentLength = int64(len(out))
 		r.Header.Set("Content-Length", strconv.Itoa(len(out)))
@@ -163,6 +165,31 @@ func (h *KeysHandler) prepare(r *http.Request) (*http.Request, usageInfo, error)
 	}
 	return r, info, nil
 }
+
+// readBody reads at most limit bytes of r's body, in one buffer of the
+// declared length when there is one.
+func readBody(r *http.Request, limit int64) ([]byte, error) {
+	if r.ContentLength <= 0 || r.ContentLength >= limit {
+		return io.ReadAll(io.LimitReader(r.Body, limit))
+	}
+	buf := make([]byte, r.ContentLength, r.ContentLength+1)
+	n, err := io.ReadFull(r.Body, buf)
+	if err != nil {
+		return buf[:n], err
+	}
+	var probe [1]byte
+	if m, _ := io.ReadFull(r.Body, probe[:]); m == 0 {
+		return buf, nil
+	}
+	// A body longer than it said is read on, still bounded.
+	rest, err := io.ReadAll(io.LimitReader(r.Body, limit-int64(n)-1))
+	return append(append(buf, probe[0]), rest...), err
+}
+
+// replayBody is a prepared body handed on to the upstream.
+type replayBody struct{ bytes.Reader }
+
+func (*replayBody) Close() error { return nil }
 
 // demand is the worst case a request may cost: its prompt estimate plus
 // its max_tokens (or the default), at the pool's price, at the reserve
