@@ -207,3 +207,45 @@ type discardWriter struct{ h http.Header }
 func (d discardWriter) Header() http.Header         { return d.h }
 func (d discardWriter) WriteHeader(int)             {}
 func (d discardWriter) Write(p []byte) (int, error) { return len(p), nil }
+
+// TestKeysPrepareBody: the body reaches the upstream whole, with include
+// usage spliced in for a completion stream and its Content-Length fixed;
+// a body over max_body passes unprepared and intact.
+func TestKeysPrepareBody(t *testing.T) {
+	stream := `{"model":"m","prompt":"hi","stream":true}`
+	big := `{"model":"m","prompt":"` + strings.Repeat("x", 100) + `","stream":true}`
+	cases := []struct {
+		name, path, body string
+		length           int64 // -1: chunked
+		maxBody          int64
+		injected         bool
+	}{
+		{"stream", "/v1/completions", stream, int64(len(stream)), 1 << 20, true},
+		{"chunked stream", "/v1/chat/completions", stream, -1, 1 << 20, true},
+		{"other path", "/v1/embeddings", stream, int64(len(stream)), 1 << 20, false},
+		{"over max_body", "/v1/completions", big, int64(len(big)), 64, false},
+		{"over max_body, chunked", "/v1/completions", big, -1, 64, false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			h := &KeysHandler{MaxBody: c.maxBody}
+			r := httptest.NewRequest(http.MethodPost, c.path, strings.NewReader(c.body))
+			r.ContentLength = c.length
+			r, info, err := h.prepare(r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, _ := io.ReadAll(r.Body)
+			want := c.body
+			if c.injected {
+				want = strings.TrimSuffix(c.body, "}") + `,"stream_options":{"include_usage":true}}`
+			}
+			if string(got) != want || info.Injected != c.injected {
+				t.Fatalf("upstream body %s (injected %v); want %s", got, info.Injected, want)
+			}
+			if c.injected && (r.ContentLength != int64(len(got)) || r.Header.Get("Content-Length") != strconv.Itoa(len(got))) {
+				t.Errorf("Content-Length %d / %q for %d bytes", r.ContentLength, r.Header.Get("Content-Length"), len(got))
+			}
+		})
+	}
+}
