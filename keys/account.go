@@ -247,7 +247,9 @@ func (t *Ticket) Release() {
 }
 
 // unreserve takes back the demand; the caller holds a.mu. Its tokens
-// leave the tpm window (a settle adds the real ones back).
+// leave the tpm window (a settle adds the real ones back); when the
+// minute turned since the admission they leave the new minute instead,
+// clamped at zero: the sliding window is an estimate either way.
 func (a *account) unreserve(d Demand) {
 	a.parallel--
 	a.reserved = math.Max(0, a.reserved-d.Dollars)

@@ -273,3 +273,33 @@ func BenchmarkKeyCheck(b *testing.B) {
 		}
 	})
 }
+
+// TestRunFlushesOnStop: the loop writes the spend when it stops, so a
+// shutdown loses nothing settled.
+func TestRunFlushesOnStop(t *testing.T) {
+	st := lifecycle.NewMemoryStore()
+	r := New(st, "vastai/keys", "gw")
+	r.SetConfigKeys([]Key{configKey("a", "sa", nil)})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		r.Run(ctx, time.Hour, time.Hour, func(op string, err error) { t.Errorf("%s: %v", op, err) })
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for !r.isLoaded() {
+		if time.Now().After(deadline) {
+			t.Fatal("the first poll did not happen")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	e, _ := r.Snapshot().Lookup("sa", time.Now())
+	tk, _ := e.Admit(Demand{}, time.Now())
+	tk.Settle(Outcome{TokensIn: 3, TokensOut: 4, Dollars: 0.25}, time.Now())
+	cancel()
+	<-done
+	b, err := st.Load(context.Background(), "vastai/keys/spend/gw.json")
+	if err != nil || !strings.Contains(string(b), `"spend":0.25`) {
+		t.Fatalf("spend record after stop: %s (%v)", b, err)
+	}
+}

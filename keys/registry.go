@@ -219,3 +219,10 @@ func (r *Registry) list(ctx context.Context, dir string) ([]string, error) {
 func gatewayOf(key string) string {
 	return strings.TrimSuffix(path.Base(key), ".json")
 }
+
+// isLoaded reports whether a poll has read this gateway's spend record.
+func (r *Registry) isLoaded() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.loaded
+}
