@@ -309,7 +309,11 @@ type EnginesConfig struct {
 // million tokens when one is set (pool_prices, else price_per_mtok_in and
 // price_per_mtok_out); otherwise its share of the instance's time: the
 // instance's dph_total times the request's duration, divided by the
-// requests the instance was serving at once.
+// requests the instance was serving at once (counted when it ends). That
+// default needs no price to be set and follows what vast.ai bills: time,
+// whatever the tokens; a slow request on a busy instance costs a share,
+// one alone costs the whole instance for its duration. Idle time is
+// charged to no key (the cost ledger has it).
 type KeysConfig struct {
 	// Keys defined in the config, by name. Their secrets should be
 	// placeholders ({env.TEAM_A_KEY}); a literal one is warned about (or
