@@ -107,17 +107,19 @@ func (h *KeysHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, next cad
 	if err != nil {
 		return err
 	}
-	model := ""
-	if len(e.Key.Models) > 0 { // the body's model is parsed only when it matters
-		var rinfo *routing.Request
-		r, rinfo = withRequestInfo(r, h.MaxBody)
-		model = rinfo.Model
-	}
 	pool, poolKnown := chosenPool(r) // set when a route runs vastai_models first
 	if !poolKnown && h.Pool != "" {
 		pool, poolKnown = h.Pool, true
 	}
-	if err := e.Allows(pool, model); err != nil {
+	err = e.AllowsPool(pool)
+	// A key limited to models may still list them (GET /v1/models); the
+	// body is parsed only for such keys.
+	if err == nil && len(e.Key.Models) > 0 && r.Method == http.MethodPost {
+		var rinfo *routing.Request
+		r, rinfo = withRequestInfo(r, h.MaxBody)
+		err = e.AllowsModel(rinfo.Model)
+	}
+	if err != nil {
 		h.st.keyStats.request(name, pool, http.StatusForbidden)
 		return writeKeyRefusal(w, err)
 	}
@@ -316,7 +318,7 @@ func writeKeyRefusal(w http.ResponseWriter, err error) error {
 // upstream's, so nothing is sent to the instance.
 func keyPoolRefusal(req *http.Request, pool string) *http.Response {
 	ak, ok := req.Context().Value(keyCtxKey{}).(*admittedKey)
-	if !ok || ak.entry.Allows(pool, "") == nil {
+	if !ok || ak.entry.AllowsPool(pool) == nil {
 		return nil
 	}
 	rec := httptestRecorder{header: http.Header{}}

@@ -23,6 +23,7 @@ const (
 	keyTeamA   = "cvk_team-a-secret-0123456789abcdef"
 	keyExpired = "cvk_expired-secret-0123456789abcdef"
 	keyOther   = "cvk_other-pool-secret-0123456789ab"
+	keyModel   = "cvk_model-limited-secret-012345678"
 )
 
 // keysSite is a site that checks keys before proxying to pool llm.
@@ -50,6 +51,10 @@ func keysBlock(extra string) string {
 				secret {env.TEST_KEY_OTHER}
 				pools elsewhere
 			}
+			key small {
+				secret {env.TEST_KEY_MODEL}
+				models vastsim/other-llm
+			}
 ` + extra + `
 		}`
 }
@@ -58,6 +63,7 @@ func setKeyEnv(t *testing.T) {
 	t.Setenv("TEST_KEY_TEAM_A", keyTeamA)
 	t.Setenv("TEST_KEY_EXPIRED", keyExpired)
 	t.Setenv("TEST_KEY_OTHER", keyOther)
+	t.Setenv("TEST_KEY_MODEL", keyModel)
 }
 
 // keyedRequest posts body to path with the key (none when key is "")
@@ -76,6 +82,22 @@ func keyedRequest(t testing.TB, path, key, body string) (int, http.Header, []byt
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, resp.Header, b
+}
+
+// keyedGet GETs path with the key (none when key is "").
+func keyedGet(t testing.TB, path, key string) (int, []byte) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, testProxyURL+path, nil)
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b
 }
 
 // apiErrorCode reads error.code of an OpenAI-shaped error.
@@ -119,20 +141,30 @@ func TestKeysRefusedBeforeUpstream(t *testing.T) {
 	sim, id, _ := startKeysGateway(t, "", keysSite)
 	cases := []struct {
 		name, key  string
+		get        bool // GET /v1/models instead of a completion
 		status     int
 		code       string
 		reachesSim bool
 	}{
-		{"missing", "", http.StatusUnauthorized, "invalid_api_key", false},
-		{"unknown", "cvk_not-a-key", http.StatusUnauthorized, "invalid_api_key", false},
-		{"expired", keyExpired, http.StatusUnauthorized, "invalid_api_key", false},
-		{"other pool", keyOther, http.StatusForbidden, "pool_not_allowed", false},
-		{"valid", keyTeamA, http.StatusOK, "", true},
+		{"missing", "", false, http.StatusUnauthorized, "invalid_api_key", false},
+		{"unknown", "cvk_not-a-key", false, http.StatusUnauthorized, "invalid_api_key", false},
+		{"expired", keyExpired, false, http.StatusUnauthorized, "invalid_api_key", false},
+		{"other pool", keyOther, false, http.StatusForbidden, "pool_not_allowed", false},
+		{"other model", keyModel, false, http.StatusForbidden, "model_not_allowed", false},
+		{"model list of a key limited to models", keyModel, true, http.StatusOK, "", true},
+		{"model list without a key", "", true, http.StatusUnauthorized, "invalid_api_key", false},
+		{"valid", keyTeamA, false, http.StatusOK, "", true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			before := sim.Engine(id).Requests
-			status, _, body := keyedRequest(t, "/v1/completions", tc.key, tinyCompletion)
+			var status int
+			var body []byte
+			if tc.get {
+				status, body = keyedGet(t, "/v1/models", tc.key)
+			} else {
+				status, _, body = keyedRequest(t, "/v1/completions", tc.key, tinyCompletion)
+			}
 			if status != tc.status {
 				t.Fatalf("status %d, want %d: %s", status, tc.status, body)
 			}
@@ -201,7 +233,7 @@ func TestKeysAdminLifecycle(t *testing.T) {
 	if st, b := adminDo(t, http.MethodGet, "/vastai/keys/nope/usage", ""); st != http.StatusNotFound {
 		t.Errorf("usage of an unknown key: %d %s", st, b)
 	}
-	assertNoSecrets(t, logFile, secret, keyTeamA, keyExpired, keyOther)
+	assertNoSecrets(t, logFile, secret, keyTeamA, keyExpired, keyOther, keyModel)
 }
 
 // assertNoSecrets looks for every secret (and its hash, in the admin

@@ -162,9 +162,23 @@ func (s *Snapshot) Names() []string { return slices.Sorted(maps.Keys(s.byName)) 
 
 // Allows checks the pool (when known) and the model (when given).
 func (e *Entry) Allows(pool, model string) error {
+	if err := e.AllowsPool(pool); err != nil {
+		return err
+	}
+	return e.AllowsModel(model)
+}
+
+// AllowsPool checks a pool; "" (not known) passes.
+func (e *Entry) AllowsPool(pool string) error {
 	if pool != "" && len(e.Key.Pools) > 0 && !slices.Contains(e.Key.Pools, pool) {
 		return fmt.Errorf("%w: %s", ErrPoolNotAllowed, pool)
 	}
+	return nil
+}
+
+// AllowsModel checks a request's model: a key limited to models needs
+// one of them named.
+func (e *Entry) AllowsModel(model string) error {
 	if len(e.Key.Models) > 0 && (model == "" || !slices.Contains(e.Key.Models, model)) {
 		return fmt.Errorf("%w: %q", ErrModelNotAllowed, model)
 	}
