@@ -118,9 +118,14 @@ type account struct {
 	local    KeyUsage // this gateway's, persisted in its spend record
 	remote   KeyUsage // the other gateways', as of the last poll
 	reserved float64  // dollars reserved by requests in flight
-	parallel int
-	rpm, tpm window
-	dirty    bool
+	// remoteReserved is what the other gateways' requests in flight hold,
+	// as of the last poll (records older than ReservationTTL ignored).
+	remoteReserved float64
+	// flushedReserved is reserved as last written, to write on a change.
+	flushedReserved float64
+	parallel        int
+	rpm, tpm        window
+	dirty           bool
 }
 
 // Demand is what a request may cost at most, reserved before dispatch.
@@ -160,7 +165,7 @@ func (a *account) admit(k *Key, d Demand, now time.Time) (*Ticket, error) {
 	if k.Budget > 0 {
 		a.local.roll(now)
 		spent := a.local.Of(k.BudgetPeriod()).Spend + a.remoteSpend(k.BudgetPeriod(), now)
-		if spent+a.reserved+d.Dollars > k.Budget {
+		if spent+a.reserved+a.remoteReserved+d.Dollars > k.Budget {
 			return nil, &LimitError{ErrBudgetExceeded, string(k.BudgetPeriod()), untilPeriodEnd(k.BudgetPeriod(), now)}
 		}
 	}

@@ -303,3 +303,47 @@ func TestRunFlushesOnStop(t *testing.T) {
 		t.Fatalf("spend record after stop: %s (%v)", b, err)
 	}
 }
+
+// TestReservationsSharedAcrossGateways: a request in flight on one
+// gateway holds its reservation against the budget on the others after a
+// flush and a poll; when that gateway stops writing (it died), its
+// reservations stop counting after ReservationTTL.
+func TestReservationsSharedAcrossGateways(t *testing.T) {
+	ctx := context.Background()
+	st := lifecycle.NewMemoryStore()
+	k := configKey("a", "sa", func(k *Key) { k.Budget = 1 })
+	a, b := New(st, "vastai/keys", "gw-a"), New(st, "vastai/keys", "gw-b")
+	for _, r := range []*Registry{a, b} {
+		r.SetConfigKeys([]Key{k})
+		mustPoll(t, r)
+	}
+	eb, _ := b.Snapshot().Lookup("sa", time.Now())
+	held, err := eb.Admit(Demand{Dollars: 0.7}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mustPoll(t, a)
+	ea, _ := a.Snapshot().Lookup("sa", time.Now())
+	if _, err := ea.Admit(Demand{Dollars: 0.5}, time.Now()); !errors.Is(err, ErrBudgetExceeded) {
+		t.Fatalf("with 0.7 of 1 reserved on b: %v", err)
+	}
+	a.now = func() time.Time { return time.Now().Add(ReservationTTL + time.Second) }
+	mustPoll(t, a)
+	tk, err := ea.Admit(Demand{Dollars: 0.5}, time.Now())
+	if err != nil {
+		t.Fatalf("b's record is older than ReservationTTL: %v", err)
+	}
+	tk.Release()
+	held.Settle(Outcome{Dollars: 0.7}, time.Now())
+	if err := b.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	a.now = time.Now
+	mustPoll(t, a)
+	if _, err := ea.Admit(Demand{Dollars: 0.5}, time.Now()); !errors.Is(err, ErrBudgetExceeded) {
+		t.Fatalf("with 0.7 of 1 spent on b: %v", err)
+	}
+}

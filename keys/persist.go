@@ -27,7 +27,25 @@ func (r *Registry) Poll(ctx context.Context) error {
 	defer r.mu.Unlock()
 	r.stored = mergeRecords(r.stored, stored, started)
 	r.rebuildLocked()
-	remote := map[string]*KeyUsage{}
+	remote, reserved := r.sumOthers(spends, now)
+	r.loaded = true
+	for name, acc := range r.accounts {
+		var u KeyUsage
+		if s := remote[name]; s != nil {
+			u = *s
+		}
+		acc.mu.Lock()
+		acc.remote, acc.remoteReserved = u, reserved[name]
+		acc.mu.Unlock()
+	}
+	return nil
+}
+
+// sumOthers adds up the other gateways' tallies and live reservations;
+// the first poll also takes this gateway's own record into its accounts.
+// The caller holds r.mu.
+func (r *Registry) sumOthers(spends []spendRecord, now time.Time) (map[string]*KeyUsage, map[string]float64) {
+	remote, reserved := map[string]*KeyUsage{}, map[string]float64{}
 	for _, rec := range spends {
 		own := rec.Gateway == r.gateway
 		for name, u := range rec.Keys {
@@ -45,23 +63,18 @@ func (r *Registry) Poll(ctx context.Context) error {
 			}
 			sum := remote[name]
 			if sum == nil {
-				sum = &KeyUsage{Day: Tally{Period: periodID(PeriodDay, now)}, Month: Tally{Period: periodID(PeriodMonth, now)}}
+				sum = &KeyUsage{}
 				remote[name] = sum
 			}
 			sum.sumCurrent(u, now)
 		}
-	}
-	r.loaded = true
-	for name, acc := range r.accounts {
-		var u KeyUsage
-		if s := remote[name]; s != nil {
-			u = *s
+		if !own && now.Sub(rec.Updated) < ReservationTTL {
+			for name, v := range rec.Reserved {
+				reserved[name] += v
+			}
 		}
-		acc.mu.Lock()
-		acc.remote = u
-		acc.mu.Unlock()
 	}
-	return nil
+	return remote, reserved
 }
 
 // mergeRecords keeps what this gateway did while the poll was reading:
@@ -138,15 +151,21 @@ func (r *Registry) Flush(ctx context.Context) error {
 		return nil
 	}
 	now := r.now()
-	rec := spendRecord{Gateway: r.gateway, Updated: now.UTC(), Keys: map[string]KeyUsage{}}
+	rec := spendRecord{Gateway: r.gateway, Updated: now.UTC(), Keys: map[string]KeyUsage{}, Reserved: map[string]float64{}}
+	// Written while any reservation is held too: the record's time is
+	// what keeps the others counting them (ReservationTTL).
 	dirty := false
 	var flushed []*account
 	for name, acc := range r.accounts {
 		acc.mu.Lock()
 		acc.local.roll(now)
 		rec.Keys[name] = acc.local
-		if acc.dirty {
+		if acc.reserved > 0 {
+			rec.Reserved[name] = acc.reserved
+		}
+		if acc.dirty || acc.reserved > 0 || acc.flushedReserved != acc.reserved {
 			dirty, acc.dirty = true, false
+			acc.flushedReserved = acc.reserved
 			flushed = append(flushed, acc)
 		}
 		acc.mu.Unlock()

@@ -207,7 +207,14 @@ type spendRecord struct {
 	Gateway string              `json:"gateway"`
 	Updated time.Time           `json:"updated"`
 	Keys    map[string]KeyUsage `json:"keys"`
+	// Reserved is the dollars this gateway's requests in flight hold, by
+	// key, so that the others count them against the budget too.
+	Reserved map[string]float64 `json:"reserved,omitempty"`
 }
+
+// ReservationTTL bounds how long another gateway's reservations count
+// after its record was written: a gateway that died leaves them behind.
+const ReservationTTL = 30 * time.Second
 
 func (r *Registry) recordKey(name string) string {
 	return path.Join(r.prefix, recordsDir, name+".json")
