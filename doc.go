@@ -159,7 +159,7 @@
 //     Destruct, cancels it and waits for its reads.
 //   - Key registry (wire_keys.go): applyKeysLocked starts
 //     keys.Registry.Run, which reads the keys created through the admin API,
-//     revocations and the other gateways' spend from storage every
+//     revocations and the other gateways' spend and reservations from storage every
 //     poll_interval (2s) and writes this gateway's spend every
 //     flush_interval (5s), publishing a new snapshot after each read. The
 //     registry (with every key's reservations and spend) is kept across
