@@ -86,7 +86,8 @@ func NewDecider(cfg Config) (*Decider, error) {
 func (d *Decider) Config() Config { return d.cfg }
 
 // Observe records one sample: the pool's load (in-flight plus engine
-// waiting, summed) and its ready instance count at now. To make "a single
+// waiting, summed, plus the requests a Hold holds: they are the backlog)
+// and its ready instance count at now. To make "a single
 // request resets the idle clock" hold for requests shorter than the
 // sample period, load should be the peak since the last sample, or at
 // least 1 if any request arrived.
