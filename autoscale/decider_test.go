@@ -136,6 +136,16 @@ func checkRamp(t *testing.T, s *sim, rampAt, dropAt time.Time, maxN, peak int) {
 	if top != peak {
 		t.Errorf("peak desired %d, want %d", top, peak)
 	}
+	atMax := false
+	for i, dec := range s.log {
+		atMax = atMax || dec.Reason == ReasonAtMax
+		if s.times[i].Equal(dropAt) && dec.Desired != peak {
+			t.Errorf("desired %d after 20 minutes at 30 concurrent, want %d", dec.Desired, peak)
+		}
+	}
+	if want := maxN < 4; atMax != want {
+		t.Errorf("a decision said at_max: %v, want %v (Max %d, load asks for 4)", atMax, want, maxN)
+	}
 	if reversals > 1 {
 		t.Errorf("%d direction reversals on a single ramp (flapping)", reversals)
 	}
@@ -342,6 +352,25 @@ func TestDeciderRestore(t *testing.T) {
 	}
 	if !differs || a.last().Desired != 2 {
 		t.Errorf("a fresh Decider decided like the original (or nothing scaled): the test proves nothing")
+	}
+}
+
+// TestDeciderRestoreNewWindow: buckets are refiled into a Decider whose
+// Bucket and StableWindow changed; what still fits keeps its average.
+func TestDeciderRestoreNewWindow(t *testing.T) {
+	a := newSim(t, Config{Max: 4}, 1)
+	a.run(30*time.Second, constLoad(2))
+	a.run(30*time.Second, constLoad(10))
+	b, err := NewDecider(Config{Max: 4, Bucket: 2 * time.Second, StableWindow: 20 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Restore(a.d.Snapshot())
+	if got := b.Decide(a.now).StableLoad; got != 10 {
+		t.Errorf("stable load over the last 20s after the refile: %v, want 10", got)
+	}
+	if got := len(b.Snapshot().Buckets); got != 10 {
+		t.Errorf("%d buckets kept, want 10 of 2s", got)
 	}
 }
 
