@@ -87,7 +87,8 @@ func (d *Decider) Config() Config { return d.cfg }
 
 // Observe records one sample: the pool's load (in-flight plus engine
 // waiting, summed, plus the requests a Hold holds: they are the backlog)
-// and its ready instance count at now. To make "a single
+// and its ready instance count at now (serving instances only: one
+// still booting is no capacity). To make "a single
 // request resets the idle clock" hold for requests shorter than the
 // sample period, load should be the peak since the last sample, or at
 // least 1 if any request arrived.

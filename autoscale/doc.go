@@ -24,11 +24,13 @@
 //     is clamped at once (at_min, at_max).
 //   - From zero: with no ready instance (or a desired count of 0) and load
 //     above zero, the requests are held and the desired count becomes
-//     max(1, Min) at once (from_zero). See "From zero" below.
+//     max(1, Min) at once (from_zero), and stays there while the first
+//     instance drains the backlog. See "From zero" below.
 //   - Idle to zero: with Min 0, no request for IdleToZero sends the pool
 //     to 0 (idle_to_zero). Only this rule takes the last instance: the
-//     load rules never go below 1, so a quiet pool keeps one instance for
-//     the whole IdleToZero and not ScaleDownDelay.
+//     load rules never go below 1, so a quiet pool keeps one instance
+//     until IdleToZero even when ScaleDownDelay is shorter. A sample with
+//     load resets the clock.
 //   - Panic: when the panic-window average is at least PanicThreshold x
 //     capacity (ready x TargetPerInstance) and at least two of its buckets
 //     are, the desired count rises at once to ceil(panic average/target)
