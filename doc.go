@@ -11,8 +11,9 @@
 // index, the request-body reader), ledger (the persisted cost ledger),
 // history (the dashboard's rings), keys (client API keys: hashed records,
 // the snapshot by hash, limits, budget reservation, per-gateway spend),
-// usage (request preparation and usage capture) and vastsim (a simulated
-// vast.ai for tests and the demo). adminapi holds the /vastai/ admin API's JSON
+// usage (request preparation and usage capture), autoscale (the autoscaler's
+// decision engine and the scale-from-zero hold queue; tested, not yet wired
+// into the app) and vastsim (a simulated vast.ai for tests and the demo). adminapi holds the /vastai/ admin API's JSON
 // shapes, shared with cli and tui.
 //
 // # Files

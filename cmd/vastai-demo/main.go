@@ -62,6 +62,7 @@ type demo struct {
 	listen, admin, simURL, dir string
 	instances                  int
 	ids                        []int64
+	teamKey                    string // the demo client key of the /team/ route
 }
 
 // run is main without the process globals: it serves until ctx ends, then
@@ -97,6 +98,14 @@ func run(ctx context.Context, args []string, out io.Writer) (err error) {
 	// private key and goes away on every exit path.
 	defer os.RemoveAll(d.dir)
 	if err := os.Setenv("VAST_API_KEY", demoKey); err != nil {
+		return err
+	}
+	// A client key for the /team/ route, new on every run; the config
+	// names it as {env.VASTAI_DEMO_TEAM_KEY}, so it is not in the config.
+	if d.teamKey, err = randomKey(); err != nil {
+		return err
+	}
+	if err := os.Setenv("VASTAI_DEMO_TEAM_KEY", d.teamKey); err != nil {
 		return err
 	}
 	cfgJSON, err := d.config()
@@ -150,6 +159,16 @@ const demoCaddyfile = `{
 				interval 2s
 			}
 		}
+		# One client key for the /team/ route, with a daily budget.
+		keys {
+			price_per_mtok_in 0.5
+			price_per_mtok_out 1.5
+			key team-demo {
+				secret {env.VASTAI_DEMO_TEAM_KEY}
+				rpm 120
+				budget 1 day
+			}
+		}
 		# Provisions instances on demand: POST /vastai/pools/gen/instances.
 		pool gen {
 			health {
@@ -175,8 +194,16 @@ http://%s {
 			lb_try_duration 10s
 		}
 	}
+	# The same pool behind client keys: usage and spend per key.
+	handle_path /team/* {
+		vastai_keys llm
+		vastai_proxy llm {
+			lb_policy vastai_least_load
+			lb_try_duration 10s
+		}
+	}
 	vastai_proxy llm {
-		lb_policy round_robin
+		lb_policy vastai_least_load
 		lb_try_duration 10s
 	}
 }
@@ -299,6 +326,11 @@ Try:
   curl -s %s/vastai/pools/llm
   curl -s %s/metrics | grep caddy_vastai
 
+With a client key (usage and spend per key; a wrong key gets 401):
+  curl -s %s/team/v1/completions -H 'Authorization: Bearer %s' -H 'Content-Type: application/json' -d '{"model":"vastsim/tiny-llm","prompt":"Hello","max_tokens":8}'
+  %s
+  curl -s %s/vastai/keys
+
 Provision an instance (about 10s in the simulator), then use it:
   curl -s -X POST %s/vastai/pools/gen/instances
   curl -s %s/vastai/operations
@@ -319,9 +351,19 @@ Cause failures and watch the plugin react (the simulator's controls; %s/_sim/ li
 Stop with Ctrl-C (removes the temporary folder).
 `, admin, port, d.admin, top, admin,
 		proxy, proxy, proxy, admin, admin, admin,
+		proxy, d.teamKey, strings.Replace(top, " top", " usage --period day", 1), admin,
 		admin, admin, proxy, admin,
 		sim, sim, id, sim, id, sim, id, sim, id, sim, id, sim, sim, sim, sim)
 	return b.String()
+}
+
+// randomKey returns a new client key secret.
+func randomKey() (string, error) {
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("cvk_demo_%x", b), nil
 }
 
 // writeKey writes a new ed25519 private key in OpenSSH format.

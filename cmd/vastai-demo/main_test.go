@@ -90,6 +90,28 @@ func TestDemoIsReadyThenCleansUpOnSIGINT(t *testing.T) {
 		t.Fatalf("GET /v1/models through the demo: %v %v", resp, err)
 	}
 	resp.Body.Close()
+	// The printed client key works on /team/, a wrong one is refused.
+	m := regexp.MustCompile(`Authorization: Bearer (cvk_demo_[0-9a-f]+)`).FindStringSubmatch(ready)
+	if m == nil {
+		t.Fatalf("no client key in the ready block:\n%s", ready)
+	}
+	for _, c := range []struct {
+		key  string
+		want int
+	}{{m[1], http.StatusOK}, {m[1] + "x", http.StatusUnauthorized}} {
+		req, _ := http.NewRequest(http.MethodPost, "http://"+listen+"/team/v1/completions",
+			strings.NewReader(`{"model":"vastsim/tiny-llm","prompt":"Hello","max_tokens":4}`))
+		req.Header.Set("Authorization", "Bearer "+c.key)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != c.want {
+			t.Errorf("POST /team/v1/completions with a key ending %q: %d, want %d", c.key[len(c.key)-3:], resp.StatusCode, c.want)
+		}
+	}
 
 	if err := syscall.Kill(os.Getpid(), syscall.SIGINT); err != nil {
 		t.Fatal(err)
