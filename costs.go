@@ -5,12 +5,14 @@ package vastai
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/caddy-vastai/caddy-vastai/fleet"
+	"github.com/caddy-vastai/caddy-vastai/keys"
 	"github.com/caddy-vastai/caddy-vastai/ledger"
 	"github.com/caddy-vastai/caddy-vastai/lifecycle"
 )
@@ -44,14 +46,18 @@ type costsView struct {
 	Rows         []ledger.Row `json:"rows"`
 }
 
-// handleCosts answers GET /vastai/costs?by=pool|instance&period=day|month
-// &since=YYYY-MM-DD from the ledger in memory: no storage access.
+// handleCosts answers GET /vastai/costs?by=pool|instance|key&period=day|month
+// &since=YYYY-MM-DD from the ledger in memory (by key: from the client
+// keys' spend records, summed over the gateways sharing the storage).
 func (a *adminAPI) handleCosts(w http.ResponseWriter, r *http.Request, _ string) error {
 	q := r.URL.Query()
 	for name := range q {
 		if name != "by" && name != "period" && name != "since" {
 			return invalidf("%s: unknown parameter (use by, period, since)", name)
 		}
+	}
+	if q.Get("by") == "key" {
+		return a.handleKeyCosts(w, r)
 	}
 	query, err := ledger.ParseQuery(q.Get("by"), q.Get("period"), q.Get("since"))
 	if err != nil {
@@ -68,6 +74,59 @@ func (a *adminAPI) handleCosts(w http.ResponseWriter, r *http.Request, _ string)
 	}
 	v.SpendPerHour, _ = fleetSpend(a.app.state.watcher.Snapshot())
 	return writeJSON(w, http.StatusOK, v)
+}
+
+// keyCostsView is the answer of GET /vastai/costs?by=key: a row per key
+// and day (or month) with its requests, tokens and spend.
+type keyCostsView struct {
+	By           string            `json:"by"`
+	Period       string            `json:"period"`
+	Since        string            `json:"since,omitempty"`
+	SpendPerHour float64           `json:"spend_per_hour"`
+	TotalDollars float64           `json:"total_dollars"`
+	Rows         []keys.HistoryRow `json:"rows"`
+}
+
+// handleKeyCosts answers GET /vastai/costs?by=key.
+func (a *adminAPI) handleKeyCosts(w http.ResponseWriter, r *http.Request) error {
+	q := r.URL.Query()
+	query, err := ledger.ParseQuery("", q.Get("period"), q.Get("since"))
+	if err != nil {
+		return classify(lifecycle.ErrInvalidRequest, err)
+	}
+	reg, err := a.registry()
+	if err != nil {
+		return err
+	}
+	period := keys.PeriodDay
+	if query.Period == ledger.Month {
+		period = keys.PeriodMonth
+	}
+	rows, err := reg.History(r.Context(), period)
+	if err != nil {
+		return classify(errInternal, fmt.Errorf("reading the client keys' spend records: %w", err))
+	}
+	v := keyCostsView{By: "key", Period: query.Period, Rows: make([]keys.HistoryRow, 0, len(rows))}
+	for _, row := range rows {
+		if !query.Since.IsZero() && row.Period < query.Since.Format(periodLayout(query.Period)) {
+			continue
+		}
+		v.Rows = append(v.Rows, row)
+		v.TotalDollars += row.Spend
+	}
+	if !query.Since.IsZero() {
+		v.Since = query.Since.Format(time.DateOnly)
+	}
+	v.SpendPerHour, _ = fleetSpend(a.app.state.watcher.Snapshot())
+	return writeJSON(w, http.StatusOK, v)
+}
+
+// periodLayout is how a period of kind p is named.
+func periodLayout(p string) string {
+	if p == ledger.Month {
+		return "2006-01"
+	}
+	return time.DateOnly
 }
 
 var errLedgerNotLoaded = errors.New("the cost ledger has not been read from storage yet (see the log); try again shortly")

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -400,6 +401,35 @@ func TestKeysBudgetUnderConcurrency(t *testing.T) {
 		b, err := os.ReadFile(filepath.Join(e2eStorage, "vastai", "keys", "spend", "default.json"))
 		return err == nil && strings.Contains(string(b), `"capped"`) && strings.Contains(string(b), fmt.Sprintf(`"requests":%d`, ok))
 	})
+	// The cost ledger by key has today's row for it, with the same figures.
+	for _, period := range []string{"day", "month"} {
+		var costs struct {
+			By    string  `json:"by"`
+			Total float64 `json:"total_dollars"`
+			Rows  []struct {
+				Period    string  `json:"period"`
+				Key       string  `json:"key"`
+				Requests  int     `json:"requests"`
+				TokensOut int64   `json:"tokens_out"`
+				Spend     float64 `json:"spend"`
+			} `json:"rows"`
+		}
+		if code, body := adminGET(t, "/vastai/costs?by=key&period="+period, &costs); code != http.StatusOK {
+			t.Fatalf("costs by key: %d %s", code, body)
+		}
+		found := false
+		for _, r := range costs.Rows {
+			if r.Key == "capped" {
+				found = true
+				if r.Requests != ok || r.TokensOut != engineOut || math.Abs(r.Spend-u.Spend) > 1e-9 {
+					t.Errorf("costs by key (%s): %+v, want %d requests, %d tokens out, $%.4f", period, r, ok, engineOut, u.Spend)
+				}
+			}
+		}
+		if !found || costs.By != "key" || costs.Total < u.Spend-1e-9 {
+			t.Errorf("costs by key (%s) lack the key or its spend: %+v", period, costs)
+		}
+	}
 }
 
 // TestKeysInstanceTimePricing: without a price per token, a request is

@@ -234,15 +234,16 @@ func (e *env) reconcileTable(r lifecycle.Report) {
 func (e *env) costsCmd() *cobra.Command {
 	var by, period, since string
 	cmd := &cobra.Command{
-		Use:   "costs [--by pool|instance] [--period day|month] [--since YYYY-MM-DD]",
-		Short: "Show what the fleet has cost, per pool or instance, per day or month",
+		Use:   "costs [--by pool|instance|key] [--period day|month] [--since YYYY-MM-DD]",
+		Short: "Show what the fleet has cost, per pool, instance or client key, per day or month",
 		Long: `Show the cost ledger: spend accrued per pool (or per instance) per day
-(or month), kept in Caddy's storage so destroyed instances still count.`,
-		Example: "  caddy vastai costs\n  caddy vastai costs --by instance --period month --since 2026-01-01",
+(or month), kept in Caddy's storage so destroyed instances still count;
+--by key shows what each client key spent, with its requests and tokens.`,
+		Example: "  caddy vastai costs\n  caddy vastai costs --by instance --period month --since 2026-01-01\n  caddy vastai costs --by key --period month",
 		Args:    e.exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if by != "pool" && by != "instance" {
-				return usagef("--by: %q must be pool or instance", by)
+			if by != "pool" && by != "instance" && by != "key" {
+				return usagef("--by: %q must be pool, instance or key", by)
 			}
 			if period != "day" && period != "month" {
 				return usagef("--period: %q must be day or month", period)
@@ -268,7 +269,7 @@ func (e *env) costsCmd() *cobra.Command {
 			})
 		},
 	}
-	cmd.Flags().StringVar(&by, "by", "pool", "group by pool or instance")
+	cmd.Flags().StringVar(&by, "by", "pool", "group by pool, instance or key")
 	cmd.Flags().StringVar(&period, "period", "day", "one row per day or month")
 	cmd.Flags().StringVar(&since, "since", "", "first day to include (YYYY-MM-DD)")
 	return cmd
@@ -276,11 +277,19 @@ func (e *env) costsCmd() *cobra.Command {
 
 func (e *env) costsTable(c costsView) {
 	header := []string{"PERIOD", "POOL", "HOURS", "COST"}
-	if c.By == "instance" {
+	switch c.By {
+	case "key":
+		header = []string{"PERIOD", "KEY", "REQUESTS", "TOKENS IN", "TOKENS OUT", "COST"}
+	case "instance":
 		header = []string{"PERIOD", "POOL", "INSTANCE", "HOURS", "COST"}
 	}
 	rows := make([][]string, 0, len(c.Rows))
 	for _, r := range c.Rows {
+		if c.By == "key" {
+			rows = append(rows, []string{r.Period, r.Key, strconv.FormatInt(r.Requests, 10),
+				strconv.FormatInt(r.TokensIn, 10), strconv.FormatInt(r.TokensOut, 10), display.Dollars(r.Spend)})
+			continue
+		}
 		row := []string{r.Period, textOr(r.Pool)}
 		if c.By == "instance" {
 			row = append(row, opInstance(r.InstanceID))

@@ -37,6 +37,12 @@ type costsView struct {
 		InstanceID int64   `json:"instance_id"`
 		Dollars    float64 `json:"dollars"`
 		Hours      float64 `json:"hours"`
+		// The fields of a row by client key.
+		Key       string  `json:"key"`
+		Requests  int64   `json:"requests"`
+		TokensIn  int64   `json:"tokens_in"`
+		TokensOut int64   `json:"tokens_out"`
+		Spend     float64 `json:"spend"`
 	} `json:"rows"`
 }
 

@@ -2,6 +2,7 @@ package keys
 
 import (
 	"math"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,21 +39,63 @@ func (t *Tally) add(o Tally) {
 	t.Seconds += o.Seconds
 }
 
-// KeyUsage is a key's tallies for the current day, month and overall.
+// KeyUsage is a key's tallies for the current day, month and overall, and
+// the past days and months it was used in (the cost ledger per key).
 type KeyUsage struct {
 	Day   Tally `json:"day"`
 	Month Tally `json:"month"`
 	Total Tally `json:"total"`
+	// Days and Months are the closed periods with use, oldest first, at
+	// most KeepDays and KeepMonths of them.
+	Days   []Tally `json:"days,omitempty"`
+	Months []Tally `json:"months,omitempty"`
 }
 
-// roll starts new day and month tallies when now is in another period.
+// How much history a key's usage keeps: about two months of days, two
+// years of months.
+const (
+	KeepDays   = 62
+	KeepMonths = 24
+)
+
+// roll starts new day and month tallies when now is in another period,
+// keeping the closed ones that saw use.
 func (u *KeyUsage) roll(now time.Time) {
 	if d := periodID(PeriodDay, now); u.Day.Period != d {
+		u.Days = closePeriod(u.Days, u.Day, KeepDays)
 		u.Day = Tally{Period: d}
 	}
 	if m := periodID(PeriodMonth, now); u.Month.Period != m {
+		u.Months = closePeriod(u.Months, u.Month, KeepMonths)
 		u.Month = Tally{Period: m}
 	}
+}
+
+// closePeriod appends a finished period's tally if it saw use, keeping
+// the last keep.
+func closePeriod(past []Tally, t Tally, keep int) []Tally {
+	if t.Period == "" || (t.Requests == 0 && t.Spend == 0) {
+		return past
+	}
+	past = append(past, t)
+	if n := len(past); n > keep {
+		past = append([]Tally(nil), past[n-keep:]...)
+	}
+	return past
+}
+
+// History returns the tallies of every period with use, the current one
+// last: days or months.
+func (u *KeyUsage) History(p Period) []Tally {
+	past, cur := u.Days, u.Day
+	if p == PeriodMonth {
+		past, cur = u.Months, u.Month
+	}
+	out := append([]Tally(nil), past...)
+	if cur.Requests > 0 || cur.Spend > 0 {
+		out = append(out, cur)
+	}
+	return out
 }
 
 // Of returns the tally of period p.
@@ -70,6 +113,17 @@ func (u *KeyUsage) add(o Tally) {
 	u.Day.add(o)
 	u.Month.add(o)
 	u.Total.add(o)
+}
+
+// restore takes a persisted record of this gateway's own use as the base
+// (its current tallies and its history), then adds what u gathered before
+// the record was read.
+func (u *KeyUsage) restore(o KeyUsage, now time.Time) {
+	gathered := *u
+	*u = o
+	u.Days, u.Months = slices.Clone(o.Days), slices.Clone(o.Months)
+	u.roll(now)
+	u.sumCurrent(gathered, now)
 }
 
 // sumCurrent adds o's tallies of the periods containing now.

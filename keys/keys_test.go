@@ -3,6 +3,7 @@ package keys
 import (
 	"context"
 	"errors"
+	"math"
 	"strings"
 	"sync"
 	"testing"
@@ -345,5 +346,74 @@ func TestReservationsSharedAcrossGateways(t *testing.T) {
 	mustPoll(t, a)
 	if _, err := ea.Admit(Demand{Dollars: 0.5}, time.Now()); !errors.Is(err, ErrBudgetExceeded) {
 		t.Fatalf("with 0.7 of 1 spent on b: %v", err)
+	}
+}
+
+// TestHistorySumsDaysAndGateways: spend per key per day and month, kept
+// when the day turns, summed over two gateways on one storage.
+func TestHistorySumsDaysAndGateways(t *testing.T) {
+	ctx := context.Background()
+	st := lifecycle.NewMemoryStore()
+	day1 := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	clock := day1
+	a, b := New(st, "vastai/keys", "gw-a"), New(st, "vastai/keys", "gw-b")
+	for _, r := range []*Registry{a, b} {
+		r.now = func() time.Time { return clock }
+		mustPoll(t, r)
+	}
+	secret, _, err := a.Create(ctx, Spec{Name: "team-h"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustPoll(t, b)
+	spend := func(r *Registry, dollars float64) {
+		t.Helper()
+		e, err := r.Snapshot().Lookup(secret, clock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tk, err := e.Admit(Demand{Dollars: dollars}, clock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tk.Settle(Outcome{Dollars: dollars, TokensIn: 10, TokensOut: 20}, clock)
+	}
+	spend(a, 0.25)
+	spend(b, 0.5)
+	if err := b.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	clock = day1.Add(24 * time.Hour) // 2026-12-01: a new day and a new month
+	spend(a, 1)
+	days, err := a.History(ctx, PeriodDay)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []struct {
+		period string
+		spend  float64
+		reqs   int64
+	}{{"2026-11-30", 0.75, 2}, {"2026-12-01", 1, 1}}
+	if len(days) != len(want) {
+		t.Fatalf("day rows %+v, want %d", days, len(want))
+	}
+	for i, w := range want {
+		if d := days[i]; d.Key != "team-h" || d.Period != w.period || math.Abs(d.Spend-w.spend) > 1e-9 || d.Requests != w.reqs {
+			t.Errorf("row %d = %+v, want %s $%.2f %d requests", i, d, w.period, w.spend, w.reqs)
+		}
+	}
+	months, _ := a.History(ctx, PeriodMonth)
+	if len(months) != 2 || months[0].Period != "2026-11" || math.Abs(months[0].Spend-0.75) > 1e-9 || months[1].Period != "2026-12" {
+		t.Errorf("month rows %+v, want 2026-11 $0.75 and 2026-12 $1", months)
+	}
+	// A restart of gateway a keeps its closed days.
+	if err := a.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	a2 := New(st, "vastai/keys", "gw-a")
+	a2.now = func() time.Time { return clock }
+	mustPoll(t, a2)
+	if again, _ := a2.History(ctx, PeriodDay); len(again) != 2 || math.Abs(again[0].Spend-0.75) > 1e-9 {
+		t.Errorf("after a restart: %+v", again)
 	}
 }

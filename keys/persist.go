@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -56,7 +58,7 @@ func (r *Registry) sumOthers(spends []spendRecord, now time.Time) (map[string]*K
 			if own {
 				if !r.loaded {
 					acc.mu.Lock()
-					acc.local.sumCurrent(u, now)
+					acc.local.restore(u, now)
 					acc.mu.Unlock()
 				}
 				continue
@@ -294,4 +296,64 @@ func (r *Registry) storeRecord(ctx context.Context, k Key) error {
 		return fmt.Errorf("storing key %s: %w", k.Name, err)
 	}
 	return nil
+}
+
+// HistoryRow is one key's use in one day or month, over every gateway
+// sharing the storage.
+type HistoryRow struct {
+	Key string `json:"key"`
+	Tally
+}
+
+// History returns every key's use per day or month (PeriodDay or
+// PeriodMonth), summed over the gateways' spend records in storage, with
+// this gateway's own figures from memory (newer than its record). Rows
+// are sorted by period, then key. It reads storage: an admin call, never
+// the request path.
+func (r *Registry) History(ctx context.Context, p Period) ([]HistoryRow, error) {
+	spends, err := r.loadSpends(ctx)
+	if err != nil {
+		return nil, err
+	}
+	sums := map[[2]string]*HistoryRow{}
+	add := func(key string, u *KeyUsage) {
+		for _, t := range u.History(p) {
+			row := sums[[2]string{t.Period, key}]
+			if row == nil {
+				row = &HistoryRow{Key: key, Tally: Tally{Period: t.Period}}
+				sums[[2]string{t.Period, key}] = row
+			}
+			row.add(t)
+		}
+	}
+	now := r.now()
+	r.mu.Lock()
+	for name, acc := range r.accounts {
+		acc.mu.Lock()
+		acc.local.roll(now)
+		u := acc.local
+		u.Days, u.Months = slices.Clone(u.Days), slices.Clone(u.Months)
+		acc.mu.Unlock()
+		add(name, &u)
+	}
+	r.mu.Unlock()
+	for _, rec := range spends {
+		if rec.Gateway == r.gateway {
+			continue
+		}
+		for name, u := range rec.Keys {
+			add(name, &u)
+		}
+	}
+	out := make([]HistoryRow, 0, len(sums))
+	for _, row := range sums {
+		out = append(out, *row)
+	}
+	slices.SortFunc(out, func(a, b HistoryRow) int {
+		if c := strings.Compare(a.Period, b.Period); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Key, b.Key)
+	})
+	return out, nil
 }
