@@ -145,6 +145,9 @@ type fleetEvent struct {
 	Instances  json.RawMessage `json:"instances"`
 	Pools      json.RawMessage `json:"pools"`
 	Operations json.RawMessage `json:"operations"`
+	// Keys is GET /vastai/keys: the client keys with their spend, so the
+	// keys panel stays as live as the rest ([] without a keys block).
+	Keys json.RawMessage `json:"keys"`
 	// InFlight is the number of proxied requests in flight per instance
 	// id, which no GET endpoint reports.
 	InFlight map[string]int64  `json:"in_flight"`
@@ -161,7 +164,7 @@ func (d *dashboardAPI) snapshotEvent(r *http.Request, st *state) ([]byte, error)
 	parts := []struct {
 		name string
 		dst  *json.RawMessage
-	}{{"status", &ev.Status}, {"instances", &ev.Instances}, {"pools", &ev.Pools}, {"operations", &ev.Operations}}
+	}{{"status", &ev.Status}, {"instances", &ev.Instances}, {"pools", &ev.Pools}, {"operations", &ev.Operations}, {"keys", &ev.Keys}}
 	for _, p := range parts {
 		body, err := d.get(r, "/vastai/"+p.name)
 		if err != nil {

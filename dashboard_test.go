@@ -23,6 +23,7 @@ import (
 	"github.com/chromedp/chromedp"
 	"golang.org/x/crypto/ssh"
 
+	"github.com/caddy-vastai/caddy-vastai/internal/display"
 	"github.com/caddy-vastai/caddy-vastai/vastsim"
 )
 
@@ -120,6 +121,7 @@ type dashSnapshot struct {
 		Members []int64 `json:"members"`
 	} `json:"pools"`
 	Operations json.RawMessage   `json:"operations"`
+	Keys       json.RawMessage   `json:"keys"`
 	InFlight   map[string]int64  `json:"in_flight"`
 	Errors     map[string]string `json:"errors"`
 }
@@ -172,8 +174,8 @@ func TestEventsStreamASnapshotOnConnectThenOnChange(t *testing.T) {
 	if first.Status.Instances != 3 || len(first.Pools) != 1 || first.Pools[0].Name != "llm" || len(first.Pools[0].Members) != 3 {
 		t.Errorf("first snapshot status/pools wrong: %+v %+v", first.Status, first.Pools)
 	}
-	if string(first.Operations) != "[]" || first.Errors != nil {
-		t.Errorf("operations %s errors %v, want [] and none", first.Operations, first.Errors)
+	if string(first.Operations) != "[]" || string(first.Keys) != "[]" || first.Errors != nil {
+		t.Errorf("operations %s keys %s errors %v, want [], [] (no keys block) and none", first.Operations, first.Keys, first.Errors)
 	}
 	if len(first.InFlight) != 3 {
 		t.Errorf("in_flight %v, want an entry per instance", first.InFlight)
@@ -569,6 +571,10 @@ func TestDashboardInHeadlessChromium(t *testing.T) {
 	waitFor(t, 10*time.Second, "the live badge", func() bool {
 		return pageHas(t, tctx, `document.querySelector("#live").textContent === "live"`)
 	})
+	// No keys block: no keys panel, and no error about keys either.
+	if !pageHas(t, tctx, `document.querySelector("#keys").hidden && !document.querySelector("#summary").textContent.includes("keys")`) {
+		t.Error("the keys panel shows, or keys are an error, without a keys block")
+	}
 
 	// Destroy through the page's button (confirm accepted); once the API no
 	// longer lists the instance, the page must follow within 3 s.
@@ -632,6 +638,84 @@ func TestDashboardInHeadlessChromium(t *testing.T) {
 	})
 	saveScreenshot(t, tctx)
 
+	if p := problems(); len(p) > 0 {
+		t.Errorf("the page logged %d problems:\n%s", len(p), strings.Join(p, "\n"))
+	}
+}
+
+// TestDashboardKeysPanelIsLive: with a keys block the page lists every
+// key with its status, limits and budget, and one request with a key
+// moves its requests, tokens and spend on the page without a reload.
+func TestDashboardKeysPanelIsLive(t *testing.T) {
+	ctx, problems := browser(t)
+	setKeyEnv(t)
+	const paid = "cvk_paid-secret-0123456789abcdefgh"
+	t.Setenv("TEST_KEY_PAID", paid)
+	if err := os.RemoveAll(filepath.Join(e2eStorage, "vastai", "keys")); err != nil {
+		t.Fatal(err)
+	}
+	sim := newSim(t, vastsim.Options{})
+	ids := launch(t, sim, 1, "llm-")
+	// $0.01 a completion token in pool llm, so one request costs cents.
+	extra := `			pool_price llm 0 10000
+			key paid {
+				secret {env.TEST_KEY_PAID}
+				rpm 60
+				tpm 10000
+				max_parallel 4
+				budget 10 day
+			}`
+	startCaddy(t, allowNavigation(t, testConfig(sim.URL(), llmPool+"\n"+otherPool+"\n"+keysBlock(extra), keysSite)))
+	waitRoutable(t, 30*time.Second, ids)
+
+	tctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	if err := chromedp.Do(tctx, chromedp.Navigate(testAdminURL+"/vastai/ui/")); err != nil {
+		t.Fatalf("opening the dashboard: %v", err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			text, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`document.body.innerText`))
+			t.Logf("page at failure:\n%s\nproblems: %v", text, problems())
+		}
+	})
+	cell := func(key, field string) string {
+		return fmt.Sprintf(`(document.querySelector('#keys tr[data-key="%s"] td[data-%s]') || {}).textContent`, key, field)
+	}
+	waitFor(t, 30*time.Second, "the keys panel listing every key", func() bool {
+		return pageHas(t, tctx, `!document.querySelector("#keys").hidden && document.querySelectorAll("#keys tbody tr").length === 5`)
+	})
+	for _, c := range []struct{ expr, what string }{
+		{`document.querySelector('#keys tr[data-key="old"] .badge').textContent === "expired"`, "key old expired"},
+		{`document.querySelector('#keys tr[data-key="paid"] .badge').textContent === "active"`, "key paid active"},
+		{cell("paid", "budget") + ` === "$10.00/day"`, "budget $10.00/day"},
+		{cell("paid", "spent") + ` === "$0.00"`, "nothing spent yet"},
+		{cell("paid", "requests") + ` === "0"`, "no requests yet"},
+		{`document.querySelector('#keys tr[data-key="paid"]').textContent.includes("60")`, "the rpm limit"},
+		{`document.querySelector('#keys tr[data-key="paid"] svg.meter') !== null`, "a spend bar"},
+	} {
+		if !pageHas(t, tctx, c.expr) {
+			t.Errorf("keys panel: want %s", c.what)
+		}
+	}
+	// A mark in the page: it survives only if the page is not reloaded.
+	if _, err := chromedp.Run(tctx, chromedp.Evaluate[bool](`window.keysMark = true`)); err != nil {
+		t.Fatal(err)
+	}
+	if st, _, b := keyedRequest(t, "/v1/completions", paid, tinyCompletion); st != http.StatusOK {
+		t.Fatalf("request with key paid: %d %s", st, b)
+	}
+	u := keyUsage(t, "paid", "day")
+	if u.Requests != 1 || u.Spend <= 0 {
+		t.Fatalf("usage after one request: %+v", u)
+	}
+	want := display.Dollars(u.Spend)
+	waitFor(t, 10*time.Second, "the request and its spend "+want+" on the page", func() bool {
+		return pageHas(t, tctx, cell("paid", "requests")+` === "1" && `+cell("paid", "spent")+fmt.Sprintf(` === %q`, want))
+	})
+	if !pageHas(t, tctx, `window.keysMark === true`) {
+		t.Error("the page was reloaded; the figures must come from the live feed")
+	}
 	if p := problems(); len(p) > 0 {
 		t.Errorf("the page logged %d problems:\n%s", len(p), strings.Join(p, "\n"))
 	}

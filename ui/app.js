@@ -25,6 +25,21 @@ function duration(ms) {
 function since(iso, now) { return iso ? duration(now - Date.parse(iso)) : "-"; }
 function percent(p) { return (typeof p !== "number" || !isFinite(p) || p < 0) ? "-" : p.toFixed(0) + "%"; }
 function gib(mib) { return (mib / 1024).toFixed(1) + " GiB"; }
+function count(n) { return typeof n === "number" && isFinite(n) ? n.toLocaleString("en-US") : "-"; }
+function limit(n) { return n ? count(n) : "-"; }
+// budget reads "$10.00/day"; a budget over the key's whole life "$10.00 total".
+function budget(v, period) {
+  if (!v) return "-";
+  return period === "total" ? dollars(v) + " total" : dollars(v) + "/" + period;
+}
+// expiry shows a date, with the time only when it is not midnight UTC.
+function expiry(iso) {
+  if (!iso) return "-";
+  const d = new Date(iso);
+  if (isNaN(d)) return iso;
+  const day = d.toISOString().slice(0, 10);
+  return d.getUTCHours() || d.getUTCMinutes() ? day + " " + d.toISOString().slice(11, 16) + " UTC" : day;
+}
 
 // ---- DOM helpers -------------------------------------------------------
 
@@ -47,6 +62,7 @@ const $ = (sel) => document.querySelector(sel);
 const stateClass = {
   ready: "ok", provisioning: "info", loading: "info", starting: "info",
   unhealthy: "bad", failed: "bad", stopped: "warn", gone: "warn",
+  active: "ok", revoked: "bad", expired: "warn",
   succeeded: "ok", running: "info", pending: "info", destroying: "warn", destroy_failed: "bad",
 };
 function badge(text) { return el("span", { class: "badge " + (stateClass[text] || "") }, text || "-"); }
@@ -153,6 +169,7 @@ function render() {
   renderPools();
   renderInstances(now);
   renderOperations(now);
+  renderKeys();
 }
 
 function fig(value, label, cls) {
@@ -179,7 +196,9 @@ function renderSummary(now) {
     fig(dollars(accrued), "accrued"),
     fig(watcher, st.last_error ? "watcher: " + st.last_error : "watcher", wcls),
   ];
-  if (fleet.errors) parts.push(fig(Object.values(fleet.errors).join("; "), "errors", "err"));
+  // The keys panel says its own trouble; a gateway without keys has none.
+  const errs = Object.entries(fleet.errors || {}).filter(([part]) => part !== "keys").map(([, e]) => e);
+  if (errs.length) parts.push(fig(errs.join("; "), "errors", "err"));
   $("#summary").replaceChildren(...parts);
 }
 
@@ -277,6 +296,60 @@ function renderOperations(now) {
   }
   $("#operations tbody").replaceChildren(...rows);
   $("#no-operations").hidden = ops.length > 0;
+}
+
+// meter draws used/total as a small bar (SVG: the page's CSP forbids
+// inline styles).
+function meter(used, total) {
+  if (!total) return el("span", { class: "muted" }, "");
+  const w = 64, h = 8, f = Math.max(0, Math.min(1, used / total));
+  const s = svg("svg", { class: "meter" + (f >= 1 ? " full" : f >= 0.8 ? " high" : ""), width: w, height: h, viewBox: `0 0 ${w} ${h}` });
+  s.append(svg("rect", { class: "track", x: 0, y: 0, width: w, height: h, rx: 2 }),
+    svg("rect", { class: "used", x: 0, y: 0, width: (f * w).toFixed(1), height: h, rx: 2 }));
+  const title = svg("title", {}); title.textContent = percent(100 * used / total) + " of the budget spent"; s.append(title);
+  return s;
+}
+
+let lastKeys = [];    // the keys of the last snapshot that had them
+
+// renderKeys lists the client keys; the panel is hidden while there are
+// none (no keys block, nothing created through the API).
+function renderKeys() {
+  if (Array.isArray(fleet.keys)) lastKeys = fleet.keys;
+  const err = fleet.errors && fleet.errors.keys;
+  $("#keys").hidden = lastKeys.length === 0;
+  const rows = lastKeys.map((k) => {
+    const t = (k.period && k[k.period]) || {};
+    return el("tr", { "data-key": k.name, "data-status": k.status },
+      el("td", { title: keyScope(k) }, k.name, k.source === "api" ? el("span", { class: "muted" }, " (api)") : null),
+      el("td", {}, badge(k.status)),
+      el("td", { class: "num" }, limit(k.rpm)),
+      el("td", { class: "num" }, limit(k.tpm)),
+      el("td", { class: "num" }, limit(k.max_parallel)),
+      el("td", { class: "num", "data-budget": "" }, budget(k.budget, k.period)),
+      el("td", { class: "num", "data-spent": "" }, dollars(k.spent)),
+      el("td", {}, meter(k.spent, k.budget)),
+      el("td", { class: "num" }, dollars(k.reserved)),
+      el("td", { class: "num" }, count(k.in_flight)),
+      el("td", { class: "num", "data-requests": "" }, count(t.requests)),
+      el("td", { class: "num" }, count(t.tokens_in)),
+      el("td", { class: "num" }, count(t.tokens_out)),
+      el("td", {}, expiry(k.expires)));
+  });
+  $("#keys-table tbody").replaceChildren(...rows);
+  const byStatus = {};
+  for (const k of lastKeys) byStatus[k.status] = (byStatus[k.status] || 0) + 1;
+  const text = Object.keys(byStatus).sort().map((s) => `${byStatus[s]} ${s}`).join(", ");
+  const sum = $("#keys-summary");
+  sum.textContent = err ? `(${text}; not current: ${err})` : `(${text}; figures for each key's budget period)`;
+  sum.className = err ? "err" : "muted";
+}
+
+function keyScope(k) {
+  const parts = [];
+  if (k.pools && k.pools.length) parts.push("pools " + k.pools.join(", "));
+  if (k.models && k.models.length) parts.push("models " + k.models.join(", "));
+  return parts.length ? parts.join("; ") : "every pool and model";
 }
 
 // ---- feeds -------------------------------------------------------------
