@@ -87,7 +87,11 @@ type snapshot struct {
 	instances  []Instance
 	pools      []adminapi.Pool
 	operations []lifecycle.Operation
-	errs       map[string]error // by part: status, instances, pools, operations
+	// keys is GET /vastai/keys, asked for only while the keys panel is
+	// open (withKeys).
+	keys     []adminapi.Key
+	withKeys bool
+	errs     map[string]error // by part: status, instances, pools, operations, keys
 }
 
 // dataMsg carries a finished refresh into Update.
@@ -97,9 +101,9 @@ type dataMsg snapshot
 // shown on screen rather than a view that silently stops changing.
 const fetchTimeout = 10 * time.Second
 
-// fetch loads the four parts in a tea.Cmd: Update never waits for the admin
-// API.
-func fetch(ctx context.Context, api API, now func() time.Time) tea.Cmd {
+// fetch loads the four parts (five with the keys) in a tea.Cmd: Update
+// never waits for the admin API.
+func fetch(ctx context.Context, api API, now func() time.Time, withKeys bool) tea.Cmd {
 	return func() tea.Msg {
 		ctx, cancel := context.WithTimeout(ctx, fetchTimeout)
 		defer cancel()
@@ -121,6 +125,12 @@ func fetch(ctx context.Context, api API, now func() time.Time) tea.Cmd {
 		if err := api.Do(ctx, "GET", "/vastai/operations", nil, &s.operations); err != nil {
 			s.errs["operations"] = err
 			s.operations = nil
+		}
+		if s.withKeys = withKeys; withKeys {
+			if err := api.Do(ctx, "GET", "/vastai/keys", nil, &s.keys); err != nil {
+				s.errs["keys"] = err
+				s.keys = nil
+			}
 		}
 		s.at = now()
 		return dataMsg(s)

@@ -35,6 +35,7 @@ type model struct {
 	instances  []Instance
 	pools      []adminapi.Pool
 	operations []lifecycle.Operation
+	keys       []adminapi.Key // while the keys panel is open; nil before its first answer
 	errs       map[string]error
 	loadedAt   time.Time // last refresh with status and instances
 	fetching   bool
@@ -49,6 +50,7 @@ type model struct {
 	filtering bool
 	sortIdx   int
 	details   bool
+	showKeys  bool // the client keys panel (K)
 	confirm   *action
 	message   string
 	width     int
@@ -84,7 +86,7 @@ func (m *model) startFetch() tea.Cmd {
 		return nil
 	}
 	m.fetching, m.fetchStart = true, m.now()
-	return fetch(m.ctx, m.api, m.now)
+	return fetch(m.ctx, m.api, m.now, m.showKeys)
 }
 
 func (m *model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
@@ -136,6 +138,12 @@ func (m *model) apply(s snapshot) {
 	}
 	if s.errs["operations"] == nil {
 		m.operations = s.operations
+	}
+	if s.withKeys && s.errs["keys"] == nil {
+		m.keys = s.keys
+		if m.keys == nil {
+			m.keys = []adminapi.Key{}
+		}
 	}
 	if s.errs["status"] == nil && s.errs["instances"] == nil {
 		m.loadedAt = s.at
@@ -204,6 +212,12 @@ func (m *model) key(k tea.KeyMsg) (tea.Model, tea.Cmd) {
 		m.sortIdx = (m.sortIdx + 1) % len(sortKeys)
 	case "enter":
 		m.details = !m.details
+	case "K":
+		// The keys are fetched only while the panel is open: load them now.
+		m.showKeys, m.keys = !m.showKeys, nil
+		if m.showKeys {
+			return m, m.startFetch()
+		}
 	case "r":
 		return m, m.startFetch()
 	case "d", "x":

@@ -91,8 +91,12 @@ func (m *model) View() string {
 	if m.details {
 		reserved += 9
 	}
+	reserved += m.keyLines()
 	m.viewInstances(&b, vis, now, max(3, m.height-reserved))
 	m.viewOperations(&b, ops, now)
+	if m.showKeys {
+		m.viewKeys(&b, now)
+	}
 	if m.details {
 		m.viewDetails(&b, now)
 	}

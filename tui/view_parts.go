@@ -123,7 +123,7 @@ func (m *model) viewFooter(b *strings.Builder) {
 		}
 		b.WriteString("\n")
 	}
-	b.WriteString(styleDim.Render("↑↓/jk move  / filter  s sort  enter details  d drain  x destroy  p provision  r refresh  q quit") + "\n")
+	b.WriteString(styleDim.Render("↑↓/jk move  / filter  s sort  enter details  d drain  x destroy  p provision  K keys  r refresh  q quit") + "\n")
 }
 
 func stateStyle(s string) lipgloss.Style {
