@@ -36,6 +36,9 @@ import (
 
 const testAPIKey = "sim-test-key-0123456789"
 
+// testClientKey is the secret of the config's client key team-a.
+const testClientKey = "cvk_tui-team-a-secret-0123456789ab"
+
 // httpAPI is tui.API over plain HTTP to an admin address, the way the
 // CLI's admin client talks to Caddy.
 type httpAPI struct{ base string }
@@ -120,7 +123,8 @@ type fleet struct {
 }
 
 // startFleet starts vastsim and an in-process Caddy with a provisioning
-// pool llm (and SSH, for GPU figures); both stop when the test ends.
+// pool llm (and SSH, for GPU figures) and a client key team-a; both stop
+// when the test ends.
 func startFleet(t *testing.T) *fleet {
 	t.Helper()
 	dir := t.TempDir()
@@ -131,6 +135,7 @@ func startFleet(t *testing.T) *fleet {
 	}
 	t.Cleanup(sim.Close)
 	t.Setenv("VASTAI_TUI_KEY", testAPIKey)
+	t.Setenv("VASTAI_TUI_CLIENT_KEY", testClientKey)
 	admin := fmt.Sprintf("localhost:%d", freePort(t))
 	cfg := fmt.Sprintf(`{
 	admin %s
@@ -171,6 +176,13 @@ func startFleet(t *testing.T) *fleet {
 			known_hosts storage
 			connect_timeout 5s
 			metrics_interval 300ms
+		}
+		keys {
+			key team-a {
+				secret {env.VASTAI_TUI_CLIENT_KEY}
+				rpm 60
+				budget 10 day
+			}
 		}
 	}
 }

@@ -125,7 +125,7 @@ func TestTopInTmux(t *testing.T) {
 	if !x.altScreen() {
 		t.Error("top does not use the alternate screen")
 	}
-	for _, want := range []string{"caddy vastai top", "spend $", "budget llm", "Operations in progress", "q quit"} {
+	for _, want := range []string{"caddy vastai top", "spend $", "budget llm", "Operations in progress", "K keys", "q quit"} {
 		if !strings.Contains(screen, want) {
 			t.Errorf("screen lacks %q", want)
 		}
@@ -159,6 +159,15 @@ func TestTopInTmux(t *testing.T) {
 			t.Errorf("instance %d, filtered out, has %d destroy operation(s)", id, n)
 		}
 	}
+
+	// K opens the client keys panel, K closes it.
+	x.keys("K")
+	keys := x.waitScreen(30*time.Second, "the keys panel", func(s string) bool {
+		return strings.Contains(s, "Client keys (1)") && regexp.MustCompile(`(?m)^  team-a +active +60 .* \$10\.00/day +\$0\.00 `).MatchString(s)
+	})
+	t.Logf("keys panel:\n%s", keys)
+	x.keys("K")
+	x.waitScreen(30*time.Second, "the keys panel closed", func(s string) bool { return !strings.Contains(s, "Client keys") })
 
 	// Ctrl-C ends top and leaves the terminal as it found it.
 	x.keys("C-c")
