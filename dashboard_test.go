@@ -571,10 +571,7 @@ func TestDashboardInHeadlessChromium(t *testing.T) {
 	waitFor(t, 10*time.Second, "the live badge", func() bool {
 		return pageHas(t, tctx, `document.querySelector("#live").textContent === "live"`)
 	})
-	// No keys block: no keys panel, and no error about keys either.
-	if !pageHas(t, tctx, `document.querySelector("#keys").hidden && !document.querySelector("#summary").textContent.includes("keys")`) {
-		t.Error("the keys panel shows, or keys are an error, without a keys block")
-	}
+	noKeysPanel(t, tctx)
 
 	// Destroy through the page's button (confirm accepted); once the API no
 	// longer lists the instance, the page must follow within 3 s.
@@ -640,6 +637,15 @@ func TestDashboardInHeadlessChromium(t *testing.T) {
 
 	if p := problems(); len(p) > 0 {
 		t.Errorf("the page logged %d problems:\n%s", len(p), strings.Join(p, "\n"))
+	}
+}
+
+// noKeysPanel checks a page without a keys block: no keys panel, and no
+// error about keys either.
+func noKeysPanel(t *testing.T, ctx context.Context) {
+	t.Helper()
+	if !pageHas(t, ctx, `document.querySelector("#keys").hidden && !document.querySelector("#summary").textContent.includes("keys")`) {
+		t.Error("the keys panel shows, or keys are an error, without a keys block")
 	}
 }
 

@@ -160,14 +160,7 @@ func TestTopInTmux(t *testing.T) {
 		}
 	}
 
-	// K opens the client keys panel, K closes it.
-	x.keys("K")
-	keys := x.waitScreen(30*time.Second, "the keys panel", func(s string) bool {
-		return strings.Contains(s, "Client keys (1)") && regexp.MustCompile(`(?m)^  team-a +active +60 .* \$10\.00/day +\$0\.00 `).MatchString(s)
-	})
-	t.Logf("keys panel:\n%s", keys)
-	x.keys("K")
-	x.waitScreen(30*time.Second, "the keys panel closed", func(s string) bool { return !strings.Contains(s, "Client keys") })
+	toggleKeysPanel(t, x)
 
 	// Ctrl-C ends top and leaves the terminal as it found it.
 	x.keys("C-c")
@@ -185,6 +178,19 @@ func TestTopInTmux(t *testing.T) {
 	if b, _ := os.ReadFile(filepath.Join(dir, "before")); len(b) == 0 {
 		t.Fatal("no terminal settings were recorded before top ran")
 	}
+}
+
+// toggleKeysPanel opens the client keys panel with K, finds the config's
+// key in it, and closes it with K.
+func toggleKeysPanel(t *testing.T, x *tmux) {
+	t.Helper()
+	x.keys("K")
+	keys := x.waitScreen(30*time.Second, "the keys panel", func(s string) bool {
+		return strings.Contains(s, "Client keys (1)") && regexp.MustCompile(`(?m)^  team-a +active +60 .* \$10\.00/day +\$0\.00 `).MatchString(s)
+	})
+	t.Logf("keys panel:\n%s", keys)
+	x.keys("K")
+	x.waitScreen(30*time.Second, "the keys panel closed", func(s string) bool { return !strings.Contains(s, "Client keys") })
 }
 
 // provision asks the admin API for n instances and waits until they are
