@@ -633,7 +633,7 @@ func TestDashboardInHeadlessChromium(t *testing.T) {
 	waitFor(t, 60*time.Second, "the cost ledger listing the destroyed instance", func() bool {
 		return pageHas(t, tctx, fmt.Sprintf(`!document.querySelector("#costs").hidden && [...document.querySelectorAll('#costs-table tbody tr')].some(tr => tr.textContent.includes("%d"))`, gone))
 	})
-	saveScreenshot(t, tctx)
+	saveScreenshot(t, tctx, "dashboard.png")
 
 	if p := problems(); len(p) > 0 {
 		t.Errorf("the page logged %d problems:\n%s", len(p), strings.Join(p, "\n"))
@@ -722,22 +722,23 @@ func TestDashboardKeysPanelIsLive(t *testing.T) {
 	if !pageHas(t, tctx, `window.keysMark === true`) {
 		t.Error("the page was reloaded; the figures must come from the live feed")
 	}
+	saveScreenshot(t, tctx, "dashboard-keys.png")
 	if p := problems(); len(p) > 0 {
 		t.Errorf("the page logged %d problems:\n%s", len(p), strings.Join(p, "\n"))
 	}
 }
 
-// saveScreenshot writes the page to the test's folder, or to
-// docs/dashboard.png (used by the README) with VASTAI_UPDATE_SCREENSHOT=1.
-func saveScreenshot(t *testing.T, ctx context.Context) {
+// saveScreenshot writes the page to the test's folder, or to docs/<name>
+// (used by the README) with VASTAI_UPDATE_SCREENSHOT=1.
+func saveScreenshot(t *testing.T, ctx context.Context, name string) {
 	t.Helper()
 	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
 	if err != nil {
 		t.Fatalf("screenshot: %v", err)
 	}
-	path := filepath.Join(t.TempDir(), "dashboard.png")
+	path := filepath.Join(t.TempDir(), name)
 	if os.Getenv("VASTAI_UPDATE_SCREENSHOT") != "" {
-		path = filepath.Join("docs", "dashboard.png")
+		path = filepath.Join("docs", name)
 	}
 	if err := os.WriteFile(path, png, 0o644); err != nil {
 		t.Fatal(err)
