@@ -82,8 +82,8 @@ func (h *KeysHandler) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-// keyCtxKey holds the admitted key in the request context, for the
-// transport's pool check.
+// keyCtxKey holds an admitted key limited to pools or models in the
+// request context, for the transport's pool check and the model list.
 type keyCtxKey struct{}
 
 type admittedKey struct {
@@ -129,7 +129,9 @@ func (h *KeysHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, next cad
 		return writeKeyRefusal(w, err)
 	}
 	defer ticket.Release()
-	if !poolKnown && len(e.Key.Pools) > 0 { // for the transport's check
+	// A limited key travels in the context: for the transport's pool
+	// check, and for vastai_models to list only what the key may use.
+	if len(e.Key.Pools) > 0 || len(e.Key.Models) > 0 {
 		r = r.WithContext(context.WithValue(r.Context(), keyCtxKey{}, &admittedKey{entry: e}))
 	}
 	uw := newUsageWriter(w, info.Injected)

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -490,5 +491,59 @@ func TestKeysSurviveReload(t *testing.T) {
 	}
 	if u := keyUsage(t, "kept", "total"); u.Requests != 2 {
 		t.Fatalf("the API key's requests across the reload: %d, want 2", u.Requests)
+	}
+}
+
+// TestModelListShowsWhatTheKeyMayUse: behind vastai_keys, GET /v1/models
+// lists, for a key limited to pools or models, only those; an unlimited
+// key sees every model.
+func TestModelListShowsWhatTheKeyMayUse(t *testing.T) {
+	setKeyEnv(t)
+	if err := os.RemoveAll(filepath.Join(e2eStorage, "vastai", "keys")); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("TEST_KEY_POOL_B", "cvk_test-pool-b-only-0123456789")
+	t.Setenv("TEST_KEY_MODEL_A", "cvk_test-model-a-only-012345678")
+	sim := newSim(t, vastsim.Options{})
+	ids := []int64{launchModel(t, sim, "pool-a-1", "org/model-a"), launchModel(t, sim, "pool-b-1", "org/model-b")}
+	keysCfg := `		keys {
+			key all {
+				secret {env.TEST_KEY_TEAM_A}
+			}
+			key b-only {
+				secret {env.TEST_KEY_POOL_B}
+				pools pool-b
+			}
+			key a-only {
+				secret {env.TEST_KEY_MODEL_A}
+				models org/model-a
+			}
+		}`
+	startCaddy(t, testConfig(sim.URL(), modelPools+"\n"+keysCfg, "\tvastai_keys\n"+modelSite))
+	waitRoutable(t, 10*time.Second, ids)
+	list := func(key string) []string {
+		code, body := keyedGet(t, "/v1/models", key)
+		if code != http.StatusOK {
+			t.Fatalf("GET /v1/models with key %s: %d %s", key[:14], code, body)
+		}
+		var l modelList
+		if err := json.Unmarshal(body, &l); err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, m := range l.Data {
+			ids = append(ids, m.ID)
+		}
+		return ids
+	}
+	waitFor(t, 10*time.Second, "both models listed for an unlimited key", func() bool { return len(list(keyTeamA)) == 2 })
+	if got := list("cvk_test-pool-b-only-0123456789"); !slices.Equal(got, []string{"org/model-b"}) {
+		t.Errorf("key limited to pool-b lists %v, want [org/model-b]", got)
+	}
+	if got := list("cvk_test-model-a-only-012345678"); !slices.Equal(got, []string{"org/model-a"}) {
+		t.Errorf("key limited to org/model-a lists %v, want [org/model-a]", got)
+	}
+	if code, _ := keyedGet(t, "/v1/models/org/model-b", "cvk_test-model-a-only-012345678"); code != http.StatusNotFound {
+		t.Errorf("GET /v1/models/org/model-b with a key limited to model-a: %d, want 404", code)
 	}
 }

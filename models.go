@@ -192,10 +192,10 @@ const (
 func (m *ModelRouter) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	if r.Method == http.MethodGet || r.Method == http.MethodHead {
 		if r.URL.Path == modelsPath {
-			return m.serveList(w)
+			return m.serveList(w, r)
 		}
 		if id, ok := strings.CutPrefix(r.URL.Path, modelsPath+"/"); ok && id != "" {
-			return m.serveOne(w, id)
+			return m.serveOne(w, r, id)
 		}
 	}
 	r, info := withRequestInfo(r, m.MaxBody)
@@ -323,16 +323,34 @@ func (m *ModelRouter) readyModels() []modelEntry {
 	return out
 }
 
-func (m *ModelRouter) serveList(w http.ResponseWriter) error {
-	data := m.readyModels()
+func (m *ModelRouter) serveList(w http.ResponseWriter, r *http.Request) error {
+	data := m.modelsFor(r)
 	if data == nil {
 		data = []modelEntry{}
 	}
 	return writeJSON(w, http.StatusOK, map[string]any{"object": "list", "data": data})
 }
 
-func (m *ModelRouter) serveOne(w http.ResponseWriter, id string) error {
-	for _, e := range m.readyModels() {
+// modelsFor is readyModels as the request's client key sees them: a key
+// limited to pools or models (vastai_keys before this handler) lists only
+// what it may use.
+func (m *ModelRouter) modelsFor(r *http.Request) []modelEntry {
+	all := m.readyModels()
+	ak, ok := r.Context().Value(keyCtxKey{}).(*admittedKey)
+	if !ok {
+		return all
+	}
+	out := all[:0:0]
+	for _, e := range all {
+		if ak.entry.AllowsPool(e.OwnedBy) == nil && ak.entry.AllowsModel(e.ID) == nil {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func (m *ModelRouter) serveOne(w http.ResponseWriter, r *http.Request, id string) error {
+	for _, e := range m.modelsFor(r) {
 		if e.ID == id {
 			return writeJSON(w, http.StatusOK, e)
 		}
