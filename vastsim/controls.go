@@ -149,6 +149,7 @@ func (s *Sim) SetStatus(id int64, actual string) {
 	case "running":
 		in.manual = ""
 		in.stopped = false
+		in.scheduling = false
 		if now.Before(in.runningAt) || in.runningAt.IsZero() {
 			in.nullUntil = now
 			in.runningAt = now

@@ -407,15 +407,20 @@ func (s *Sim) handleManage(c *call) {
 	if state != nil {
 		switch *state {
 		case "stopped":
+			in.scheduling = false
 			if !in.stopped {
 				in.stopped = true
 				in.manual = ""
 				s.stopEngineLocked(in)
 				s.logf("vastsim: instance %d stopped", id)
+				s.scheduleLocked(now) // its GPU is free for whoever waits
 			}
 			in.intended = "stopped"
 		case "running":
-			if in.stopped || isDeadStatus(in.manual) {
+			switch {
+			case in.stopped:
+				s.startOrScheduleLocked(in, now)
+			case isDeadStatus(in.manual):
 				s.restartLocked(in, now, false)
 				s.logf("vastsim: instance %d starting", id)
 			}
@@ -452,6 +457,7 @@ func isDeadStatus(st string) bool {
 func (s *Sim) restartLocked(in *instance, now time.Time, reuse bool) {
 	s.stopEngineLocked(in)
 	in.stopped = false
+	in.scheduling = false
 	in.manual = ""
 	in.intended = "running"
 	in.readyOverride = nil
@@ -869,17 +875,24 @@ func (s *Sim) handleCreate(c *call) {
 		invalid("at most 64 ports can be opened")
 		return
 	}
+	wantRunning := str["target_state"] == nil || *str["target_state"] == "running"
+	cancel, err := cancelUnavail(body, price != nil, wantRunning)
+	if err != nil {
+		invalid(err.Error())
+		return
+	}
 
 	s.mu.Lock()
 	now := time.Now()
-	var offer *offerState
-	for _, o := range s.offers {
-		if o.ID == offerID {
-			offer = o
-			break
-		}
+	s.scheduleLocked(now)
+	offer := s.findOfferLocked(offerID)
+	waiting := offer != nil && s.offerUnavailLocked(offer, now)
+	if waiting && cancel {
+		s.mu.Unlock()
+		createUnavailable(c, offerID)
+		return
 	}
-	if offer == nil || !s.offerFreeLocked(offer, now) {
+	if offer == nil || (!waiting && !s.offerFreeLocked(offer, now)) {
 		s.mu.Unlock()
 		// Observed in practice: HTTP 400 wrapping the 404 code, with a
 		// double space after no_such_ask.
@@ -892,7 +905,6 @@ func (s *Sim) handleCreate(c *call) {
 	}
 	in := s.newInstanceLocked(offer.Offer, now)
 	in.offerID = offer.ID
-	offer.rentedBy = in.id
 	if l := str["label"]; l != nil && *l != "" {
 		v := *l
 		in.label = &v
@@ -920,9 +932,12 @@ func (s *Sim) handleCreate(c *call) {
 	in.ports = ports
 	in.nullUntil = now.Add(s.opts.LoadingDelay / 4)
 	in.runningAt = now.Add(s.opts.LoadingDelay)
-	if ts := str["target_state"]; ts != nil && *ts == "stopped" {
+	if !wantRunning {
 		in.stopped = true
 		in.intended = "stopped"
+	} else if waiting {
+		// cancel_unavail false: created stopped, waiting for the GPU.
+		in.stopped, in.scheduling = true, true
 	}
 	s.instances[in.id] = in
 	if !in.stopped {

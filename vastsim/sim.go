@@ -161,6 +161,7 @@ type Sim struct {
 	rlShape    int
 	calls      []APICall
 	closed     bool
+	taken      map[int64]bool // machines rented by someone else (warm.go)
 
 	srvMu sync.Mutex
 	srv   *http.Server
@@ -169,8 +170,7 @@ type Sim struct {
 
 type offerState struct {
 	Offer
-	rentedBy int64 // instance id holding it, 0 if free
-	removed  bool
+	removed bool
 }
 
 // New builds a simulator. It does not listen; use Start, or mount the Sim

@@ -65,8 +65,11 @@ type instance struct {
 	nullUntil time.Time
 	runningAt time.Time
 	stopped   bool
-	manual    string // status forced by SetStatus; overrides the lifecycle
-	intended  string
+	// scheduling: a start was asked while the machine's GPU was taken;
+	// the instance stays stopped until it is free (warm.go).
+	scheduling bool
+	manual     string // status forced by SetStatus; overrides the lifecycle
+	intended   string
 
 	destroyedAt  time.Time
 	goneAt       time.Time
@@ -100,6 +103,8 @@ func (in *instance) actualStatus(now time.Time) any {
 		return in.frozenStatus
 	case in.manual != "":
 		return in.manual
+	case in.stopped && in.scheduling:
+		return "scheduling"
 	case in.stopped:
 		return "stopped"
 	case now.Before(in.nullUntil):
@@ -288,6 +293,8 @@ func (in *instance) statusMsg(st any) any {
 		return "success, running " + in.image + "/ssh"
 	case "stopped":
 		return "Stopped."
+	case "scheduling":
+		return "Scheduling: waiting for the GPU on machine " + fmt.Sprint(in.offer.MachineID) + " to become available."
 	case "exited":
 		return "Error response from daemon: container exited with code 1"
 	case "offline":
@@ -309,6 +316,8 @@ func (s *Sim) instanceJSON(in *instance, now time.Time) map[string]any {
 	switch {
 	case in.destroyed():
 		curState, nextState = "unloaded", "unloaded"
+	case in.stopped && in.scheduling:
+		curState, nextState = "stopped", "running"
 	case in.stopped || in.manual == "stopped":
 		curState, nextState = "stopped", "stopped"
 	}
@@ -499,6 +508,7 @@ func (s *Sim) instanceJSON(in *instance, now time.Time) map[string]any {
 
 // visibleLocked returns the instances the API still shows, by id.
 func (s *Sim) visibleLocked(now time.Time) []*instance {
+	s.scheduleLocked(now)
 	out := make([]*instance, 0, len(s.instances))
 	for _, in := range s.instances {
 		if !in.gone(now) {
@@ -515,6 +525,7 @@ func (s *Sim) lookupLocked(id int64, now time.Time) *instance {
 	if in == nil || in.gone(now) {
 		return nil
 	}
+	s.scheduleLocked(now)
 	// Callers may change the instance next: book its charges so far.
 	in.billLocked(now)
 	return in
@@ -540,18 +551,10 @@ func (s *Sim) unhangLocked(in *instance) {
 	}
 }
 
-// offerFreeLocked reports whether an offer can be rented now. An offer comes
-// back once the instance that rented it has fully disappeared, so a long
-// demo does not run out of machines.
+// offerFreeLocked reports whether an offer can be rented now: not
+// withdrawn, its machine not rented by someone else, and no instance
+// holding its GPU. A stopped instance holds none (its offer is rentable
+// again, as on vast.ai); a destroyed one holds it until it disappears.
 func (s *Sim) offerFreeLocked(o *offerState, now time.Time) bool {
-	if o.removed {
-		return false
-	}
-	if o.rentedBy != 0 {
-		if in := s.instances[o.rentedBy]; in != nil && !in.gone(now) {
-			return false
-		}
-		o.rentedBy = 0
-	}
-	return true
+	return !o.removed && !s.taken[o.MachineID] && s.offerHolderLocked(o, now, 0) == 0
 }
