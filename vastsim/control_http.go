@@ -27,6 +27,8 @@ import (
 //	POST   /_sim/instances/{id}/exit       actual_status "exited" (container died)
 //	POST   /_sim/instances/{id}/status     {"status":"offline"} (any actual_status)
 //	POST   /_sim/instances/{id}/recover    running, answering, not hung
+//	POST   /_sim/machines/{id}/rent        someone else rents the machine's GPU
+//	POST   /_sim/machines/{id}/release     the machine's GPU is free again
 //	GET    /_sim/faults                    the API faults in force
 //	PUT    /_sim/faults                    {"status":500} {"rate_limit":true} {"latency":"3s"} ...
 //	DELETE /_sim/faults                    the API recovers
@@ -39,6 +41,7 @@ var controlHelp = []string{
 	"DELETE /_sim/instances/{id}",
 	"POST   /_sim/instances/{id}/hang|kill|unready|exit|recover",
 	"POST   /_sim/instances/{id}/status {\"status\":\"offline\"}",
+	"POST   /_sim/machines/{id}/rent|release",
 	"GET    /_sim/faults",
 	"PUT    /_sim/faults {\"status\":500,\"rate_limit\":false,\"latency\":\"0s\",\"malformed_json\":false,\"empty_body\":false,\"omit_from_list\":[],\"count\":0,\"routes\":[]}",
 	"DELETE /_sim/faults",
@@ -159,6 +162,8 @@ func (s *Sim) control(r *http.Request) (any, error) {
 		return map[string]any{"endpoints": controlHelp}, method(http.MethodGet)
 	case len(parts) == 1 && parts[0] == "faults":
 		return s.controlFaults(r, method)
+	case len(parts) == 3 && parts[0] == "machines":
+		return s.controlMachine(parts[1], parts[2], method)
 	case len(parts) == 1 && parts[0] == "instances":
 		if err := method(http.MethodGet, http.MethodPost); err != nil {
 			return nil, err

@@ -35,8 +35,23 @@
 //	base, err := sim.Start("")
 //	defer sim.Close()
 //
+// Stop and start follow vast.ai (warm.go): a stop kills the container,
+// keeps the disk (and the model on it) and releases the GPU, so the offer
+// is rentable again and only storage is billed. A start needs the
+// machine's GPU: while someone else holds it (RentMachine, or another
+// rental of the same offer) the instance waits in actual_status
+// "scheduling" (intended_status "running", cur_state "stopped",
+// next_state "running", storage billed only), indefinitely, and starts
+// through loading once the GPU is free (ReleaseMachine); its engine comes
+// back with the same model and a cold prefix cache. A create on a rented
+// machine fails with the 410 no_such_ask of cancel_unavail (the default
+// for on-demand), or makes a scheduling instance with cancel_unavail false.
+//
 // The exported control methods (Launch, Remove, SetStatus, KillEngine,
-// HangEngine, SetFaults, SetSSHPath, ...) change the simulated world as vast.ai or a
-// failing host would, and the observation methods (Instances, Engine,
-// APICalls) let a test assert what the client did.
+// HangEngine, SetFaults, SetSSHPath, RentMachine, ReleaseMachine, ...)
+// change the simulated world as vast.ai or a failing host would, and the
+// observation methods (Instances, Engine, APICalls, MachineRented) let a
+// test assert what the client did. The same controls are served over HTTP
+// under /_sim/ (control_http.go; GET /_sim/ lists them), including
+// POST /_sim/machines/{id}/rent and /release.
 package vastsim

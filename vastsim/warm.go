@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"slices"
+	"strconv"
 	"time"
 )
 
@@ -124,7 +126,7 @@ func (s *Sim) scheduleLocked(now time.Time) {
 // createUnavailable answers a create on an offer whose machine cannot start
 // it now, with cancel_unavail in force: the docs' 410 no_such_ask.
 func createUnavailable(c *call, offerID int64) {
-	writeJSON(c.w, 410, map[string]any{
+	writeJSON(c.w, http.StatusGone, map[string]any{
 		"success": false, "error": "no_such_ask",
 		"msg":    fmt.Sprintf("error 410/3907: no_such_ask Instance type %d is no longer available.", offerID),
 		"ask_id": offerID,
@@ -158,4 +160,24 @@ func (s *Sim) findOfferLocked(id int64) *offerState {
 // cannot start an instance now because someone else rented its GPU.
 func (s *Sim) offerUnavailLocked(o *offerState, now time.Time) bool {
 	return !o.removed && s.taken[o.MachineID] && s.offerHolderLocked(o, now, 0) == 0
+}
+
+// controlMachine serves POST /_sim/machines/{id}/rent|release.
+func (s *Sim) controlMachine(rawID, action string, method func(...string) error) (any, error) {
+	id, err := strconv.ParseInt(rawID, 10, 64)
+	if err != nil || id <= 0 {
+		return nil, controlErr(http.StatusBadRequest, "machine id %q is not a positive integer", rawID)
+	}
+	if err := method(http.MethodPost); err != nil {
+		return nil, err
+	}
+	switch action {
+	case "rent":
+		s.RentMachine(id)
+	case "release":
+		s.ReleaseMachine(id)
+	default:
+		return nil, controlErr(http.StatusNotFound, "no such machine action %q (rent, release)", action)
+	}
+	return map[string]any{"machine_id": id, "rented": s.MachineRented(id)}, nil
 }
