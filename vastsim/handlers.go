@@ -405,27 +405,7 @@ func (s *Sim) handleManage(c *call) {
 		}
 	}
 	if state != nil {
-		switch *state {
-		case "stopped":
-			in.scheduling = false
-			if !in.stopped {
-				in.stopped = true
-				in.manual = ""
-				s.stopEngineLocked(in)
-				s.logf("vastsim: instance %d stopped", id)
-				s.scheduleLocked(now) // its GPU is free for whoever waits
-			}
-			in.intended = "stopped"
-		case "running":
-			switch {
-			case in.stopped:
-				s.startOrScheduleLocked(in, now)
-			case isDeadStatus(in.manual):
-				s.restartLocked(in, now, false)
-				s.logf("vastsim: instance %d starting", id)
-			}
-			in.intended = "running"
-		}
+		s.setStateLocked(in, *state, now)
 	}
 	s.mu.Unlock()
 
@@ -438,6 +418,32 @@ func (s *Sim) handleManage(c *call) {
 		resp["msg"] = fmt.Sprintf("label for %d set to '%s'", id, l)
 	}
 	writeJSON(c.w, http.StatusOK, resp)
+}
+
+// setStateLocked applies PUT {"state": ...}: a stop releases the GPU (and
+// may let a scheduling instance take it); a start needs the GPU (warm.go).
+func (s *Sim) setStateLocked(in *instance, state string, now time.Time) {
+	switch state {
+	case "stopped":
+		in.scheduling = false
+		if !in.stopped {
+			in.stopped = true
+			in.manual = ""
+			s.stopEngineLocked(in)
+			s.logf("vastsim: instance %d stopped", in.id)
+			s.scheduleLocked(now) // its GPU is free for whoever waits
+		}
+		in.intended = "stopped"
+	case "running":
+		switch {
+		case in.stopped:
+			s.startOrScheduleLocked(in, now)
+		case isDeadStatus(in.manual):
+			s.restartLocked(in, now, false)
+			s.logf("vastsim: instance %d starting", in.id)
+		}
+		in.intended = "running"
+	}
 }
 
 // isDeadStatus reports statuses whose container is not running, which a
