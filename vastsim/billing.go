@@ -6,7 +6,8 @@ import "time"
 // follows vast.ai's billing as the reference describes it (vastai-api.md
 // §9–10): dph_total (GPU plus disk) while the container holds the GPU,
 // only the disk (storage_total_cost) before it runs (null, loading) and
-// while stopped or exited, nothing once destroyed. Billing starts at
+// while stopped, scheduling (a start waiting for the GPU, warm.go) or
+// exited, nothing once destroyed. Billing starts at
 // start_date and stops at the DELETE.
 type Billing struct {
 	ID int64
@@ -89,6 +90,7 @@ func (in *instance) accrual(from, to time.Time) (dollars, secs float64) {
 // rateAt is the rate charged at t (t before any destruction).
 func (in *instance) rateAt(t time.Time) float64 {
 	disk := storageHour(in.offer.StorageCost, in.diskGB)
+	// stopped covers scheduling: the GPU is not held until it starts.
 	if in.stopped || in.manual == "stopped" {
 		return disk
 	}

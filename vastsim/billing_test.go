@@ -24,6 +24,7 @@ func TestBillingFollowsTheLifecycle(t *testing.T) {
 		{"running bills dph_total", nil, 4 * time.Minute, 64 * time.Minute, total, 3600},
 		{"across the boundaries", nil, 0, 64 * time.Minute, disk*4/60 + total, 3840},
 		{"stopped bills the disk", func(in *instance) { in.stopped = true }, 4 * time.Minute, 64 * time.Minute, disk, 3600},
+		{"scheduling bills the disk", func(in *instance) { in.stopped, in.scheduling = true, true }, 4 * time.Minute, 64 * time.Minute, disk, 3600},
 		{"exited bills the disk", func(in *instance) { in.manual = "exited" }, 4 * time.Minute, 64 * time.Minute, disk, 3600},
 		{"nothing after the destroy", func(in *instance) { in.destroyedAt = t0.Add(34 * time.Minute) }, 4 * time.Minute, 64 * time.Minute, total / 2, 1800},
 	}

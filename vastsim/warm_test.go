@@ -300,3 +300,43 @@ func TestMachineControlsHTTP(t *testing.T) {
 		t.Fatal("offer of a machine rented over HTTP is offered")
 	}
 }
+
+func TestSchedulingShareOneGPU(t *testing.T) {
+	t.Parallel()
+	s, c := startSim(t, fastOpts())
+	a := warmRunning(t, c)
+	setState(t, c, a, "stopped")
+	b := warmRunning(t, c) // the same offer, freed by a's stop
+	setState(t, c, b, "stopped")
+	s.RentMachine(warmMachine)
+	setState(t, c, a, "running")
+	setState(t, c, b, "running")
+	for _, id := range []int64{a, b} {
+		wantFields(t, show(t, c, id), map[string]any{"actual_status": "scheduling"})
+	}
+	s.ReleaseMachine(warmMachine)
+	waitStatus(t, c, a, "running") // the older request wins the one GPU
+	wantFields(t, show(t, c, b), map[string]any{"actual_status": "scheduling"})
+	if r := warmCreate(t, c, nil); r.status != 400 || !strings.Contains(string(r.body), "no_such_ask") {
+		t.Fatalf("create while the GPU is ours: %d %s", r.status, r.body)
+	}
+	setState(t, c, a, "stopped")
+	waitStatus(t, c, b, "running")
+	wantFields(t, show(t, c, a), map[string]any{"actual_status": "stopped"})
+}
+
+func TestLaunchedInstanceOnRentedMachine(t *testing.T) {
+	t.Parallel()
+	s, c := startSim(t, fastOpts())
+	id := launch(t, s, LaunchSpec{MachineID: 47123, Running: true, Model: "org/launched"})
+	setState(t, c, id, "stopped")
+	s.RentMachine(47123)
+	setState(t, c, id, "running")
+	wantFields(t, show(t, c, id), map[string]any{"actual_status": "scheduling", "intended_status": "running"})
+	s.ReleaseMachine(47123)
+	waitStatus(t, c, id, "running")
+	info := s.info(t, id)
+	if r := engineReq(t, info.EngineAddr, "GET", "/v1/models", info.JupyterToken, nil); r.status != 200 || !strings.Contains(string(r.body), "org/launched") {
+		t.Fatalf("engine after start: %d %s", r.status, r.body)
+	}
+}
