@@ -37,7 +37,7 @@ const ControlPrefix = "/_sim/"
 // controlHelp lists the control endpoints (GET /_sim/).
 var controlHelp = []string{
 	"GET    /_sim/instances",
-	"POST   /_sim/instances {\"label\":\"llm-4\",\"dph\":0.4,\"running\":true}",
+	"POST   /_sim/instances {\"label\":\"llm-4\",\"dph\":0.4,\"running\":true,\"machine_id\":47123}",
 	"DELETE /_sim/instances/{id}",
 	"POST   /_sim/instances/{id}/hang|kill|unready|exit|recover",
 	"POST   /_sim/instances/{id}/status {\"status\":\"offline\"}",
@@ -260,6 +260,9 @@ func (s *Sim) controlLaunch(r *http.Request) (any, error) {
 		NumGPUs int     `json:"num_gpus"`
 		DPH     float64 `json:"dph"`
 		Running *bool   `json:"running"`
+		// MachineID puts the instance on a machine that /_sim/machines
+		// can rent out; 0 picks a synthetic one.
+		MachineID int64 `json:"machine_id"`
 	}
 	if err := decodeStrict(r, &body); err != nil {
 		return nil, err
@@ -271,7 +274,10 @@ func (s *Sim) controlLaunch(r *http.Request) (any, error) {
 		return nil, controlErr(http.StatusBadRequest, "num_gpus: must not be negative")
 	}
 	running := body.Running == nil || *body.Running
-	id, err := s.Launch(LaunchSpec{Label: body.Label, GPUName: body.GPUName, NumGPUs: body.NumGPUs, DPH: body.DPH, Running: running})
+	if body.MachineID < 0 {
+		return nil, controlErr(http.StatusBadRequest, "machine_id: must not be negative")
+	}
+	id, err := s.Launch(LaunchSpec{Label: body.Label, GPUName: body.GPUName, NumGPUs: body.NumGPUs, DPH: body.DPH, Running: running, MachineID: body.MachineID})
 	if err != nil {
 		return nil, controlErr(http.StatusConflict, "%v", err)
 	}

@@ -295,6 +295,9 @@ func TestMachineControlsHTTP(t *testing.T) {
 	if m := c.do("POST", fmt.Sprintf("/_sim/machines/%d/rent", warmMachine), nil).obj(t); m["rented"] != true || inum(t, m["machine_id"]) != warmMachine {
 		t.Fatalf("rent answer %v", m)
 	}
+	if m := c.do("POST", "/_sim/instances", map[string]any{"label": "on-47123", "machine_id": 47123}).obj(t); inum(t, m["machine_id"]) != 47123 {
+		t.Fatalf("launch on a machine: %v", m)
+	}
 	c.key = testKey
 	if offered(t, c, warmOffer) != nil {
 		t.Fatal("offer of a machine rented over HTTP is offered")
