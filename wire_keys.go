@@ -220,8 +220,10 @@ func (c *ClientKey) key(name string, repl *caddy.Replacer) (keys.Key, error) {
 	if err != nil {
 		return keys.Key{}, fmt.Errorf("keys: key %s: %w", name, err)
 	}
-	k := keys.Key{Name: name, Hash: keys.Hash(secret), Pools: c.Pools, Models: c.Models, RPM: c.RPM, TPM: c.TPM,
-		MaxParallel: c.MaxParallel, Budget: c.Budget, Period: keys.Period(c.BudgetPeriod), Expires: exp, Source: keys.SourceConfig}
+	k := keys.Key{Name: name, Hash: keys.Hash(secret), Source: keys.SourceConfig, Limits: keys.Limits{
+		Pools: c.Pools, Models: c.Models, RPM: c.RPM, TPM: c.TPM, MaxParallel: c.MaxParallel,
+		Budget: c.Budget, Period: keys.Period(c.BudgetPeriod), Expires: exp,
+	}}
 	if err := k.Validate(); err != nil {
 		return keys.Key{}, fmt.Errorf("keys: %w", err)
 	}

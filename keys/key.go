@@ -61,6 +61,18 @@ type Key struct {
 	Name string `json:"name"`
 	// Hash is the hex SHA-256 of the secret.
 	Hash string `json:"hash"`
+	Limits
+	// Created is when the key was created.
+	Created time.Time `json:"created,omitzero"`
+	// Revoked is when the key was revoked (zero: it is not).
+	Revoked time.Time `json:"revoked,omitzero"`
+	// Source is "config" or "api".
+	Source string `json:"source,omitempty"`
+}
+
+// Limits are what a key may do: the part of a key its creator chooses,
+// shared by the record and the admin API's request (Spec).
+type Limits struct {
 	// Pools the key may use; empty: every pool.
 	Pools []string `json:"pools,omitempty"`
 	// Models the key may request; empty: every model.
@@ -77,12 +89,6 @@ type Key struct {
 	Period Period `json:"period,omitempty"`
 	// Expires is when the key stops working (zero: never).
 	Expires time.Time `json:"expires,omitzero"`
-	// Created is when the key was created.
-	Created time.Time `json:"created,omitzero"`
-	// Revoked is when the key was revoked (zero: it is not).
-	Revoked time.Time `json:"revoked,omitzero"`
-	// Source is "config" or "api".
-	Source string `json:"source,omitempty"`
 }
 
 // namePattern bounds key names: they are metric labels and storage keys.

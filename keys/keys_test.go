@@ -43,7 +43,7 @@ func TestLookup(t *testing.T) {
 }
 
 func TestAllows(t *testing.T) {
-	e := &Entry{Key: Key{Pools: []string{"llm"}, Models: []string{"m1"}}}
+	e := &Entry{Key: Key{Limits: Limits{Pools: []string{"llm"}, Models: []string{"m1"}}}}
 	cases := []struct {
 		pool, model string
 		want        error
@@ -111,9 +111,9 @@ func TestLimits(t *testing.T) {
 		n     int // admitted before the refusal
 		limit string
 	}{
-		{"max_parallel", Key{MaxParallel: 3}, 3, "max_parallel"},
-		{"rpm", Key{RPM: 5}, 5, "rpm"},
-		{"tpm", Key{TPM: 2500}, 2, "tpm"},
+		{"max_parallel", Key{Limits: Limits{MaxParallel: 3}}, 3, "max_parallel"},
+		{"rpm", Key{Limits: Limits{RPM: 5}}, 5, "rpm"},
+		{"tpm", Key{Limits: Limits{TPM: 2500}}, 2, "tpm"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -134,7 +134,7 @@ func TestLimits(t *testing.T) {
 
 func TestReleaseExactlyOnce(t *testing.T) {
 	a := &account{}
-	k := &Key{MaxParallel: 1, Budget: 1}
+	k := &Key{Limits: Limits{MaxParallel: 1, Budget: 1}}
 	tk, err := a.admit(k, Demand{Dollars: 0.5}, time.Now())
 	if err != nil {
 		t.Fatal(err)
@@ -159,7 +159,7 @@ func TestTwoGateways(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	secret, _, err := a.Create(ctx, Spec{Name: "team-b", Budget: 1, Period: PeriodDay})
+	secret, _, err := a.Create(ctx, Spec{Name: "team-b", Limits: Limits{Budget: 1, Period: PeriodDay}})
 	if err != nil {
 		t.Fatal(err)
 	}

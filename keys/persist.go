@@ -223,15 +223,8 @@ func (r *Registry) Run(ctx context.Context, poll, flush time.Duration, logf func
 
 // Spec is what the admin API creates a key from.
 type Spec struct {
-	Name        string    `json:"name"`
-	Pools       []string  `json:"pools,omitempty"`
-	Models      []string  `json:"models,omitempty"`
-	RPM         int       `json:"rpm,omitempty"`
-	TPM         int       `json:"tpm,omitempty"`
-	MaxParallel int       `json:"max_parallel,omitempty"`
-	Budget      float64   `json:"budget,omitempty"`
-	Period      Period    `json:"period,omitempty"`
-	Expires     time.Time `json:"expires,omitzero"`
+	Name string `json:"name"`
+	Limits
 }
 
 // Create makes a key, stores its record (with the secret's hash only) and
@@ -241,11 +234,9 @@ func (r *Registry) Create(ctx context.Context, s Spec) (string, Key, error) {
 	if err != nil {
 		return "", Key{}, err
 	}
-	k := Key{Name: s.Name, Hash: Hash(secret), Pools: s.Pools, Models: s.Models, RPM: s.RPM, TPM: s.TPM,
-		MaxParallel: s.MaxParallel, Budget: s.Budget, Period: s.Period, Expires: s.Expires.UTC(),
-		Created: r.now().UTC().Truncate(time.Second), Source: SourceAPI}
-	if s.Expires.IsZero() {
-		k.Expires = time.Time{}
+	k := Key{Name: s.Name, Hash: Hash(secret), Limits: s.Limits, Created: r.now().UTC().Truncate(time.Second), Source: SourceAPI}
+	if !k.Expires.IsZero() {
+		k.Expires = k.Expires.UTC()
 	}
 	if err := k.Validate(); err != nil {
 		return "", Key{}, err
