@@ -108,31 +108,20 @@ func (m *Manager) spendRates(recs *records, excludeOp string) spendView {
 		counted[row.ID] = true
 		sv.add(pool, budgetRate(row))
 	}
-	// Operations whose instance is counted already: recordCreated writes
-	// the record before the attempt learns the id, and a check in between
-	// must not count the instance twice (as poolCount does).
-	countedOps := map[string]bool{}
 	for id, rec := range recs.insts {
 		if rec.Live() && !counted[id] {
 			counted[id] = true
 			sv.add(rec.Pool, rec.Price)
 		}
-		if counted[id] && rec.OpID != "" && (rec.State == InstanceProvisioning || rec.State == InstanceActive) {
-			countedOps[rec.OpID] = true
-		}
 	}
+	serving := recs.servingOps()
 	for _, op := range recs.ops {
-		if op.Kind != KindProvision || op.Final() || op.ID == excludeOp {
+		if op.Kind != KindProvision || op.Final() || op.ID == excludeOp || countedOp(op, counted, serving) {
 			continue
 		}
 		price := op.EstimatedPrice
-		if cur := op.current(); cur != nil {
-			if (cur.InstanceID > 0 && counted[cur.InstanceID]) || (cur.InstanceID == 0 && countedOps[op.ID]) {
-				continue
-			}
-			if cur.Price > 0 {
-				price = cur.Price
-			}
+		if cur := op.current(); cur != nil && cur.Price > 0 {
+			price = cur.Price
 		}
 		sv.add(op.Pool, price)
 	}

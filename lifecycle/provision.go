@@ -141,29 +141,19 @@ func (c poolCounts) capTotal() int { return c.billing + c.inProgress }
 func (m *Manager) poolCount(recs *records, pool string, dead map[int64]bool) poolCounts {
 	var c poolCounts
 	counted := map[int64]bool{}
-	// Operations whose instance is already counted as serving or about
-	// to: recordCreated writes the record before the attempt learns the
-	// id, and a count in between must not see them as two.
-	countedOps := map[string]bool{}
 	for id, rec := range recs.insts {
 		if rec.Pool != pool || !rec.Live() {
 			continue
 		}
 		c.billing++
 		counted[id] = true
-		serving := rec.State == InstanceProvisioning || rec.State == InstanceActive
-		if serving && rec.OpID != "" {
-			countedOps[rec.OpID] = true
-		}
-		if serving && !dead[id] {
+		if (rec.State == InstanceProvisioning || rec.State == InstanceActive) && !dead[id] {
 			c.live++
 		}
 	}
+	serving := recs.servingOps()
 	for _, op := range recs.ops {
-		if op.Kind != KindProvision || op.Pool != pool || op.Final() {
-			continue
-		}
-		if cur := op.current(); cur != nil && (counted[cur.InstanceID] || (cur.InstanceID == 0 && countedOps[op.ID])) {
+		if op.Kind != KindProvision || op.Pool != pool || op.Final() || countedOp(op, counted, serving) {
 			continue
 		}
 		c.inProgress++

@@ -232,6 +232,28 @@ type records struct {
 	insts map[int64]*InstanceRecord
 }
 
+// servingOps names the operations that a live record of an instance being
+// provisioned or active belongs to. recordCreated writes that record before
+// the operation's attempt learns the id, so a count in between must find
+// the instance through it, not count it twice (see countedOp).
+func (recs *records) servingOps() map[string]bool {
+	ops := map[string]bool{}
+	for _, rec := range recs.insts {
+		if rec.OpID != "" && rec.Live() && (rec.State == InstanceProvisioning || rec.State == InstanceActive) {
+			ops[rec.OpID] = true
+		}
+	}
+	return ops
+}
+
+// countedOp reports whether a provisioning's instance is counted already:
+// its current attempt's instance is among counted, or the attempt has no id
+// yet and a record serving the operation exists (servingOps).
+func countedOp(op *Operation, counted map[int64]bool, serving map[string]bool) bool {
+	cur := op.current()
+	return cur != nil && ((cur.InstanceID > 0 && counted[cur.InstanceID]) || (cur.InstanceID == 0 && serving[op.ID]))
+}
+
 // persistCtx returns a context for writes that must happen even when ctx
 // was just cancelled: losing an instance id because the manager was
 // stopping would leak a billing instance.
