@@ -125,6 +125,9 @@ func (f fleetAdapter) Drain(ctx context.Context, id int64) error {
 	return nil
 }
 
+// Undrain returns a drained instance to routing.
+func (f fleetAdapter) Undrain(id int64) { f.s.watcher.SetDraining(id, false) }
+
 // Exclude takes the instance out of routing at once, for good (it is
 // being destroyed); requests in flight finish on their own.
 func (f fleetAdapter) Exclude(id int64, reason string) {

@@ -214,6 +214,40 @@ type PoolTemplate struct {
 	// Pool budget in $/hour: running instances plus creates in progress
 	// (0: none).
 	MaxSpendPerHour float64 `json:"max_spend_per_hour,omitempty"`
+
+	// Autoscale hands the pool's size to an autoscaler (the root
+	// package's autoscale block sets it; it has no JSON of its own here).
+	Autoscale AutoscaleSpec `json:"-"`
+}
+
+// AutoscaleSpec makes a pool autoscaled: reconciliation converges it to
+// the count given to Manager.SetDesired instead of MinInstances (which
+// must then be 0), starting warm instances before creating new ones, and
+// scales down by draining and then stopping (warm pool) or destroying.
+type AutoscaleSpec struct {
+	// Enabled turns the rest on.
+	Enabled bool
+	// DrainTimeout bounds the drain of a scale-down. An instance still
+	// serving requests after it is not removed: the scale-down is given up
+	// and the instance returned to routing (default 2m).
+	DrainTimeout time.Duration
+	// Warm is the pool of stopped instances (Stopped 0: none).
+	Warm WarmSpec
+}
+
+// WarmSpec is a pool's warm pool: scale-down stops instances (disk and
+// weights kept, storage billed) up to Stopped, and scale-up starts the
+// cheapest of them before creating.
+type WarmSpec struct {
+	// Stopped is the most stopped instances kept.
+	Stopped int
+	// StartTimeout is how long a start may take to reach ready before it
+	// is given up (the GPU was rented by someone else: "scheduling");
+	// default 90s.
+	StartTimeout time.Duration
+	// MaxStoppedAge destroys, with verification, a stopped instance older
+	// than this (default 7 days).
+	MaxStoppedAge time.Duration
 }
 
 // Config configures a Manager.

@@ -57,6 +57,8 @@ type simFleet struct {
 	ok      bool
 	states  map[int64]fleetState
 	drained []int64
+	// undrained are the ids given to Undrain, in order.
+	undrained []int64
 	drainFn func(ctx context.Context, id int64) error
 	// forced overrides the classified state of an instance.
 	forced   map[int64]string
@@ -191,6 +193,12 @@ func (f *simFleet) Drain(ctx context.Context, id int64) error {
 		return fn(ctx, id)
 	}
 	return nil
+}
+
+func (f *simFleet) Undrain(id int64) {
+	f.mu.Lock()
+	f.undrained = append(f.undrained, id)
+	f.mu.Unlock()
 }
 
 func (f *simFleet) Instances() ([]vastclient.Instance, time.Time, bool) {

@@ -53,6 +53,9 @@ type Fleet interface {
 	// Drain stops routing new requests to the instance and returns when its
 	// in-flight requests finished or ctx is done.
 	Drain(ctx context.Context, id int64) error
+	// Undrain returns a drained instance to routing (a scale-down given
+	// up, a warm instance started again).
+	Undrain(id int64)
 	// Instances returns the latest successful listing of the account and
 	// when it was taken; ok is false before the first one.
 	Instances() (rows []vastclient.Instance, listedAt time.Time, ok bool)
@@ -137,6 +140,9 @@ type Manager struct {
 	// probeFailing: pools whose previously ready instances all fail their
 	// probes (see Report.ProbeFailing).
 	probeFailing map[string]bool
+	// desired: autoscaled pools' target counts (SetDesired); kick wakes Run.
+	desired map[string]int
+	kick    chan struct{}
 
 	lockMu sync.Mutex // in-process serialisation of the Store lock
 
@@ -171,6 +177,7 @@ func New(cfg Config, api API, store Store, fleet Fleet) (*Manager, error) {
 		active:     map[string]*opHandle{},
 		reserved:   map[int64]string{},
 		offerCache: map[string]offerCacheEntry{},
+		kick:       make(chan struct{}, 1),
 	}
 	m.base, m.cancel = context.WithCancel(context.Background())
 	return m, nil
