@@ -190,6 +190,7 @@ type listingFleet struct {
 
 func (listingFleet) State(int64) (string, time.Time, bool) { return "", time.Time{}, false }
 func (listingFleet) Drain(context.Context, int64) error    { return nil }
+func (listingFleet) Undrain(int64)                         {}
 func (f listingFleet) Instances() ([]vastclient.Instance, time.Time, bool) {
 	return f.rows, f.at, true
 }

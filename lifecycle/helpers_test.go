@@ -59,7 +59,7 @@ type simFleet struct {
 	drained []int64
 	// undrained are the ids given to Undrain, in order.
 	undrained []int64
-	drainFn func(ctx context.Context, id int64) error
+	drainFn   func(ctx context.Context, id int64) error
 	// forced overrides the classified state of an instance.
 	forced   map[int64]string
 	excluded map[int64]string
