@@ -38,6 +38,9 @@ type HoldConfig struct {
 	// so it must only signal (e.g. a non-blocking send to the scaling
 	// loop) and return.
 	Wake func() `json:"-"`
+	// PassTimeout bounds how long a WaitTurn caller may keep the next
+	// held request back. Default 1s.
+	PassTimeout time.Duration `json:"-"`
 }
 
 // word bits: the fast path reads them in one atomic load.
@@ -88,6 +91,9 @@ func NewHold(cfg HoldConfig) (*Hold, error) {
 	if cfg.MaxWait == 0 {
 		cfg.MaxWait = DefaultMaxWait
 	}
+	if cfg.PassTimeout <= 0 {
+		cfg.PassTimeout = time.Second
+	}
 	switch {
 	case cfg.MaxPending < 0:
 		return nil, fmt.Errorf("%w: MaxPending (%d) must not be negative", ErrConfig, cfg.MaxPending)
@@ -113,14 +119,36 @@ func (h *Hold) Wait(ctx context.Context) error {
 	if h.word.Load() == wordOpen {
 		return nil
 	}
-	_, _, err := h.wait(ctx)
+	_, _, err := h.wait(ctx, nil)
 	return err
 }
 
+// WaitTurn is Wait for a caller that keeps the next held request back
+// until it has sent its own on: after a release (err nil, held true) the
+// next waiter is woken only when the caller calls pass (later calls do
+// nothing), or PassTimeout after the release if it never does. Held
+// requests thus reach the upstream in arrival order, not merely leave the
+// Hold in it. pass is never nil; held is false when the caller was not
+// queued (open Hold, nothing ahead), where pass does nothing.
+func (h *Hold) WaitTurn(ctx context.Context) (pass func(), held bool, err error) {
+	if h.word.Load() == wordOpen {
+		return noPass, false, nil
+	}
+	var p func()
+	a, _, err := h.wait(ctx, &p)
+	if p == nil {
+		p = noPass
+	}
+	return p, err == nil && a > 0, err
+}
+
+func noPass() {}
+
 // wait is Wait's slow path; it also returns the waiter's arrival and
 // release sequence numbers (1-based, 0 when not queued or not released)
-// for tests.
-func (h *Hold) wait(ctx context.Context) (arrival, rank uint64, err error) {
+// for tests. With keep non-nil, a released waiter does not wake the next
+// one: *keep is set to the function that does (see WaitTurn).
+func (h *Hold) wait(ctx context.Context, keep *func()) (arrival, rank uint64, err error) {
 	if err := ctx.Err(); err != nil {
 		return 0, 0, err
 	}
@@ -135,6 +163,10 @@ func (h *Hold) wait(ctx context.Context) (arrival, rank uint64, err error) {
 	defer timer.Stop()
 	select {
 	case <-w.ch:
+		if keep != nil && ctx.Err() == nil {
+			*keep = h.passLater()
+			return w.arrival, w.rank, nil
+		}
 		h.mu.Lock()
 		h.passLocked()
 		h.mu.Unlock()
@@ -170,6 +202,27 @@ func (h *Hold) enqueue() (w *waiter, wake bool, err error) {
 	h.n++
 	h.publish()
 	return w, wake, nil
+}
+
+// passLater returns the function that passes a released waiter's baton
+// on, once, and arms the PassTimeout that calls it if the caller does not.
+func (h *Hold) passLater() func() {
+	var once sync.Once
+	var t *time.Timer
+	pass := func() {
+		once.Do(func() {
+			h.mu.Lock()
+			if t != nil { // t is written under mu
+				t.Stop()
+			}
+			h.passLocked()
+			h.mu.Unlock()
+		})
+	}
+	h.mu.Lock()
+	t = time.AfterFunc(h.cfg.PassTimeout, pass)
+	h.mu.Unlock()
+	return pass
 }
 
 // leave takes a waiter whose ctx ended or whose time ran out out of the

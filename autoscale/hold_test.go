@@ -57,7 +57,7 @@ func TestHoldManyWaiters(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		cancels[i] = cancel
 		wg.Go(func() {
-			a, r, err := h.wait(ctx)
+			a, r, err := h.wait(ctx, nil)
 			res[i] = held{a, r, err}
 		})
 	}
@@ -277,5 +277,61 @@ func TestHoldConfig(t *testing.T) {
 		if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), field) {
 			t.Errorf("%s: %v", field, err)
 		}
+	}
+}
+
+// TestHoldWaitTurnKeepsTheNextBackUntilPass: with WaitTurn, the second
+// held request leaves only when the first calls pass (or PassTimeout
+// passes), so requests reach the upstream in arrival order.
+func TestHoldWaitTurnKeepsTheNextBackUntilPass(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		callPass  bool
+		passAfter time.Duration
+	}{
+		{"pass called", true, time.Hour},
+		{"pass timeout", false, 20 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h, _ := newHold(t, HoldConfig{PassTimeout: tc.passAfter})
+			type result struct {
+				i    int
+				pass func()
+				held bool
+				err  error
+			}
+			out := make(chan result, 2)
+			for i := 0; i < 2; i++ {
+				go func() {
+					p, held, err := h.WaitTurn(context.Background())
+					out <- result{i, p, held, err}
+				}()
+				waitFor(t, "waiter queued", func() bool { return h.Len() == i+1 })
+			}
+			h.Release()
+			first := <-out
+			if first.i != 0 || first.err != nil || !first.held {
+				t.Fatalf("first out: %+v, want waiter 0 held and released", first)
+			}
+			if tc.callPass {
+				select {
+				case r := <-out:
+					t.Fatalf("waiter %d left before the first passed", r.i)
+				case <-time.After(50 * time.Millisecond):
+				}
+				first.pass()
+				first.pass() // a second call does nothing
+			}
+			second := <-out
+			if second.i != 1 || second.err != nil {
+				t.Fatalf("second out: %+v, want waiter 1", second)
+			}
+			second.pass()
+			if p, held, err := h.WaitTurn(context.Background()); err != nil || held {
+				t.Fatalf("open and empty: held %v err %v, want through at once", held, err)
+			} else {
+				p()
+			}
+		})
 	}
 }

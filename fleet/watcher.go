@@ -96,6 +96,7 @@ type Watcher struct {
 
 	snap    atomic.Pointer[Snapshot]
 	kick    chan struct{}
+	changed chan struct{} // signalled (coalesced) after every publish
 	running atomic.Int32
 	// traffic holds, per instance id, the consecutive failures of live
 	// requests (*atomic.Int64): the request path only touches an atomic.
@@ -108,7 +109,8 @@ type Watcher struct {
 
 // NewWatcher returns a watcher with an empty snapshot and no configuration.
 func NewWatcher(log *zap.Logger) *Watcher {
-	w := &Watcher{now: time.Now, known: map[int64]*tracked{}, drain: map[int64]bool{}, kick: make(chan struct{}, 1)}
+	w := &Watcher{now: time.Now, known: map[int64]*tracked{}, drain: map[int64]bool{},
+		kick: make(chan struct{}, 1), changed: make(chan struct{}, 1)}
 	w.prober = newProber(w)
 	w.SetLogger(log)
 	w.snap.Store(emptySnapshot(nil))
@@ -416,6 +418,16 @@ func (w *Watcher) publishLocked() {
 		}
 	}
 	w.snap.Store(buildSnapshot(w.gen, w.cfg.Pools, w.known, w.drain, w.excludedLocked(), w.tunnel, w.poll))
+	select {
+	case w.changed <- struct{}{}:
+	default:
+	}
 }
+
+// Changed is signalled after a new snapshot is published; signals
+// coalesce, so its one reader reads Snapshot after each. The autoscaler
+// (wire_autoscale.go) uses it to release held requests as soon as an
+// instance becomes routable, without polling.
+func (w *Watcher) Changed() <-chan struct{} { return w.changed }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
