@@ -242,6 +242,7 @@ func (a *adminAPI) poolViews(snap *fleet.Snapshot, names ...string) []adminapi.P
 		if ps, ok := provisioning[name]; ok {
 			v.Provisioning = &ps
 		}
+		v.Autoscale = a.app.state.autoscaleView(name) // wire_autoscale.go
 		out = append(out, v)
 	}
 	return out

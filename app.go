@@ -131,7 +131,25 @@ func (a *App) Validate() error {
 			return err
 		}
 	}
+	for _, name := range slices.Sorted(maps.Keys(a.Pools)) {
+		if p := a.Pools[name]; p.Autoscale != nil {
+			if err := p.Autoscale.validate(name, p); err != nil {
+				return err
+			}
+		}
+	}
 	return nil
+}
+
+// scalerConfigs are the autoscaled pools' settings.
+func (a *App) scalerConfigs() map[string]scalerConfig {
+	out := map[string]scalerConfig{}
+	for name, p := range a.Pools {
+		if p != nil && p.Autoscale != nil {
+			out[name] = p.Autoscale.scaler()
+		}
+	}
+	return out
 }
 
 // secretPlaceholder matches the placeholders that are resolved when the
@@ -238,6 +256,7 @@ func (a *App) Start() error {
 		engines:   a.Engines.settings(),
 		models:    a.modelRouting,
 		keys:      a.keys,
+		autoscale: a.scalerConfigs(),
 	})
 }
 

@@ -59,7 +59,7 @@ func upstreamsOver(tb testing.TB, n int) *Upstreams {
 	waitFor(tb, 10*time.Second, "instances ready", func() bool {
 		return len(w.Snapshot().Pools["llm"].Targets) == n
 	})
-	return &Upstreams{Pool: "llm", watcher: w}
+	return &Upstreams{Pool: "llm", st: &state{watcher: w}}
 }
 
 func TestGetUpstreamsReturnsFreshSortedValues(t *testing.T) {
@@ -68,7 +68,7 @@ func TestGetUpstreamsReturnsFreshSortedValues(t *testing.T) {
 	if err != nil || len(a) != 100 {
 		t.Fatalf("got %d upstreams, err %v", len(a), err)
 	}
-	snap := u.watcher.Snapshot()
+	snap := u.st.watcher.Snapshot()
 	for i := 1; i < len(a); i++ {
 		prev, _ := snap.Route(a[i-1].Dial)
 		cur, _ := snap.Route(a[i].Dial)
@@ -80,7 +80,7 @@ func TestGetUpstreamsReturnsFreshSortedValues(t *testing.T) {
 	if a[0] == b[0] {
 		t.Fatal("GetUpstreams returned the same *Upstream twice; Caddy mutates them")
 	}
-	empty := &Upstreams{Pool: "none", watcher: u.watcher}
+	empty := &Upstreams{Pool: "none", st: u.st}
 	if ups, err := empty.GetUpstreams(nil); ups != nil || err != nil {
 		t.Fatalf("unknown/empty pool: %v, %v; want nil, nil", ups, err)
 	}
@@ -165,7 +165,7 @@ func BenchmarkProxy(b *testing.B) {
 // Upstream per call. GetUpstreams allocates one array instead.
 func BenchmarkCaddyAllNew100(b *testing.B) {
 	u := upstreamsOver(b, 100)
-	pv := u.watcher.Snapshot().Pools["llm"]
+	pv := u.st.watcher.Snapshot().Pools["llm"]
 	ups := make([]reverseproxy.Upstream, len(pv.Targets))
 	for i, t := range pv.Targets {
 		ups[i].Dial = t.Dial

@@ -22,6 +22,7 @@ import (
 //		token jupyter_token | env <NAME> | static <value>
 //		health { ... }
 //		provision { ... }
+//		autoscale { ... }   # caddyfile_autoscale.go
 //	}
 func (a *App) unmarshalPool(d *caddyfile.Dispenser) error {
 	if !d.NextArg() {
@@ -66,6 +67,10 @@ func (p *Pool) unmarshalCaddyfile(d *caddyfile.Dispenser, name string) error {
 		case "health":
 			if err = blockStart(d, in, p.Health != nil); err == nil {
 				p.Health, err = unmarshalHealth(d, name)
+			}
+		case "autoscale":
+			if err = blockStart(d, in, p.Autoscale != nil); err == nil {
+				p.Autoscale, err = unmarshalAutoscale(d, name) // caddyfile_autoscale.go
 			}
 		default:
 			err = d.Errf("%sunrecognized option %q", in, opt)

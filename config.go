@@ -144,6 +144,97 @@ type Pool struct {
 	// What to provision for this pool, and its size and price limits.
 	// Without it the pool only routes to instances created elsewhere.
 	Provision *ProvisionConfig `json:"provision,omitempty"`
+
+	// Size the pool to its load, between min and max, instead of keeping
+	// provision's min_instances; with min 0, hold requests while the pool
+	// wakes from zero. Needs provision.
+	Autoscale *AutoscaleConfig `json:"autoscale,omitempty"`
+}
+
+// AutoscaleConfig sizes a provisioned pool to its load. The load is the
+// pool's in-flight requests plus the requests its engines report waiting
+// (and, at zero, the requests held). Every decision_interval the desired
+// count becomes ceil(average load over stable_window / target_load),
+// within [min, max]: up after scale_up_delay of agreeing decisions (at
+// once when the panic_window average reaches panic_threshold times
+// capacity), down by one instance per scale_down_delay, to zero only
+// after idle_to_zero without a request. Budgets, max_instances and
+// min_credit still apply. Scale-down drains before it stops (warm) or
+// destroys.
+type AutoscaleConfig struct {
+	// The fewest instances kept. 0 (the default) lets the pool go to zero
+	// after idle_to_zero; requests that arrive then are held while one
+	// instance starts.
+	Min int `json:"min,omitempty"`
+
+	// The most instances the autoscaler asks for; required, at least 1
+	// and at least min, and at most provision's max_instances when set.
+	Max int `json:"max,omitempty"`
+
+	// The load one instance should carry: in-flight plus engine-waiting
+	// requests. Default: 8.
+	TargetLoad float64 `json:"target_load,omitempty"`
+
+	// How often the desired count is decided. Default: 10s.
+	DecisionInterval caddy.Duration `json:"decision_interval,omitempty"`
+
+	// The window whose average load sets the desired count. Default: 60s.
+	StableWindow caddy.Duration `json:"stable_window,omitempty"`
+
+	// The short window that detects bursts. Default: 6s.
+	PanicWindow caddy.Duration `json:"panic_window,omitempty"`
+
+	// The multiple of capacity (ready instances x target_load) the panic
+	// window's average must reach to scale up at once and block
+	// scale-down. Default: 2.
+	PanicThreshold float64 `json:"panic_threshold,omitempty"`
+
+	// How long the load must keep asking for more instances before the
+	// count rises. Default: 30s.
+	ScaleUpDelay caddy.Duration `json:"scale_up_delay,omitempty"`
+
+	// How long the load must keep asking for fewer instances before the
+	// count falls by one, and the least time between two scale-downs.
+	// Default: 10m.
+	ScaleDownDelay caddy.Duration `json:"scale_down_delay,omitempty"`
+
+	// With min 0, how long without any request sends the pool to zero.
+	// Default: 15m.
+	IdleToZero caddy.Duration `json:"idle_to_zero,omitempty"`
+
+	// How long a scale-down waits for the instance's requests (streams
+	// included) to finish. An instance still serving after it is kept and
+	// returned to routing. Default: 2m.
+	DrainTimeout caddy.Duration `json:"drain_timeout,omitempty"`
+
+	// How many requests may be held while the pool has no ready instance;
+	// one more gets 503 capacity_unavailable at once. Default: 64.
+	MaxPending int `json:"max_pending,omitempty"`
+
+	// How long one request is held at most before a 503
+	// capacity_unavailable with Retry-After. Default: 60s.
+	MaxWait caddy.Duration `json:"max_wait,omitempty"`
+
+	// A warm pool of stopped instances (disk and weights kept, storage
+	// billed): scale-down stops instead of destroying, and scale-up starts
+	// the cheapest stopped instance before creating. Default: none.
+	Warm *WarmConfig `json:"warm,omitempty"`
+}
+
+// WarmConfig is a pool's warm pool. On vast.ai a stopped instance gives
+// its GPU back: a start waits ("scheduling") if someone else rented it,
+// so a start is given up after start_timeout and the next warm instance,
+// then a new one, is tried.
+type WarmConfig struct {
+	// The most stopped instances kept. Required, at least 1.
+	Stopped int `json:"stopped,omitempty"`
+
+	// How long a start may take to reach ready. Default: 90s.
+	StartTimeout caddy.Duration `json:"start_timeout,omitempty"`
+
+	// A stopped instance older than this is destroyed, with verification.
+	// Default: 7d.
+	MaxStoppedAge caddy.Duration `json:"max_stopped_age,omitempty"`
 }
 
 // HealthConfig configures a pool's active probes. Probes carry the

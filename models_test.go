@@ -21,9 +21,9 @@ func routerOver(t testing.TB) (*ModelRouter, *Upstreams) {
 	u := upstreamsOver(t, 3)
 	m := &ModelRouter{
 		Pools: []string{"llm"}, Aliases: map[string]string{"alias-m": "llm"}, Default: "llm",
-		st: &state{watcher: u.watcher}, watcher: u.watcher, retryAfter: "10", poolNames: "llm",
+		st: u.st, watcher: u.st.watcher, retryAfter: "10", poolNames: "llm",
 	}
-	return m, &Upstreams{Pool: ByModelPool, watcher: u.watcher}
+	return m, &Upstreams{Pool: ByModelPool, st: u.st}
 }
 
 // nextRecorder is the handler after vastai_models: it records what it saw

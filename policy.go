@@ -227,6 +227,9 @@ func (s *selector) provision(ctx caddy.Context, name string, opts PolicyOptions,
 // those its own health checks or limits rule out), decides, and counts the
 // request in on the chosen instance before it is dispatched.
 func (s *selector) pick(pool reverseproxy.UpstreamPool, r *http.Request, cache *cacheSettings) *reverseproxy.Upstream {
+	if isHoldReject(pool) {
+		return pool[0] // hold.go: the transport answers 503 for it
+	}
 	snap := s.st.watcher.Snapshot()
 	cands := make([]routing.Candidate, 0, len(pool))
 	ups := make([]*reverseproxy.Upstream, 0, len(pool))

@@ -53,6 +53,8 @@ type state struct {
 	aborts     abortCounters                            // abort.go
 	keys       atomic.Pointer[keysRuntime]              // wire_keys.go
 	keyStats   keyMetrics                               // keys.go
+	scalers    atomic.Pointer[map[string]*poolScaler]   // wire_autoscale.go; autoscaled pools only
+	asWake     chan struct{}                            // a held request wakes the autoscale loop
 
 	mu       sync.Mutex // guards the fields below
 	settings clientSettings
@@ -62,10 +64,11 @@ type state struct {
 	engRT    *engineRuntime
 	modRT    *modelRuntime
 	keyRT    *keysRuntime
+	asRT     *autoscaleRuntime
 }
 
 func newState() *state {
-	s := &state{watcher: fleet.NewWatcher(nil)}
+	s := &state{watcher: fleet.NewWatcher(nil), asWake: make(chan struct{}, 1)}
 	s.metrics = newCollector(s)
 	return s
 }
@@ -81,6 +84,7 @@ type applied struct {
 	engines   engineSettings
 	models    bool // a vastai_models handler is loaded: learn the engines' models
 	keys      keySettings
+	autoscale map[string]scalerConfig // autoscaled pools
 }
 
 // apply installs a started config: it (re)creates the vast.ai client only if
@@ -113,6 +117,9 @@ func (s *state) apply(log *zap.Logger, c applied) error {
 	if err := s.applyLifecycleLocked(log, c.lifecycle, c.store); err != nil {
 		return err
 	}
+	if err := s.applyAutoscaleLocked(log, c.autoscale); err != nil {
+		return err
+	}
 	s.applyLedgerLocked(log, c.lifecycle.GatewayID, c.store)
 	if s.cancel == nil {
 		ctx, cancel := context.WithCancel(context.Background())
@@ -142,6 +149,8 @@ func (s *state) Destruct() error {
 		<-done
 	}
 	s.mu.Lock()
+	s.stopAutoscaleLocked()
+	s.releaseHoldsLocked()
 	s.stopEnginesLocked()
 	s.stopModelsLocked()
 	s.stopKeysLocked() // flushes the key spend

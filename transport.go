@@ -168,6 +168,9 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if !ok || di.Upstream == nil {
 		return nil, errors.New("vastai transport: no upstream in the request context (use it inside reverse_proxy)")
 	}
+	if di.Upstream.Dial == holdRejectDial {
+		return holdResponse(req), nil // hold.go: no instance in time
+	}
 	route, ok := t.st.watcher.Snapshot().Route(di.Upstream.Dial)
 	if !ok {
 		return nil, reverseproxy.NewDialError(fmt.Errorf("vastai transport: %s: %w", di.Upstream.Dial, errNoRoute))
@@ -181,6 +184,8 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	out.Header = req.Header.Clone()
 	out.Header.Set("Authorization", "Bearer "+route.Token)
 
+	out, passed := passOnWrite(out) // hold.go: the next held request goes once this one is sent
+	defer passed()
 	done := t.st.inflight.begin(req, route.ID, t.st.forgotten)
 	// Tunnel routes use a pool per instance (wire_ssh.go), so that one
 	// instance's SSH change flushes only its own idle connections.

@@ -7,8 +7,6 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
-
-	"github.com/caddy-vastai/caddy-vastai/fleet"
 )
 
 func init() {
@@ -28,7 +26,7 @@ type Upstreams struct {
 	// vastai_models handler chose for each request. Required.
 	Pool string `json:"pool,omitempty"`
 
-	watcher *fleet.Watcher
+	st *state
 }
 
 // ByModelPool is the pool name of the by-model mode.
@@ -58,13 +56,14 @@ func (u *Upstreams) Provision(ctx caddy.Context) error {
 	if _, ok := app.Pools[u.Pool]; !ok && u.Pool != ByModelPool {
 		return fmt.Errorf("pool: %w %q (configured pools: %s)", ErrUnknownPool, u.Pool, app.poolNames())
 	}
-	u.watcher = app.state.watcher
+	u.st = app.state
 	return nil
 }
 
 // GetUpstreams returns the pool's routable instances. An empty pool is an
 // empty list, not an error: the request then gets a 503, or waits for an
-// instance with lb_try_duration, without flooding the log.
+// instance with lb_try_duration, without flooding the log. An empty
+// autoscaled pool holds the request instead, while it wakes (hold.go).
 //
 // It allocates the result only: one array of Upstream values and the slice
 // of pointers into it.
@@ -76,9 +75,17 @@ func (u *Upstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, err
 			return nil, errNoPoolChoice
 		}
 	}
-	pv := u.watcher.Snapshot().Pools[pool]
+	pv := u.st.watcher.Snapshot().Pools[pool]
 	if pv == nil || len(pv.Targets) == 0 {
-		return nil, nil
+		// An autoscaled pool holds the request until an instance is
+		// ready (hold.go); others answer at once.
+		var rej *holdRejection
+		if pv, rej = u.st.awaitInstance(r, pool); rej != nil {
+			return rejectUpstreams(), nil
+		}
+		if pv == nil || len(pv.Targets) == 0 {
+			return nil, nil
+		}
 	}
 	vals := make([]reverseproxy.Upstream, len(pv.Targets))
 	out := make([]*reverseproxy.Upstream, len(pv.Targets))

@@ -44,7 +44,11 @@ func (a *App) lifecycleConfig(repl *caddy.Replacer) lifecycle.Config {
 	}
 	for name, p := range a.Pools {
 		if p != nil && p.Provision != nil {
-			cfg.Pools[name] = p.Provision.template(p.Port, repl)
+			tpl := p.Provision.template(p.Port, repl)
+			if p.Autoscale != nil {
+				tpl.Autoscale = p.Autoscale.spec()
+			}
+			cfg.Pools[name] = tpl
 		}
 	}
 	return cfg

@@ -173,6 +173,44 @@ type Pool struct {
 	// Provisioning is the lifecycle manager's view (records, operations in
 	// progress, budgets) for pools with a provision block.
 	Provisioning *lifecycle.PoolStatus `json:"provisioning,omitempty"`
+	// Autoscale is the autoscaler's latest decision and the pool's size,
+	// for pools with an autoscale block.
+	Autoscale *Autoscale `json:"autoscale,omitempty"`
+}
+
+// Autoscale is an autoscaled pool's latest decision: how many instances
+// it wants, how many are ready, and why.
+type Autoscale struct {
+	Min        int     `json:"min"`
+	Max        int     `json:"max"`
+	TargetLoad float64 `json:"target_load"`
+	// Desired is the count the pool converges to; Current is its ready
+	// count at the decision.
+	Desired int `json:"desired"`
+	Current int `json:"current"`
+	// Reason is the decision's machine word (scale_up, scale_down, panic,
+	// idle_to_zero, from_zero, hold, at_max, at_min); Explanation says it
+	// with the figures.
+	Reason      string `json:"reason"`
+	Explanation string `json:"explanation"`
+	// StableLoad and PanicLoad are the two windows' average load
+	// (in-flight plus engine-waiting requests, plus held ones).
+	StableLoad float64    `json:"stable_load"`
+	PanicLoad  float64    `json:"panic_load"`
+	Panicking  bool       `json:"panicking"`
+	DecidedAt  *time.Time `json:"decided_at"`
+	// Waiting says why no decision was made yet (after a start, until the
+	// lifecycle manager has read its records).
+	Waiting string `json:"waiting,omitempty"`
+	// Held is the number of requests held now (the pool has no ready
+	// instance); HeldTotal counts the held requests that were sent on,
+	// Rejected the ones that got a 503, by reason (max_pending, max_wait).
+	Held      int               `json:"held"`
+	HeldTotal uint64            `json:"held_total"`
+	Rejected  map[string]uint64 `json:"rejected"`
+	// Scale is the lifecycle manager's view of the pool's size: serving,
+	// provisioning, starting, leaving, stopped (warm), the last refusal.
+	Scale *lifecycle.PoolScale `json:"scale,omitempty"`
 }
 
 // Status is GET /vastai/status: the watcher's health, whether listings

@@ -336,6 +336,7 @@ func (s *Sim) Engine(id int64) EngineStats {
 		st := in.stats
 		st.OpenConns, st.ConnsOpened = in.conns.open.Load(), in.conns.opened.Load()
 		st.AbortedIDs = slices.Clone(st.AbortedIDs)
+		st.Arrivals = slices.Clone(st.Arrivals)
 		return st
 	}
 	return EngineStats{}

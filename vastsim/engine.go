@@ -50,6 +50,10 @@ type EngineStats struct {
 	// last 64.
 	AbortRequests, Aborted int64
 	AbortedIDs             []string
+	// Arrivals are the X-Request-Id headers of the generation requests, in
+	// the order their handlers started (the first 1024 that carried one),
+	// so a test can check the order requests reached the engine.
+	Arrivals []string
 	// OpenConns is the number of TCP connections open at the engine's
 	// ports right now; ConnsOpened counts every connection ever accepted.
 	// They show how a client pools its keep-alive connections.
@@ -501,6 +505,13 @@ type generation struct {
 }
 
 func (s *Sim) serveGeneration(w http.ResponseWriter, r *http.Request, in *instance, e *engine, model string, chat bool) {
+	if rid := r.Header.Get("X-Request-Id"); rid != "" {
+		s.mu.Lock()
+		if len(in.stats.Arrivals) < 1024 {
+			in.stats.Arrivals = append(in.stats.Arrivals, rid)
+		}
+		s.mu.Unlock()
+	}
 	job, ok := parseGeneration(w, r, model, chat)
 	if !ok {
 		return
