@@ -8,11 +8,17 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 )
 
+// DefaultProxyRequestBuffers is the request_buffers vastai_proxy sets
+// unless the block sets its own: bodies up to 4 MiB (prompts) are read
+// before the request is held or proxied.
+const DefaultProxyRequestBuffers = 4 << 20
+
 // parseVastaiProxy parses the vastai_proxy directive: a reverse_proxy with
 // the vastai upstream source and transport preset. Syntax:
 //
 //	vastai_proxy [<matcher>] <pool> | * {
 //		<any reverse_proxy subdirective except dynamic and upstreams>
+//		request_buffers <size>     # default 4MiB (DefaultProxyRequestBuffers)
 //		transport vastai { ... }   # optional, to set http transport options
 //	}
 //
@@ -60,6 +66,13 @@ func parseVastaiProxy(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, erro
 	}
 	if err := rp.UnmarshalCaddyfile(d); err != nil {
 		return nil, err
+	}
+	if rp.RequestBuffers == 0 {
+		// A body read before the proxy waits lets Go notice a client that
+		// leaves while its request is held (hold.go): the connection is
+		// watched only once the body has been read. It also lets a retry
+		// resend the body.
+		rp.RequestBuffers = DefaultProxyRequestBuffers
 	}
 	if err := rp.FinalizeUnmarshalCaddyfile(h); err != nil {
 		return nil, err

@@ -1,0 +1,239 @@
+package vastai
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddy-vastai/caddy-vastai/adminapi"
+	"github.com/caddy-vastai/caddy-vastai/vastsim"
+)
+
+// autoscalePool is a pool at min 0 with time-compressed autoscale
+// settings; %s is extra autoscale options.
+const autoscalePool = `		lease_ttl 3s
+		provision_poll_interval 100ms
+		pool llm {
+			health {
+				interval 100ms
+				timeout 1s
+			}
+			provision {
+				image vllm/vllm-openai:latest
+				disk 20
+				offer {
+					gpu_name "RTX 4090"
+					num_gpus 1
+				}
+				max_instances 3
+				max_price_per_hour 2
+				ready_timeout 20s
+%s
+			}
+			autoscale {
+				min 0
+				max 3
+				target_load 8
+				decision_interval 100ms
+				stable_window 2s
+				panic_window 600ms
+				scale_up_delay 5s
+				scale_down_delay 2s
+				idle_to_zero 3s
+				drain_timeout 10s
+%s
+			}
+		}`
+
+func autoscaleConfig(t testing.TB, sim *vastsim.Sim, provisionExtra, autoscaleExtra string) string {
+	return lifecycleConfig(t, sim.URL(), fmt.Sprintf(autoscalePool, provisionExtra, autoscaleExtra), `	vastai_proxy llm`)
+}
+
+// poolAutoscale reads the pool's autoscale section of the admin API.
+func poolAutoscale(t testing.TB, pool string) adminapi.Autoscale {
+	t.Helper()
+	var v adminapi.Pool
+	if code, body := adminGET(t, "/vastai/pools/"+pool, &v); code != http.StatusOK || v.Autoscale == nil {
+		t.Fatalf("GET /vastai/pools/%s: %d %s", pool, code, body)
+	}
+	return *v.Autoscale
+}
+
+// heldRequest sends one completion (a stream when stream is set) with an
+// X-Request-Id, and reports its status and whether it ended properly.
+type heldResult struct {
+	id       string
+	status   int
+	complete bool
+	body     string
+	header   http.Header
+}
+
+func sendCompletion(ctx context.Context, id string, stream bool) heldResult {
+	body := `{"model":"vastsim/tiny-llm","prompt":"hello","max_tokens":4}`
+	if stream {
+		body = `{"model":"vastsim/tiny-llm","prompt":"hello","max_tokens":4,"stream":true}`
+	}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, testProxyURL+"/v1/completions", strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-Request-Id", id)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return heldResult{id: id, body: err.Error()}
+	}
+	defer resp.Body.Close()
+	r := heldResult{id: id, status: resp.StatusCode, header: resp.Header}
+	if !stream || resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		r.body = string(b)
+		r.complete = resp.StatusCode == http.StatusOK && strings.Contains(r.body, `"choices"`)
+		return r
+	}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if sc.Text() == "data: [DONE]" {
+			r.complete = true
+		}
+	}
+	return r
+}
+
+// TestABurstAtZeroIsHeldServedInOrderAndTheIdlePoolReturnsToZero: a pool
+// at min 0 gets 40 requests (a quarter of them streams) while it has no
+// instance. All are held, one instance is created, all 40 succeed and
+// reach the engine in the order they arrived; then, idle, the pool goes
+// back to 0 and the instance is destroyed with verification.
+func TestABurstAtZeroIsHeldServedInOrderAndTheIdlePoolReturnsToZero(t *testing.T) {
+	sim := newSim(t, vastsim.Options{LoadingDelay: time.Second, TokenInterval: 5 * time.Millisecond})
+	startCaddy(t, autoscaleConfig(t, sim, "", ""))
+	waitFor(t, 30*time.Second, "the autoscaler's first decision", func() bool {
+		v := poolAutoscale(t, "llm")
+		return v.DecidedAt != nil && v.Waiting == "" && v.Desired == 0
+	})
+
+	const n = 40
+	results := make(chan heldResult, n)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		id := fmt.Sprintf("burst-%02d", i)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			results <- sendCompletion(context.Background(), id, i%4 == 0)
+		}()
+		// The next request is sent once this one is held, so the arrival
+		// order is known; the instance cannot be ready this early (its
+		// image loads for a second after the create).
+		waitFor(t, 30*time.Second, id+" held", func() bool { return poolAutoscale(t, "llm").Held >= i+1 })
+	}
+	wg.Wait()
+	close(results)
+	for r := range results {
+		if r.status != http.StatusOK || !r.complete {
+			t.Errorf("%s: status %d, complete %v: %.300s", r.id, r.status, r.complete, r.body)
+		}
+	}
+	created := 0
+	var inst int64
+	for _, in := range sim.Instances() {
+		if strings.HasPrefix(in.Label, "cv:default:llm:") {
+			created++
+			inst = in.ID
+		}
+	}
+	if created != 1 {
+		t.Fatalf("%d instances created for the burst, want 1", created)
+	}
+	arrivals := sim.Engine(inst).Arrivals
+	want := make([]string, n)
+	for i := range want {
+		want[i] = fmt.Sprintf("burst-%02d", i)
+	}
+	if strings.Join(arrivals, ",") != strings.Join(want, ",") {
+		t.Errorf("engine arrivals %v, want the order of arrival %v", arrivals, want)
+	}
+	v := poolAutoscale(t, "llm")
+	if v.HeldTotal < n || v.Rejected["max_pending"]+v.Rejected["max_wait"] != 0 {
+		t.Errorf("autoscale view after the burst: %+v", v)
+	}
+
+	// Idle: back to zero, and the instance destroyed with verification.
+	waitFor(t, 60*time.Second, "the idle pool back at zero, its instance destroyed", func() bool {
+		return len(ours(sim)) == 0 && poolAutoscale(t, "llm").Desired == 0
+	})
+	if v := poolAutoscale(t, "llm"); v.Reason != "idle_to_zero" && v.Reason != "hold" {
+		t.Errorf("decision at zero: %s (%s)", v.Reason, v.Explanation)
+	}
+	var ops []operation
+	adminGET(t, "/vastai/operations", &ops)
+	destroyed := false
+	for _, op := range ops {
+		if op.Kind == "destroy" && op.InstanceID == inst && op.State == "succeeded" {
+			destroyed = true
+		}
+	}
+	if !destroyed {
+		t.Errorf("no succeeded destroy operation for instance %d: %+v", inst, ops)
+	}
+}
+
+// TestHeldRequestsBeyondMaxPendingOrMaxWaitGet503CapacityUnavailable: a
+// pool that cannot scale up (the account's credit is below min_credit) holds at most
+// max_pending requests, refuses the next at once, answers the held ones
+// with a 503 after max_wait, and forgets a client that gave up.
+func TestHeldRequestsBeyondMaxPendingOrMaxWaitGet503CapacityUnavailable(t *testing.T) {
+	sim := newSim(t, vastsim.Options{})
+	cfg := autoscaleConfig(t, sim, "", "				max_pending 2\n				max_wait 2s")
+	startCaddy(t, strings.Replace(cfg, "lease_ttl 3s", "lease_ttl 3s\n\t\tmin_credit 1000000", 1))
+	waitFor(t, 30*time.Second, "the autoscaler's first decision", func() bool {
+		v := poolAutoscale(t, "llm")
+		return v.DecidedAt != nil && v.Waiting == ""
+	})
+
+	// A client that gives up while held leaves the queue at once.
+	ctx, cancel := context.WithCancel(context.Background())
+	gone := make(chan heldResult, 1)
+	go func() { gone <- sendCompletion(ctx, "gives-up", false) }()
+	waitFor(t, 30*time.Second, "the first request held", func() bool { return poolAutoscale(t, "llm").Held == 1 })
+	cancel()
+	<-gone
+	waitFor(t, 30*time.Second, "the client that gave up out of the queue", func() bool { return poolAutoscale(t, "llm").Held == 0 })
+
+	results := make(chan heldResult, 3)
+	for i := 0; i < 2; i++ {
+		go func() { results <- sendCompletion(context.Background(), fmt.Sprint("held-", i), i == 1) }()
+		waitFor(t, 30*time.Second, "request held", func() bool { return poolAutoscale(t, "llm").Held == i+1 })
+	}
+	over := sendCompletion(context.Background(), "overflow", false)
+	checkCapacityUnavailable(t, over, "max_pending")
+	for i := 0; i < 2; i++ {
+		checkCapacityUnavailable(t, <-results, "max_wait")
+	}
+	v := poolAutoscale(t, "llm")
+	if v.Rejected["max_pending"] != 1 || v.Rejected["max_wait"] != 2 || v.Held != 0 {
+		t.Errorf("autoscale view: %+v", v)
+	}
+	if len(ours(sim)) != 0 {
+		t.Errorf("instances created over the budget: %+v", ours(sim))
+	}
+}
+
+func checkCapacityUnavailable(t *testing.T, r heldResult, why string) {
+	t.Helper()
+	if r.status != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "" {
+		t.Errorf("%s: status %d, Retry-After %q, want 503 with Retry-After: %s", r.id, r.status, r.header.Get("Retry-After"), r.body)
+		return
+	}
+	var e apiError
+	if err := json.Unmarshal([]byte(r.body), &e); err != nil || e.Error.Type != "capacity_unavailable" ||
+		e.Error.Code == nil || *e.Error.Code != "capacity_unavailable" || !strings.Contains(e.Error.Message, why) {
+		t.Errorf("%s: body %s, want an OpenAI error capacity_unavailable naming %s", r.id, r.body, why)
+	}
+}
