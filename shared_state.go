@@ -176,6 +176,9 @@ func (s *state) registerMetrics(ctx caddy.Context) error {
 	if err := s.registerAbortMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return err
 	}
+	if err := s.registerAutoscaleMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return err
+	}
 	return s.registerCostMetrics(ctx.GetMetricsRegistry())
 }
 

@@ -236,6 +236,11 @@ func (s *state) newScaler(pool string, cfg scalerConfig, prev *poolScaler) (*poo
 	if prev != nil {
 		dec.Restore(prev.dec.Snapshot())
 		sc.mgr, sc.started = prev.mgr, prev.started
+		// Counters run on across reloads.
+		sc.admitted.Store(prev.admitted.Load())
+		for i := range sc.rejected {
+			sc.rejected[i].Store(prev.rejected[i].Load())
+		}
 		if v := prev.view.Load(); v != nil {
 			sc.view.Store(v)
 		}
