@@ -15,6 +15,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
+	"github.com/caddy-vastai/caddy-vastai/autoscale"
 	"github.com/caddy-vastai/caddy-vastai/enginestate"
 	"github.com/caddy-vastai/caddy-vastai/fleet"
 	"github.com/caddy-vastai/caddy-vastai/lifecycle"
@@ -65,6 +66,11 @@ type state struct {
 	modRT    *modelRuntime
 	keyRT    *keysRuntime
 	asRT     *autoscaleRuntime
+	// asLease makes one process of those sharing the storage the one whose
+	// autoscaler acts (wire_autoscale.go).
+	asLease    *autoscale.Lease
+	asLeaseKey string
+	asStore    lifecycle.Store
 }
 
 func newState() *state {
@@ -117,7 +123,7 @@ func (s *state) apply(log *zap.Logger, c applied) error {
 	if err := s.applyLifecycleLocked(log, c.lifecycle, c.store); err != nil {
 		return err
 	}
-	if err := s.applyAutoscaleLocked(log, c.autoscale); err != nil {
+	if err := s.applyAutoscaleLocked(log, c.autoscale, c.lifecycle.GatewayID, c.store); err != nil {
 		return err
 	}
 	s.applyLedgerLocked(log, c.lifecycle.GatewayID, c.store)
@@ -151,6 +157,7 @@ func (s *state) Destruct() error {
 	s.mu.Lock()
 	s.stopAutoscaleLocked()
 	s.releaseHoldsLocked()
+	s.releaseLeaseLocked()
 	s.stopEnginesLocked()
 	s.stopModelsLocked()
 	s.stopKeysLocked() // flushes the key spend

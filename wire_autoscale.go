@@ -8,9 +8,11 @@ package vastai
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
 	"maps"
 	"math"
+	"os"
 	"slices"
 	"sort"
 	"sync"
@@ -188,8 +190,12 @@ func (s *state) scalerFor(pool string) *poolScaler {
 // never resets the averages. A replaced Hold is released: its requests
 // go back to GetUpstreams and wait on the new one. Called with s.mu held;
 // the loop is stopped meanwhile, so there is never a second one.
-func (s *state) applyAutoscaleLocked(log *zap.Logger, cfgs map[string]scalerConfig) error {
+func (s *state) applyAutoscaleLocked(log *zap.Logger, cfgs map[string]scalerConfig, gateway string, store lifecycle.Store) error {
 	s.stopAutoscaleLocked()
+	if key := "vastai/" + gateway + "/autoscale_leader"; s.asLease == nil || s.asLeaseKey != key || s.asStore != store {
+		s.releaseLeaseLocked()
+		s.asLease, s.asLeaseKey, s.asStore = autoscale.NewLease(store, key, leaseOwner(), leaseTTL, nil), key, store
+	}
 	old := map[string]*poolScaler{}
 	if m := s.scalers.Load(); m != nil {
 		old = *m
@@ -375,7 +381,41 @@ func (sc *poolScaler) decide(log *zap.Logger, s *state, now time.Time) {
 			zap.Int("previous", d.Previous), zap.Int("ready", d.Current), zap.String("reason", string(d.Reason)),
 			zap.String("why", d.Explanation))
 	}
+	actx, cancel := context.WithTimeout(context.Background(), leaseTTL/3)
+	held, holder, until, err := s.asLease.Acquire(actx)
+	cancel()
+	if !held {
+		why := fmt.Sprintf("standby: %s leads autoscaling for this gateway (its lease runs until %s); this process decides but does not act",
+			holder, until.UTC().Format(time.RFC3339))
+		if err != nil {
+			why = "standby: the autoscaler lease cannot be read or written (" + err.Error() + "); not acting"
+		}
+		sc.view.Store(&scaleView{Decision: d, At: now, Waiting: why})
+		return
+	}
 	rt.mgr.SetDesired(sc.pool, d.Desired)
+}
+
+// leaseTTL is how long the autoscaler lease outlives a holder that died.
+const leaseTTL = 15 * time.Second
+
+// leaseOwner names this process in the autoscaler lease.
+func leaseOwner() string {
+	host, _ := os.Hostname()
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return fmt.Sprintf("%s/%d/%x", host, os.Getpid(), b)
+}
+
+// releaseLeaseLocked hands the autoscaler lease over at once (a clean stop).
+func (s *state) releaseLeaseLocked() {
+	if s.asLease == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = s.asLease.Release(ctx) // it expires anyway
+	s.asLease = nil
 }
 
 // managerLoaded reports whether the manager has finished a reconciliation
