@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -235,5 +236,157 @@ func checkCapacityUnavailable(t *testing.T, r heldResult, why string) {
 	if err := json.Unmarshal([]byte(r.body), &e); err != nil || e.Error.Type != "capacity_unavailable" ||
 		e.Error.Code == nil || *e.Error.Code != "capacity_unavailable" || !strings.Contains(e.Error.Message, why) {
 		t.Errorf("%s: body %s, want an OpenAI error capacity_unavailable naming %s", r.id, r.body, why)
+	}
+}
+
+// TestALoadRampIsFollowedWithoutFlappingOrFailedRequests: 1 → 30 → 1
+// concurrent clients. The desired count rises to max, the instances stay
+// within max and the pool budget (which fits two), scale-down goes one
+// instance per scale_down_delay with no increase in between, and no
+// request fails while instances drain and go.
+func TestALoadRampIsFollowedWithoutFlappingOrFailedRequests(t *testing.T) {
+	sim := newSim(t, vastsim.Options{LoadingDelay: 500 * time.Millisecond, TokenInterval: 20 * time.Millisecond})
+	cfg := autoscaleConfig(t, sim, "				max_spend_per_hour 0.9\n				max_price_per_hour 0.5", "")
+	cfg = strings.NewReplacer("min 0", "min 1", "scale_up_delay 5s", "scale_up_delay 1s", "scale_down_delay 2s", "scale_down_delay 3s",
+		"idle_to_zero 3s", "idle_to_zero 10m").Replace(cfg)
+	startCaddy(t, cfg)
+	waitFor(t, 60*time.Second, "the pool at its min of 1, ready", func() bool {
+		v := poolAutoscale(t, "llm")
+		return v.Desired == 1 && v.Current == 1
+	})
+	peak, stopWatch := watchLive(sim)
+	defer stopWatch()
+
+	// Every change of the desired count, as the admin API shows it.
+	type change struct {
+		at      time.Time
+		desired int
+	}
+	var changes []change
+	var chMu sync.Mutex
+	stopObs := make(chan struct{})
+	obsDone := make(chan struct{})
+	go func() {
+		defer close(obsDone)
+		for {
+			select {
+			case <-stopObs:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			v := poolAutoscale(t, "llm")
+			chMu.Lock()
+			if v.ChangedAt != nil && (len(changes) == 0 || !changes[len(changes)-1].at.Equal(*v.ChangedAt)) {
+				changes = append(changes, change{*v.ChangedAt, v.Desired})
+			}
+			chMu.Unlock()
+		}
+	}()
+
+	var failed, total sync.Map
+	load := newLoad(t, func(i int) {
+		r := sendCompletion(context.Background(), fmt.Sprint("ramp-", i), i%3 == 0)
+		total.Store(r.id, true)
+		if r.status != http.StatusOK || !r.complete {
+			failed.Store(r.id, fmt.Sprintf("%d %.200s", r.status, r.body))
+		}
+	})
+	sent := func() int {
+		n := 0
+		total.Range(func(any, any) bool { n++; return true })
+		return n
+	}
+	load.set(1)
+	waitFor(t, 30*time.Second, "a few requests from one client", func() bool { return sent() >= 3 })
+	load.set(30)
+	waitFor(t, 60*time.Second, "the desired count at max under 30 clients", func() bool { return poolAutoscale(t, "llm").Desired == 3 })
+	waitFor(t, 60*time.Second, "two instances serving (the budget fits two)", func() bool { return poolAutoscale(t, "llm").Current == 2 })
+	load.set(1)
+	waitFor(t, 90*time.Second, "back to one instance under one client", func() bool {
+		v := poolAutoscale(t, "llm")
+		return v.Desired == 1 && len(ours(sim)) == 1
+	})
+	load.stop()
+	close(stopObs)
+	<-obsDone
+
+	n := sent()
+	failed.Range(func(k, v any) bool { t.Errorf("request %v failed: %v", k, v); return true })
+	if n < 50 {
+		t.Errorf("only %d requests were sent; the ramp tested little", n)
+	}
+	if p := peak(); p > 2 {
+		t.Errorf("%d instances live at once; the pool budget fits 2", p)
+	}
+	if v := poolAutoscale(t, "llm"); v.Scale == nil || !strings.Contains(v.Scale.LastRefusal, "budget") {
+		t.Errorf("the refused third instance is not reported: %+v", v.Scale)
+	}
+	chMu.Lock()
+	defer chMu.Unlock()
+	var downs []change
+	for i, c := range changes {
+		if c.desired > 3 {
+			t.Errorf("desired %d above max 3", c.desired)
+		}
+		if i > 0 && c.desired < changes[i-1].desired {
+			downs = append(downs, c)
+		} else if len(downs) > 0 && i > 0 && c.desired > changes[i-1].desired {
+			t.Errorf("desired rose again (%v) after scaling down began: flapping", changes)
+		}
+	}
+	for i := 1; i < len(downs); i++ {
+		if gap := downs[i].at.Sub(downs[i-1].at); gap < 3*time.Second {
+			t.Errorf("two scale-downs %v apart, want at least scale_down_delay 3s: %v", gap, changes)
+		}
+	}
+	if len(downs) != 2 {
+		t.Errorf("scale-downs %v, want 3→2→1 one at a time (changes %v)", downs, changes)
+	}
+}
+
+// rampLoad runs n concurrent clients, each sending requests back to back.
+type rampLoad struct {
+	t    *testing.T
+	fn   func(i int)
+	mu   sync.Mutex
+	stop func()
+	quit []chan struct{}
+	wg   sync.WaitGroup
+	seq  atomic.Int64
+}
+
+func newLoad(t *testing.T, fn func(i int)) *rampLoad {
+	l := &rampLoad{t: t, fn: fn}
+	l.stop = func() {
+		l.set(0)
+		l.wg.Wait()
+	}
+	t.Cleanup(l.stop)
+	return l
+}
+
+// set changes the number of clients to n.
+func (l *rampLoad) set(n int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for len(l.quit) < n {
+		q := make(chan struct{})
+		l.quit = append(l.quit, q)
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for {
+				select {
+				case <-q:
+					return
+				default:
+				}
+				l.fn(int(l.seq.Add(1)))
+			}
+		}()
+	}
+	for len(l.quit) > n {
+		close(l.quit[len(l.quit)-1])
+		l.quit = l.quit[:len(l.quit)-1]
 	}
 }

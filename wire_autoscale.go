@@ -163,6 +163,8 @@ type poolScaler struct {
 type scaleView struct {
 	Decision autoscale.Decision
 	At       time.Time
+	// ChangedAt is when Decision.Desired last changed.
+	ChangedAt time.Time
 	// Waiting is set until the lifecycle manager has read its records:
 	// no decision is made before (a restart resumes from what it sees).
 	Waiting string
@@ -375,25 +377,37 @@ func (sc *poolScaler) decide(log *zap.Logger, s *state, now time.Time) {
 		sc.mgr = rt.mgr
 	}
 	d := sc.dec.Decide(now)
-	sc.view.Store(&scaleView{Decision: d, At: now})
+	view := &scaleView{Decision: d, At: now, ChangedAt: now}
+	if prev := sc.view.Load(); prev != nil && !d.Changed && !prev.ChangedAt.IsZero() {
+		view.ChangedAt = prev.ChangedAt
+	}
 	if d.Changed {
 		log.Info("autoscale decision", zap.String("pool", sc.pool), zap.Int("desired", d.Desired),
 			zap.Int("previous", d.Previous), zap.Int("ready", d.Current), zap.String("reason", string(d.Reason)),
 			zap.String("why", d.Explanation))
 	}
-	actx, cancel := context.WithTimeout(context.Background(), leaseTTL/3)
-	held, holder, until, err := s.asLease.Acquire(actx)
-	cancel()
-	if !held {
-		why := fmt.Sprintf("standby: %s leads autoscaling for this gateway (its lease runs until %s); this process decides but does not act",
-			holder, until.UTC().Format(time.RFC3339))
-		if err != nil {
-			why = "standby: the autoscaler lease cannot be read or written (" + err.Error() + "); not acting"
-		}
-		sc.view.Store(&scaleView{Decision: d, At: now, Waiting: why})
-		return
+	held, why := s.leadAutoscaling()
+	view.Waiting = why
+	sc.view.Store(view)
+	if held {
+		rt.mgr.SetDesired(sc.pool, d.Desired)
 	}
-	rt.mgr.SetDesired(sc.pool, d.Desired)
+}
+
+// leadAutoscaling reports whether this process holds the autoscaler
+// lease, and when not, says why for the admin API.
+func (s *state) leadAutoscaling() (bool, string) {
+	ctx, cancel := context.WithTimeout(context.Background(), leaseTTL/3)
+	defer cancel()
+	held, holder, until, err := s.asLease.Acquire(ctx)
+	switch {
+	case held:
+		return true, ""
+	case err != nil:
+		return false, "standby: the autoscaler lease cannot be read or written (" + err.Error() + "); not acting"
+	}
+	return false, fmt.Sprintf("standby: %s leads autoscaling for this gateway (its lease runs until %s); this process decides but does not act",
+		holder, until.UTC().Format(time.RFC3339))
 }
 
 // leaseTTL is how long the autoscaler lease outlives a holder that died.
@@ -485,8 +499,11 @@ func (s *state) autoscaleView(pool string) *adminapi.Autoscale {
 		d := sv.Decision
 		v.Desired, v.Current, v.Reason, v.Explanation = d.Desired, d.Current, string(d.Reason), d.Explanation
 		v.StableLoad, v.PanicLoad, v.Panicking, v.Waiting = d.StableLoad, d.PanicLoad, d.Panicking, sv.Waiting
-		at := sv.At.UTC()
+		at, changed := sv.At.UTC(), sv.ChangedAt.UTC()
 		v.DecidedAt = &at
+		if !sv.ChangedAt.IsZero() {
+			v.ChangedAt = &changed
+		}
 	}
 	if rt := s.lifecycle.Load(); rt != nil {
 		if ps, ok := rt.mgr.PoolScale(pool); ok {

@@ -199,6 +199,8 @@ type Autoscale struct {
 	PanicLoad  float64    `json:"panic_load"`
 	Panicking  bool       `json:"panicking"`
 	DecidedAt  *time.Time `json:"decided_at"`
+	// ChangedAt is when the desired count last changed.
+	ChangedAt *time.Time `json:"changed_at"`
 	// Waiting says why no decision was made yet (after a start, until the
 	// lifecycle manager has read its records).
 	Waiting string `json:"waiting,omitempty"`
