@@ -439,7 +439,7 @@ func (s *Sim) setStateLocked(in *instance, state string, now time.Time) {
 		case in.stopped:
 			s.startOrScheduleLocked(in, now)
 		case isDeadStatus(in.manual):
-			s.restartLocked(in, now, false)
+			s.restartLocked(in, now, false, s.opts.LoadingDelay)
 			s.logf("vastsim: instance %d starting", in.id)
 		}
 		in.intended = "running"
@@ -460,7 +460,7 @@ func isDeadStatus(st string) bool {
 // engine. reuse keeps the host ports (reboot); a start after stop may get
 // new ones, as on vast.ai. The old engine is closed first so that its
 // ports can be rebound.
-func (s *Sim) restartLocked(in *instance, now time.Time, reuse bool) {
+func (s *Sim) restartLocked(in *instance, now time.Time, reuse bool, delay time.Duration) {
 	s.stopEngineLocked(in)
 	in.stopped = false
 	in.scheduling = false
@@ -468,7 +468,7 @@ func (s *Sim) restartLocked(in *instance, now time.Time, reuse bool) {
 	in.intended = "running"
 	in.readyOverride = nil
 	in.nullUntil = now
-	in.runningAt = now.Add(s.opts.LoadingDelay)
+	in.runningAt = now.Add(delay)
 	if err := s.startEngineLocked(in, reuse); err != nil {
 		s.logf("vastsim: instance %d: %v", in.id, err)
 	}
@@ -494,7 +494,7 @@ func (s *Sim) handleReboot(c *call) {
 		writeErr(c.w, http.StatusBadRequest, "invalid_args", "Instance is stopped; start it instead.")
 		return
 	}
-	s.restartLocked(in, now, true)
+	s.restartLocked(in, now, true, s.opts.LoadingDelay)
 	s.mu.Unlock()
 	writeJSON(c.w, http.StatusOK, map[string]any{"success": true})
 }

@@ -34,6 +34,11 @@ type Options struct {
 	// actual_status is null for the first quarter, then "loading", then
 	// "running". Default 3s.
 	LoadingDelay time.Duration
+	// StartDelay is how long a start of a stopped instance takes to run
+	// (loading, then running): its image and model are on its disk
+	// already, so on vast.ai it is usually much shorter than a create.
+	// Default LoadingDelay.
+	StartDelay time.Duration
 	// EngineReadyDelay is how long the engine keeps answering the portal's
 	// 502 placeholder after the instance reaches "running" (a model still
 	// loading). Default 0.
@@ -181,6 +186,9 @@ func New(opts Options) *Sim {
 	}
 	if opts.LoadingDelay <= 0 {
 		opts.LoadingDelay = 3 * time.Second
+	}
+	if opts.StartDelay <= 0 {
+		opts.StartDelay = opts.LoadingDelay
 	}
 	if opts.DestroyDelay <= 0 {
 		opts.DestroyDelay = time.Second

@@ -37,7 +37,7 @@ func (s *Sim) RentMachine(machineID int64) {
 }
 
 // ReleaseMachine ends RentMachine: the machine's offers come back and its
-// scheduling instances start (loading, then running after LoadingDelay).
+// scheduling instances start (loading, then running after StartDelay).
 func (s *Sim) ReleaseMachine(machineID int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -99,7 +99,7 @@ func (s *Sim) startOrScheduleLocked(in *instance, now time.Time) {
 		return
 	}
 	in.scheduling = false
-	s.restartLocked(in, now, false)
+	s.restartLocked(in, now, false, s.opts.StartDelay)
 	s.logf("vastsim: instance %d starting", in.id)
 }
 
@@ -117,7 +117,7 @@ func (s *Sim) scheduleLocked(now time.Time) {
 		if s.gpuFreeLocked(in, now) {
 			in.billLocked(now)
 			in.scheduling = false
-			s.restartLocked(in, now, false)
+			s.restartLocked(in, now, false, s.opts.StartDelay)
 			s.logf("vastsim: instance %d scheduled on machine %d, starting", in.id, in.offer.MachineID)
 		}
 	}

@@ -343,3 +343,25 @@ func TestLaunchedInstanceOnRentedMachine(t *testing.T) {
 		t.Fatalf("engine after start: %d %s", r.status, r.body)
 	}
 }
+
+// TestStartOfAStoppedInstanceTakesStartDelay: a start after a stop runs
+// after StartDelay (the image and model are on the disk already), not
+// after a create's LoadingDelay.
+func TestStartOfAStoppedInstanceTakesStartDelay(t *testing.T) {
+	t.Parallel()
+	opts := fastOpts()
+	opts.StartDelay = time.Hour
+	s, c := startSim(t, opts)
+	id := warmRunning(t, c)
+	setState(t, c, id, "stopped")
+	setState(t, c, id, "running")
+	s.mu.Lock()
+	left := time.Until(s.instances[id].runningAt)
+	s.mu.Unlock()
+	if left < 50*time.Minute {
+		t.Fatalf("the start runs in %v, want StartDelay (1h), not LoadingDelay (%v)", left, opts.LoadingDelay)
+	}
+	if st := show(t, c, id)["actual_status"]; st == "running" {
+		t.Fatalf("started instance already %v", st)
+	}
+}

@@ -62,6 +62,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	apiKey := fs.String("api-key", defKey, "bearer key the API requires (default $VAST_API_KEY, else demo-key)")
 	n := fs.Int("instances", 3, "instances to launch, already running, labelled llm-1..N")
 	loading := fs.Duration("loading-delay", 3*time.Second, "time a created instance takes to reach running")
+	starting := fs.Duration("start-delay", 0, "time a started (previously stopped) instance takes to reach running (default: loading-delay)")
 	ready := fs.Duration("engine-ready-delay", 0, "time an engine answers the portal placeholder after running")
 	destroy := fs.Duration("destroy-delay", time.Second, "time a destroyed instance stays visible")
 	tokens := fs.Duration("token-interval", 50*time.Millisecond, "pause between streamed tokens")
@@ -81,6 +82,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		APIKey:           *apiKey,
 		AuthErrorStatus:  *authStatus,
 		LoadingDelay:     *loading,
+		StartDelay:       *starting,
 		EngineReadyDelay: *ready,
 		DestroyDelay:     *destroy,
 		TokenInterval:    *tokens,
