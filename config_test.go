@@ -185,3 +185,42 @@ func TestRoutingConfigErrorsNameTheField(t *testing.T) {
 		})
 	}
 }
+
+// TestAutoscaleConfigMistakesNameTheField: each mistake in an autoscale
+// block is refused when the config is loaded, naming the JSON field.
+func TestAutoscaleConfigMistakesNameTheField(t *testing.T) {
+	t.Setenv("K", "key")
+	pool := func(provision, autoscale string) string {
+		p := `{"api_key":"{env.K}","pools":{"llm":{`
+		if provision != "-" {
+			p += `"provision":{"image":"i"` + provision + `},`
+		}
+		return p + `"autoscale":{` + autoscale + `}}}}`
+	}
+	cases := []struct{ name, vastai, want string }{
+		{"no provision", pool("-", `"max":2`), "pools.llm.autoscale: needs a provision block"},
+		{"no max", pool(`,"max_instances":3`, `"min":0`), "pools.llm.autoscale.max: is required"},
+		{"max below min", pool(``, `"min":3,"max":2`), "pools.llm.autoscale.max: (2) must be at least min (3)"},
+		{"negative min", pool(``, `"min":-1,"max":2`), "pools.llm.autoscale.min: must not be negative"},
+		{"max above max_instances", pool(`,"max_instances":2`, `"max":3`), "pools.llm.autoscale.max: (3) exceeds provision max_instances (2)"},
+		{"min_instances with autoscale", pool(`,"min_instances":1`, `"max":2`), "pools.llm.provision.min_instances: not used with autoscale"},
+		{"panic threshold below 1", pool(``, `"max":2,"panic_threshold":0.5`), "pools.llm.autoscale.panic_threshold: must be at least 1"},
+		{"negative duration", pool(``, `"max":2,"idle_to_zero":-1`), "pools.llm.autoscale.idle_to_zero: must not be negative"},
+		{"panic window above stable", pool(``, `"max":2,"stable_window":"2s","panic_window":"5s"`), "pools.llm.autoscale.stable_window: (2s) must be at least panic_window (5s)"},
+		{"tiny decision interval", pool(``, `"max":2,"decision_interval":"1ms"`), "pools.llm.autoscale.decision_interval: 1ms is below the minimum"},
+		{"empty warm pool", pool(``, `"max":2,"warm":{}`), "pools.llm.autoscale.warm.stopped: must be at least 1"},
+		{"negative warm age", pool(``, `"max":2,"warm":{"stopped":1,"max_stopped_age":-5}`), "pools.llm.autoscale.warm.max_stopped_age: must not be negative"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			var cfg caddy.Config
+			if err := json.Unmarshal([]byte(`{"admin":{"disabled":true},"apps":{"vastai":`+c.vastai+`}}`), &cfg); err != nil {
+				t.Fatalf("test config: %v", err)
+			}
+			err := caddy.Validate(&cfg)
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Errorf("error %v; want one mentioning %q", err, c.want)
+			}
+		})
+	}
+}

@@ -12,8 +12,8 @@
 // history (the dashboard's rings), keys (client API keys: hashed records,
 // the snapshot by hash, limits, budget reservation, per-gateway spend),
 // usage (request preparation and usage capture), autoscale (the autoscaler's
-// decision engine and the scale-from-zero hold queue; tested, not yet wired
-// into the app) and vastsim (a simulated vast.ai for tests and the demo). adminapi holds the /vastai/ admin API's JSON
+// decision engine, the scale-from-zero hold queue and the lease that lets
+// one process of several act) and vastsim (a simulated vast.ai for tests and the demo). adminapi holds the /vastai/ admin API's JSON
 // shapes, shared with cli and tui.
 //
 // # Files
@@ -32,6 +32,11 @@
 //     wire_engines.go, wire_models.go, wire_keys.go: one runtime each, hung off the
 //     shared state; each file holds its apply/stop pair and the adapter
 //     between that engine and the fleet.
+//   - wire_autoscale.go (the decision loop, each pool's Decider and Hold,
+//     the lease), hold.go (the request path's hold at zero and its 503
+//     capacity_unavailable), autoscale_metrics.go, caddyfile_autoscale.go:
+//     autoscaling (issue #11). The lifecycle manager does the scaling
+//     itself (lifecycle: SetDesired, warm starts and stops).
 //   - inflight.go: per-instance request counters (in flight, for drains
 //     and the policies; requests/s), and the reservation a policy makes.
 //   - upstreams.go, policy.go, transport.go: the request path;
@@ -83,6 +88,17 @@
 // through sshpool.Pool). Its outcome feeds passive health
 // (fleet.Watcher.ReportTraffic); the in-flight count ends when the response
 // body is closed, which is what a drain waits for.
+//
+// An autoscaled pool with no routable instance holds the request in
+// GetUpstreams (hold.go): the request waits on its own goroutine in the
+// pool's bounded FIFO (autoscale.Hold), the first one wakes the autoscale
+// loop, and when the watcher publishes a snapshot with a routable
+// instance the loop opens the Hold; each released request lets the next
+// go once its headers are written to the instance (transport.go), so they
+// arrive in order. A request refused (max_pending, max_wait) gets one
+// placeholder upstream the transport answers with a 503
+// capacity_unavailable. A pool with a routable instance pays one map
+// lookup and nothing else.
 //
 // With model routing, the vastai_models handler (models.go) runs first: it
 // reads the body's "model" (requestinfo.go: bounded, replayed intact),
@@ -167,6 +183,16 @@
 //     reloads; the loop restarts only when its intervals or the gateway id
 //     change. stopKeysLocked (Destruct) cancels it and waits for its last
 //     flush.
+//   - Autoscale loop (wire_autoscale.go): applyAutoscaleLocked starts
+//     runAutoscale while some pool has an autoscale block: it samples each
+//     pool's load every half bucket, decides every decision_interval (at
+//     once when a held request wakes it), hands the count to
+//     lifecycle.Manager.SetDesired when this process holds the autoscaler
+//     lease (autoscale.Lease in storage), and opens or closes the holds on
+//     every published snapshot (fleet.Watcher.Changed). A reload stops it,
+//     carries each pool's Decider over (windows kept) and starts it again;
+//     stopAutoscaleLocked (Destruct) stops it, then the holds are released
+//     and the lease handed over.
 //   - Event streams (admin_ui.go): each GET /vastai/events runs on the admin
 //     server's request goroutine, at most maxEventStreams at once, until the
 //     client goes, its config is unloaded, or a write stalls.
