@@ -85,6 +85,9 @@ func TestProvisionConfigLoadsEveryFieldIntoTheTemplate(t *testing.T) {
 	}
 	p := loaded[0]
 	tpl := p.template(9000, caddy.NewReplacer())
+	// Autoscale comes from the pool's autoscale block (lifecycleConfig),
+	// not from provision: TestAutoscaleBlockLoadsIntoTheSpec checks it.
+	tpl.Autoscale.Enabled = true
 	everyFieldSet(t, tpl)
 	if tpl.Env["-p 9000:9000"] != "1" {
 		t.Errorf("env %v lacks the engine port mapping", tpl.Env)
@@ -222,5 +225,36 @@ func TestAutoscaleConfigMistakesNameTheField(t *testing.T) {
 				t.Errorf("error %v; want one mentioning %q", err, c.want)
 			}
 		})
+	}
+}
+
+// TestAutoscaleBlockLoadsIntoTheSpec: the autoscale block reaches the
+// lifecycle manager's template (drain and warm pool) and the Decider's
+// config, every field, defaults filled in.
+func TestAutoscaleBlockLoadsIntoTheSpec(t *testing.T) {
+	var c AutoscaleConfig
+	raw := `{"min":1,"max":4,"target_load":6,"decision_interval":"2s","stable_window":"30s","panic_window":"3s",
+		"panic_threshold":1.5,"scale_up_delay":"10s","scale_down_delay":"5m","idle_to_zero":"20m","drain_timeout":"1m",
+		"max_pending":10,"max_wait":"20s","warm":{"stopped":2,"start_timeout":"45s","max_stopped_age":"3d"}}`
+	if err := json.Unmarshal([]byte(raw), &c); err != nil {
+		t.Fatal(err)
+	}
+	spec := c.spec()
+	everyFieldSet(t, spec)
+	everyFieldSet(t, spec.Warm)
+	if spec.DrainTimeout != time.Minute || spec.Warm.MaxStoppedAge != 72*time.Hour || spec.Warm.StartTimeout != 45*time.Second {
+		t.Errorf("spec %+v", spec)
+	}
+	sc := c.scaler()
+	everyFieldSet(t, sc.decider)
+	if sc.decider.ScaleDownDelay != 5*time.Minute || sc.decider.Bucket != 500*time.Millisecond || sc.pending != 10 ||
+		sc.maxWait != 20*time.Second || sc.interval != 2*time.Second {
+		t.Errorf("scaler %+v", sc)
+	}
+	// Defaults: the reference's (60s/6s at 2x, 30s up, 10m down, 15m to zero).
+	d := (&AutoscaleConfig{Max: 2}).scaler()
+	if d.decider.StableWindow != time.Minute || d.decider.PanicWindow != 6*time.Second || d.decider.Bucket != time.Second ||
+		d.decider.IdleToZero != 15*time.Minute || d.interval != DefaultDecisionInterval || d.pending != 64 || d.maxWait != time.Minute {
+		t.Errorf("defaults %+v", d)
 	}
 }
