@@ -390,3 +390,44 @@ func (l *rampLoad) set(n int) {
 		l.quit = l.quit[:len(l.quit)-1]
 	}
 }
+
+// TestAReloadKeepsTheAutoscalerWindowsAndRunsOneLoop: reloads that change
+// an autoscale setting carry the pool's windows, desired count and idle
+// clock over (no reset to empty averages), and never run a second loop.
+func TestAReloadKeepsTheAutoscalerWindowsAndRunsOneLoop(t *testing.T) {
+	sim := newSim(t, vastsim.Options{LoadingDelay: 300 * time.Millisecond, TokenInterval: 20 * time.Millisecond})
+	base := strings.NewReplacer("stable_window 2s", "stable_window 30s", "idle_to_zero 3s", "idle_to_zero 10m").
+		Replace(autoscaleConfig(t, sim, "", ""))
+	tc := startCaddy(t, base)
+	load := newLoad(t, func(i int) { sendCompletion(context.Background(), fmt.Sprint("r-", i), false) })
+	load.set(3)
+	waitFor(t, 60*time.Second, "an instance serving with load in the stable window", func() bool {
+		v := poolAutoscale(t, "llm")
+		return v.Current == 1 && v.StableLoad >= 1
+	})
+	load.stop()
+	before := poolAutoscale(t, "llm")
+	for i, target := range []string{"target_load 9", "target_load 10", "target_load 11"} {
+		tc.InitServer(strings.Replace(base, "target_load 8", target, 1), "caddyfile")
+		var after adminapi.Autoscale
+		waitFor(t, 30*time.Second, "a decision of the reloaded config", func() bool {
+			after = poolAutoscale(t, "llm")
+			return after.TargetLoad != before.TargetLoad && after.DecidedAt != nil && after.DecidedAt.After(*before.DecidedAt)
+		})
+		// No sample with load since the stop: an emptied window would
+		// read 0 here, a kept one still averages the load before.
+		if after.StableLoad <= 0 || after.Desired != before.Desired {
+			t.Fatalf("reload %d: stable load %.2f desired %d, before %.2f desired %d: the windows were reset",
+				i, after.StableLoad, after.Desired, before.StableLoad, before.Desired)
+		}
+		loops := int32(-1)
+		states.Range(func(_, v any) bool { loops = v.(*state).asLoops.Load(); return false })
+		if loops != 1 {
+			t.Fatalf("reload %d: %d autoscale loops running, want 1", i, loops)
+		}
+		before = after
+	}
+	if created := len(ours(sim)); created != 1 {
+		t.Errorf("%d instances live after the reloads, want the 1 that served", created)
+	}
+}

@@ -56,6 +56,7 @@ type state struct {
 	keyStats   keyMetrics                               // keys.go
 	scalers    atomic.Pointer[map[string]*poolScaler]   // wire_autoscale.go; autoscaled pools only
 	asWake     chan struct{}                            // a held request wakes the autoscale loop
+	asLoops    atomic.Int32                             // running autoscale loops: 0 or 1
 
 	mu       sync.Mutex // guards the fields below
 	settings clientSettings

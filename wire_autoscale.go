@@ -284,6 +284,8 @@ func (s *state) stopAutoscaleLocked() {
 // decision interval (and at once when a held request wakes it), and
 // follows every published snapshot to open and close the holds.
 func (s *state) runAutoscale(ctx context.Context, log *zap.Logger, scalers map[string]*poolScaler) {
+	s.asLoops.Add(1)
+	defer s.asLoops.Add(-1)
 	tick := time.Hour
 	for _, sc := range scalers {
 		tick = min(tick, max(sc.cfg.decider.Bucket/2, 5*time.Millisecond))
