@@ -10,6 +10,13 @@
 // time to first token, end-to-end latency, the prefix cache hit rate and
 // how evenly the instances were used. A policy whose module is not
 // compiled in is reported as "not built" instead of failing the run.
+//
+//	go run ./cmd/vastai-bench autoscale [-runs 3] [-create-time 20s] [-start-time 4s] [-night-hours 10] [-json]
+//
+// autoscale measures the time to first token of a request that arrives at
+// a pool scaled to zero, woken by a cold create and by a warm start of a
+// stopped instance, on the simulator's timings, and prices an idle night
+// at min 1, min 0 and min 0 with one stopped instance.
 package main
 
 import (
@@ -39,7 +46,7 @@ func main() {
 }
 
 // errUsage is returned for a missing or unknown subcommand.
-var errUsage = errors.New("usage: vastai-bench routing [flags] (see -h)")
+var errUsage = errors.New("usage: vastai-bench routing|autoscale [flags] (see -h)")
 
 // defaultPolicies are Caddy's two load-aware-enough baselines and the
 // plugin's engine-aware policies.
@@ -64,6 +71,9 @@ type options struct {
 
 // run is main without the process globals.
 func run(ctx context.Context, args []string, out, progress io.Writer) error {
+	if len(args) > 0 && args[0] == "autoscale" {
+		return runAutoscale(ctx, args[1:], out, progress)
+	}
 	if len(args) == 0 || args[0] != "routing" {
 		return errUsage
 	}
