@@ -431,3 +431,121 @@ func TestAReloadKeepsTheAutoscalerWindowsAndRunsOneLoop(t *testing.T) {
 		t.Errorf("%d instances live after the reloads, want the 1 that served", created)
 	}
 }
+
+// simInstance returns the simulator's view of one instance.
+func simInstance(sim *vastsim.Sim, id int64) vastsim.InstanceInfo {
+	for _, in := range sim.Instances() {
+		if in.ID == id {
+			return in
+		}
+	}
+	return vastsim.InstanceInfo{}
+}
+
+// createdFor counts the instances ever created with the pool's label.
+func createdFor(sim *vastsim.Sim) []int64 {
+	var ids []int64
+	for _, in := range sim.Instances() {
+		if strings.HasPrefix(in.Label, "cv:default:llm:") {
+			ids = append(ids, in.ID)
+		}
+	}
+	return ids
+}
+
+// servedByOne sends one completion and returns the instance that served it.
+func servedByOne(t *testing.T) int64 {
+	t.Helper()
+	r := sendCompletion(context.Background(), "warm", false)
+	if r.status != http.StatusOK || !r.complete {
+		t.Fatalf("request: %d %.300s", r.status, r.body)
+	}
+	var id int64
+	fmt.Sscan(r.header.Get(InstanceHeader), &id)
+	return id
+}
+
+// ledgerRow returns the cost ledger's row for one instance today.
+func ledgerRow(t *testing.T, id int64) (dollars, hours float64) {
+	t.Helper()
+	var rep struct {
+		Rows []struct {
+			InstanceID int64   `json:"instance_id"`
+			Dollars    float64 `json:"dollars"`
+			Hours      float64 `json:"hours"`
+		} `json:"rows"`
+	}
+	adminGET(t, "/vastai/costs?by=instance", &rep)
+	for _, r := range rep.Rows {
+		if r.InstanceID == id {
+			dollars += r.Dollars
+			hours += r.Hours
+		}
+	}
+	return dollars, hours
+}
+
+// TestWarmPoolStopsStartsAndFallsBackWhenTheGPUIsTaken: with a warm pool,
+// an idle pool stops its instance (storage billed, in the ledger) instead
+// of destroying it; the next request starts that same instance, no
+// create; and when someone else has rented its GPU, the start that sits
+// in "scheduling" is given up after start_timeout, the instance stopped
+// again, and a new instance created for the held request.
+func TestWarmPoolStopsStartsAndFallsBackWhenTheGPUIsTaken(t *testing.T) {
+	sim := newSim(t, vastsim.Options{LoadingDelay: 500 * time.Millisecond, TokenInterval: 5 * time.Millisecond})
+	startCaddy(t, autoscaleConfig(t, sim, "", "				warm {\n					stopped 1\n					start_timeout 3s\n				}"))
+	a := servedByOne(t)
+	waitFor(t, 60*time.Second, "the idle instance stopped, not destroyed", func() bool {
+		in := simInstance(sim, a)
+		v := poolAutoscale(t, "llm")
+		return in.ActualStatus == "stopped" && !in.Destroyed && v.Desired == 0 && v.Scale != nil && v.Scale.Stopped == 1
+	})
+	if v := poolAutoscale(t, "llm"); v.Scale.StoppedRate <= 0 || v.Scale.StoppedRate > 0.05 {
+		t.Errorf("the warm pool bills %v $/h; want its storage only", v.Scale.StoppedRate)
+	}
+	// The ledger goes on counting the stopped instance, at its storage rate.
+	d0, h0 := ledgerRow(t, a)
+	var d1, h1 float64
+	waitFor(t, 60*time.Second, "the ledger to count time stopped", func() bool {
+		d1, h1 = ledgerRow(t, a)
+		return h1 > h0+1.0/3600
+	})
+	if rate := (d1 - d0) / (h1 - h0); rate <= 0 || rate > 0.05 {
+		t.Errorf("the ledger bills the stopped instance at $%.4f/h; want storage only", rate)
+	}
+
+	// Warm start: the same instance serves, nothing is created.
+	if got := servedByOne(t); got != a {
+		t.Fatalf("the request after the stop was served by %d, want the warm instance %d", got, a)
+	}
+	if c := createdFor(sim); len(c) != 1 {
+		t.Fatalf("instances created %v, want only %d", c, a)
+	}
+	waitFor(t, 60*time.Second, "the instance stopped again", func() bool { return simInstance(sim, a).ActualStatus == "stopped" })
+
+	// Its GPU is taken: the start waits in scheduling, is given up, and a
+	// new instance serves the request.
+	sim.RentMachine(simInstance(sim, a).MachineID)
+	b := servedByOne(t)
+	if b == a {
+		t.Fatalf("served by %d, whose GPU is rented by someone else", a)
+	}
+	if c := createdFor(sim); len(c) != 2 {
+		t.Fatalf("instances created %v, want %d and one new", c, a)
+	}
+	waitFor(t, 30*time.Second, "the instance whose start failed stopped again", func() bool {
+		in := simInstance(sim, a)
+		return in.ActualStatus == "stopped" && !in.Destroyed
+	})
+	var ops []operation
+	adminGET(t, "/vastai/operations", &ops)
+	failedStart := false
+	for _, op := range ops {
+		if op.Kind == "start" && op.InstanceID == a && op.State == "failed" && strings.Contains(op.Error, "start_timeout") {
+			failedStart = true
+		}
+	}
+	if !failedStart {
+		t.Errorf("no failed start of %d explaining start_timeout: %+v", a, ops)
+	}
+}
