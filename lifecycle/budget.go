@@ -94,6 +94,12 @@ func (m *Manager) spendRates(recs *records, excludeOp string) spendView {
 		rec := recs.insts[row.ID]
 		pool := ""
 		switch {
+		case rec != nil && rec.State == InstanceStarting:
+			// A warm start is committed to its full price: the listing
+			// may still show it stopped or scheduling (storage only).
+			counted[row.ID] = true
+			sv.add(rec.Pool, max(budgetRate(row), rec.Price))
+			continue
 		case rec != nil && rec.Live():
 			pool = rec.Pool
 		case rec != nil:
@@ -111,7 +117,11 @@ func (m *Manager) spendRates(recs *records, excludeOp string) spendView {
 	for id, rec := range recs.insts {
 		if rec.Live() && !counted[id] {
 			counted[id] = true
-			sv.add(rec.Pool, rec.Price)
+			rate := rec.Price
+			if rec.State == InstanceStopped && rec.StoppedRate > 0 {
+				rate = rec.StoppedRate
+			}
+			sv.add(rec.Pool, rate)
 		}
 	}
 	serving := recs.servingOps()

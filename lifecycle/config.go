@@ -56,6 +56,11 @@ const (
 	DefaultLeaseTTL              = 2 * time.Minute
 	DefaultLockTimeout           = 2 * time.Minute
 	DefaultDrainTimeout          = 10 * time.Minute
+	DefaultScaleRetryInterval    = 15 * time.Second
+	// Autoscale defaults (AutoscaleSpec, WarmSpec).
+	DefaultAutoscaleDrainTimeout = 2 * time.Minute
+	DefaultWarmStartTimeout      = 90 * time.Second
+	DefaultWarmMaxStoppedAge     = 7 * 24 * time.Hour
 	DefaultOfferCacheTTL         = 30 * time.Second
 	DefaultRetention             = 7 * 24 * time.Hour
 	DefaultOfferLimit            = 20
@@ -314,6 +319,11 @@ type Config struct {
 	// Retention is how long finished operations and records of destroyed
 	// instances are kept (default 7 days).
 	Retention time.Duration
+	// ScaleRetryInterval is how often Run reconciles again while an
+	// autoscaled pool is not at its desired count (a refused or failed
+	// scale-up is retried at this pace, never in a tight loop; default
+	// 15s).
+	ScaleRetryInterval time.Duration
 }
 
 var (
@@ -376,6 +386,9 @@ func (c Config) withDefaults() Config {
 	if c.Retention <= 0 {
 		c.Retention = DefaultRetention
 	}
+	if c.ScaleRetryInterval <= 0 {
+		c.ScaleRetryInterval = DefaultScaleRetryInterval
+	}
 	pools := make(map[string]PoolTemplate, len(c.Pools))
 	for name, p := range c.Pools {
 		pools[name] = p.withDefaults()
@@ -412,6 +425,18 @@ func (p PoolTemplate) withDefaults() PoolTemplate {
 	p.Env = env
 	p.Args = append([]string(nil), p.Args...)
 	p.Offer = p.Offer.clone()
+	if p.Autoscale.Enabled {
+		a := &p.Autoscale
+		if a.DrainTimeout <= 0 {
+			a.DrainTimeout = DefaultAutoscaleDrainTimeout
+		}
+		if a.Warm.StartTimeout <= 0 {
+			a.Warm.StartTimeout = DefaultWarmStartTimeout
+		}
+		if a.Warm.MaxStoppedAge <= 0 {
+			a.Warm.MaxStoppedAge = DefaultWarmMaxStoppedAge
+		}
+	}
 	return p
 }
 
@@ -537,7 +562,35 @@ func validatePool(name string, p PoolTemplate) error {
 	if p.MaxLifetime < 0 || p.ReadyTimeout < 0 {
 		bad("max_lifetime and ready_timeout must not be negative")
 	}
+	for _, msg := range p.Autoscale.problems(p.MinInstances) {
+		bad("%s", msg)
+	}
 	return errors.Join(errs...)
+}
+
+// problems lists an autoscale block's mistakes, named as the root
+// package's config names them.
+func (a AutoscaleSpec) problems(minInstances int) []string {
+	var out []string
+	if a.Enabled && minInstances > 0 {
+		out = append(out, fmt.Sprintf("min_instances %d cannot be set on an autoscaled pool (use autoscale min instead)", minInstances))
+	}
+	for _, f := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"autoscale.drain_timeout", a.DrainTimeout},
+		{"autoscale.warm.start_timeout", a.Warm.StartTimeout},
+		{"autoscale.warm.max_stopped_age", a.Warm.MaxStoppedAge},
+	} {
+		if f.v < 0 {
+			out = append(out, fmt.Sprintf("%s %s must not be negative", f.name, f.v))
+		}
+	}
+	if a.Warm.Stopped < 0 {
+		out = append(out, fmt.Sprintf("autoscale.warm.stopped %d must not be negative", a.Warm.Stopped))
+	}
+	return out
 }
 
 // Validate reports the filter's mistakes, naming each field; every path

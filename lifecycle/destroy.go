@@ -108,6 +108,9 @@ type destroyParams struct {
 	parent      string
 	force       bool
 	drain       bool
+	// autoscale: a scale-down (Operation.Autoscale); the instance stays
+	// in routing until its drain succeeded.
+	autoscale bool
 	// inline: the caller runs the operation itself (no worker started).
 	inline bool
 }
@@ -158,6 +161,7 @@ func (m *Manager) startDestroy(ctx context.Context, id int64, p destroyParams) (
 		ID: newOpID(), Kind: KindDestroy, Pool: p.pool, State: StatePending, Reason: p.reason,
 		Created: now, Updated: now, InstanceID: id, Label: p.label, Parent: p.parent,
 		Drain: p.drain, Force: p.force, Owner: m.owner, LeaseUntil: now.Add(m.cfg.LeaseTTL),
+		Autoscale: p.autoscale,
 	}
 	if p.drain {
 		op.State = StateDraining
@@ -177,8 +181,12 @@ func (m *Manager) startDestroy(ctx context.Context, id int64, p destroyParams) (
 		return nil, err
 	}
 	// Routing stops before anything else: requests in flight finish on
-	// their own, no new one is sent to an instance about to disappear.
-	m.fleet.Exclude(id, RoutingReasonDestroying)
+	// their own, no new one is sent to an instance about to disappear. A
+	// scale-down may still be given up (drain timeout): its drain stops
+	// routing instead, and the exclusion follows the drain.
+	if !(p.autoscale && p.drain) {
+		m.fleet.Exclude(id, RoutingReasonDestroying)
+	}
 	m.log.Info("destroying instance", logInst(id), logOp(op.ID), logPool(p.pool),
 		logReason(p.reason), zap.Bool("drain", p.drain), zap.Bool("force", p.force))
 	if !p.inline {
@@ -231,11 +239,17 @@ func (m *Manager) runDestroy(ctx context.Context, h *opHandle, limit int) bool {
 		return op.State == StateSucceeded
 	}
 	id := op.InstanceID
+	draining := op.Drain && (op.State == StatePending || op.State == StateDraining)
 	// Also when resuming another process's destruction: this process's
 	// routing side must not send new requests to it either.
-	m.fleet.Exclude(id, RoutingReasonDestroying)
-	if op.Drain && (op.State == StatePending || op.State == StateDraining) && !m.drain(ctx, h, op) {
-		return false // the next owner drains again
+	if !(op.Autoscale && draining) {
+		m.fleet.Exclude(id, RoutingReasonDestroying)
+	}
+	if draining {
+		if !m.drain(ctx, h, op) {
+			return false // the next owner drains again, or the scale-down was given up
+		}
+		m.fleet.Exclude(id, RoutingReasonDestroying)
 	}
 	if op.State != StateDestroyFailed {
 		_ = h.update(ctx, func(op *Operation) { op.State = StateDestroying })
@@ -281,13 +295,23 @@ func (m *Manager) runDestroy(ctx context.Context, h *opHandle, limit int) bool {
 }
 
 // drain stops routing to the instance and waits, at most DrainTimeout,
-// for its requests in flight. false means the worker is stopping.
+// for its requests in flight. false means the worker is stopping, or (a
+// scale-down, Operation.Autoscale) that the drain timed out and the
+// scale-down was given up (giveUpScaleDown).
 func (m *Manager) drain(ctx context.Context, h *opHandle, op *Operation) bool {
 	_ = h.update(ctx, func(op *Operation) { op.State = StateDraining })
-	dctx, cancel := context.WithTimeout(ctx, m.cfg.DrainTimeout)
+	timeout := m.cfg.DrainTimeout
+	if op.Autoscale {
+		timeout = m.autoscaleSpec(op.Pool).DrainTimeout
+	}
+	dctx, cancel := context.WithTimeout(ctx, timeout)
 	err := m.fleet.Drain(dctx, op.InstanceID)
 	cancel()
 	if ctx.Err() != nil {
+		return false
+	}
+	if err != nil && op.Autoscale {
+		m.giveUpScaleDown(ctx, h, err)
 		return false
 	}
 	if err != nil {
@@ -378,6 +402,9 @@ func (m *Manager) destroyConfirmed(ctx context.Context, h *opHandle) {
 	}
 	m.finishDestroy(ctx, h)
 	m.stats.destroysConfirmed.Add(1)
+	if op.Autoscale {
+		m.stats.scaleDowns.Add(1)
+	}
 	m.log.Info("destruction verified", logInst(op.InstanceID), logOp(op.ID),
 		zap.Int("verifications", op.DestroyAttempts+1))
 }

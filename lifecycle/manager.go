@@ -24,6 +24,9 @@ type API interface {
 	SearchOffers(ctx context.Context, q vastclient.OfferQuery) ([]vastclient.Offer, error)
 	CreateInstance(ctx context.Context, offerID int64, req vastclient.CreateRequest) (*vastclient.CreateResult, error)
 	DestroyInstance(ctx context.Context, id int64) error
+	// SetState stops ("stopped") or starts ("running") an instance: the
+	// warm pool of autoscaled pools.
+	SetState(ctx context.Context, id int64, state string) error
 	CurrentUser(ctx context.Context) (*vastclient.User, error)
 }
 
@@ -103,12 +106,21 @@ type Stats struct {
 	BudgetRefusals      uint64 `json:"budget_refusals"`
 	Reconciles          uint64 `json:"reconciles"`
 	ReconcileErrors     uint64 `json:"reconcile_errors"`
+	// WarmStarts counts warm (stopped) instances started to ready;
+	// WarmStartFailures those given up after the warm start_timeout.
+	WarmStarts        uint64 `json:"warm_starts"`
+	WarmStartFailures uint64 `json:"warm_start_failures"`
+	// ScaleDowns counts completed scale-downs of autoscaled pools (stops
+	// and destructions); Stops the stops among them.
+	ScaleDowns uint64 `json:"scale_downs"`
+	Stops      uint64 `json:"stops"`
 }
 
 type counters struct {
 	destroyFailed, destroysConfirmed, provisionsStarted, provisionsSucceeded,
 	provisionsFailed, attemptsFailed, orphansAdopted, orphansDestroyed, ghosts,
-	budgetRefusals, reconciles, reconcileErrors, duplicatesDestroyed atomic.Uint64
+	budgetRefusals, reconciles, reconcileErrors, duplicatesDestroyed,
+	warmStarts, warmStartFailures, scaleDowns, stops atomic.Uint64
 }
 
 // Manager provisions, destroys and reconciles a gateway's instances. Create
@@ -143,6 +155,10 @@ type Manager struct {
 	// desired: autoscaled pools' target counts (SetDesired); kick wakes Run.
 	desired map[string]int
 	kick    chan struct{}
+	// scale: autoscaled pools' latest refusals; scalePending is set while
+	// a pool is not at its desired count (Run then retries).
+	scale        map[string]*scaleInfo
+	scalePending atomic.Bool
 
 	lockMu sync.Mutex // in-process serialisation of the Store lock
 
@@ -192,7 +208,9 @@ func (m *Manager) Owner() string { return m.owner }
 func (m *Manager) Config() Config { return m.cfg.withDefaults() }
 
 // Run reconciles at once (resuming the operations a previous process left
-// unfinished), then every ReconcileInterval, until ctx is cancelled. It
+// unfinished), then every ReconcileInterval, on every Kick (coalesced),
+// and every ScaleRetryInterval while an autoscaled pool is not at its
+// desired count, until ctx is cancelled. It
 // then stops the Manager's background work, which persists its progress,
 // and returns nil. Stopping never destroys anything: the next Manager over
 // the same Store picks the fleet up where this one left it.
@@ -214,6 +232,10 @@ func (m *Manager) Run(ctx context.Context) error {
 	// more often than the full reconciliation: it costs no API call.
 	lt := time.NewTicker(max(m.cfg.LeaseTTL/2, 10*time.Millisecond))
 	defer lt.Stop()
+	// While an autoscaled pool is not at its desired count, reconcile at
+	// ScaleRetryInterval; kicks (SetDesired, a failed start) at once.
+	st := time.NewTicker(m.cfg.ScaleRetryInterval)
+	defer st.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -221,6 +243,12 @@ func (m *Manager) Run(ctx context.Context) error {
 			return nil
 		case <-rt.C:
 			m.reconcileAndLog(ctx)
+		case <-m.kick:
+			m.reconcileAndLog(ctx)
+		case <-st.C:
+			if m.scalePending.Load() {
+				m.reconcileAndLog(ctx)
+			}
 		case <-lt.C:
 			if err := m.resume(ctx); err != nil && ctx.Err() == nil {
 				m.log.Warn("resuming abandoned operations failed", logErr(err))
@@ -310,6 +338,10 @@ func (m *Manager) Stats() Stats {
 		BudgetRefusals:      m.stats.budgetRefusals.Load(),
 		Reconciles:          m.stats.reconciles.Load(),
 		ReconcileErrors:     m.stats.reconcileErrors.Load(),
+		WarmStarts:          m.stats.warmStarts.Load(),
+		WarmStartFailures:   m.stats.warmStartFailures.Load(),
+		ScaleDowns:          m.stats.scaleDowns.Load(),
+		Stops:               m.stats.stops.Load(),
 	}
 	m.mu.Lock()
 	for _, op := range m.ops {
@@ -584,6 +616,10 @@ func (m *Manager) runHandle(h *opHandle) {
 		m.runProvision(ctx, h)
 	case KindDestroy:
 		m.runDestroy(ctx, h, 0)
+	case KindStop:
+		m.runStop(ctx, h)
+	case KindStart:
+		m.runStart(ctx, h)
 	}
 	stop()
 	m.release(h)

@@ -123,7 +123,7 @@ func (m *Manager) newProvisionOp(pool, trigger string, price float64) *Operation
 // poolCounts is a pool's size for min/max_instances.
 type poolCounts struct {
 	live       int // instance records provisioning or active (not dead)
-	billing    int // every record that may still bill, dead and destroying ones included
+	billing    int // every record that may still bill, dead and destroying ones included, stopped ones not
 	inProgress int // provisionings without a counted instance
 }
 
@@ -136,14 +136,21 @@ func (c poolCounts) capTotal() int { return c.billing + c.inProgress }
 
 // poolCount counts a pool's instances: records being provisioned or active
 // (not dead ones, when dead is given) as live, every record that may still
-// bill (destroying and destroy_failed too) as billing, and provisionings in
-// progress whose instance has no record yet.
+// bill (destroying, destroy_failed and starting too, stopped ones not) as
+// billing, and provisionings in progress whose instance has no record yet.
 func (m *Manager) poolCount(recs *records, pool string, dead map[int64]bool) poolCounts {
 	var c poolCounts
 	counted := map[int64]bool{}
 	for id, rec := range recs.insts {
 		if rec.Pool != pool || !rec.Live() {
 			continue
+		}
+		if rec.State == InstanceStopped {
+			// A warm instance holds no GPU: it is not under max_instances,
+			// unless a start of it was recorded (the record follows).
+			if op := recs.ops[rec.ScaleOp]; op == nil || op.Kind != KindStart || op.Final() {
+				continue
+			}
 		}
 		c.billing++
 		counted[id] = true
@@ -229,6 +236,9 @@ func (m *Manager) finish(ctx context.Context, h *opHandle, state, msg string) {
 	if state == StateFailed {
 		m.stats.provisionsFailed.Add(1)
 		m.log.Warn("provisioning failed", logOp(op.ID), logPool(op.Pool), logReason(msg))
+		if m.cfg.Pools[op.Pool].Autoscale.Enabled {
+			m.Kick() // the pool is below its desired count again
+		}
 		if op.Replaces > 0 {
 			// Let the next reconciliation try another replacement.
 			pctx, cancel := persistCtx(ctx)

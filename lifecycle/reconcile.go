@@ -9,6 +9,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/caddy-vastai/caddy-vastai/ledger"
 	"github.com/caddy-vastai/caddy-vastai/vastclient"
 )
 
@@ -61,8 +62,15 @@ type Report struct {
 	// died (their lease was released or expired).
 	Resumed []string `json:"resumed,omitempty"`
 	// DestroyRetries are instances whose unfinished destruction was resumed.
-	DestroyRetries []int64  `json:"destroy_retries,omitempty"`
-	Errors         []string `json:"errors,omitempty"`
+	DestroyRetries []int64 `json:"destroy_retries,omitempty"`
+	// ScaleStarted are the warm starts, stops and destructions autoscaling
+	// started (its creates are in ProvisionsStarted).
+	ScaleStarted []string `json:"scale_started,omitempty"`
+	// ScaleRefused are "pool: why" for autoscaled pools whose scale-up was
+	// refused (see PoolScale.LastRefusal); retried every
+	// ScaleRetryInterval, so they do not make the report "acted".
+	ScaleRefused []string `json:"scale_refused,omitempty"`
+	Errors       []string `json:"errors,omitempty"`
 }
 
 // Replacement is a max_lifetime replacement step.
@@ -78,7 +86,7 @@ func (r *Report) acted() bool {
 	return len(r.OrphansAdopted)+len(r.OrphansDestroyed)+len(r.OrphansPending)+len(r.Ghosts)+
 		len(r.DuplicatesDestroyed)+len(r.DuplicatesPending)+len(r.OrphansOverCap)+
 		len(r.DeadDestroyed)+len(r.ProvisionsStarted)+len(r.Replacements)+len(r.Resumed)+
-		len(r.DestroyRetries)+len(r.Errors) > 0
+		len(r.DestroyRetries)+len(r.ScaleStarted)+len(r.Errors) > 0
 }
 
 func (r *Report) errorf(format string, args ...any) {
@@ -123,6 +131,7 @@ func (m *Manager) Reconcile(ctx context.Context) (*Report, error) {
 			st.ListedAt = listStart
 			toStart = append(toStart, m.reconcileLifetime(ctx, recs, dead, rep)...)
 			toStart = append(toStart, m.reconcileMin(ctx, recs, dead, rep)...)
+			toStart = append(toStart, m.reconcileScale(ctx, recs, dead, rowsByID(res), rep)...)
 		}
 		st.LastRun, st.LastOwner = m.now(), m.owner
 		return m.saveState(ctx, st)
@@ -235,6 +244,10 @@ func (m *Manager) resumeLocked(ctx context.Context, recs *records, rep *Report) 
 func (m *Manager) repairRecords(ctx context.Context, recs *records, rep *Report) []*Operation {
 	var out []*Operation
 	for id, rec := range recs.insts {
+		if rec.State == InstanceStarting {
+			m.repairStarting(ctx, recs, rec, rep)
+			continue
+		}
 		if rec.State == InstanceProvisioning {
 			// A provisioning record outlives its operation only if a write
 			// was lost: finish the bookkeeping the operation could not.
@@ -443,7 +456,7 @@ func (m *Manager) handleOrphan(ctx context.Context, recs *records, st *reconcile
 // exceed its pool's max_instances or a budget.
 func (m *Manager) adoptOrphan(ctx context.Context, recs *records, row *vastclient.Instance, lbl Label,
 	now time.Time, rep *Report) {
-	if why := m.adoptionRefused(recs, lbl.Pool); why != "" {
+	if why := m.adoptionRefused(recs, lbl.Pool, row); why != "" {
 		m.log.Error("orphan instance not adopted; it keeps billing: destroy it or raise the limit",
 			logInst(row.ID), logPool(lbl.Pool), logReason(why))
 		rep.OrphansOverCap = append(rep.OrphansOverCap, row.ID)
@@ -456,6 +469,11 @@ func (m *Manager) adoptOrphan(ctx context.Context, recs *records, row *vastclien
 	adopted := &InstanceRecord{
 		ID: row.ID, Pool: lbl.Pool, Label: row.Label, OpID: lbl.OpID, MachineID: row.MachineID,
 		Price: budgetRate(row), State: InstanceActive, Adopted: true, Created: now, Started: start,
+	}
+	if m.cfg.Pools[lbl.Pool].Autoscale.Enabled && rowStopped(row) {
+		// A warm instance (its stop's record was lost): kept stopped.
+		adopted.State, adopted.Price = InstanceStopped, row.DPHTotal
+		adopted.StoppedAt, adopted.StoppedRate = now, ledger.Rate(row)
 	}
 	if err := m.saveInst(ctx, adopted); err != nil {
 		rep.errorf("adopting orphan %d: %v", row.ID, err)
@@ -526,7 +544,8 @@ func (m *Manager) reconcileDead(ctx context.Context, recs *records, st *reconcil
 	probes := probeTally{}
 	for _, id := range ids {
 		rec, row := recs.insts[id], l.byID[id]
-		if rec.State != InstanceActive || row == nil {
+		if rec.State != InstanceActive || row == nil || scaling(recs, rec) {
+			// A stop in progress makes an active instance look dead.
 			delete(st.DeadSince, id)
 			continue
 		}
@@ -644,12 +663,15 @@ func (m *Manager) retireDuplicate(ctx context.Context, recs *records, st *reconc
 // max_instances or a budget, or "" when it would not. Orphans of pools
 // that are not configured have no limits here (they are reported as
 // unmanaged).
-func (m *Manager) adoptionRefused(recs *records, pool string) string {
+func (m *Manager) adoptionRefused(recs *records, pool string, row *vastclient.Instance) string {
 	tpl, ok := m.cfg.Pools[pool]
 	if !ok {
 		return ""
 	}
-	if c := m.poolCount(recs, pool, nil); tpl.MaxInstances > 0 && c.capTotal()+1 > tpl.MaxInstances {
+	// A stopped instance of an autoscaled pool holds no GPU: it is adopted
+	// into the warm pool whatever max_instances says.
+	warm := tpl.Autoscale.Enabled && rowStopped(row)
+	if c := m.poolCount(recs, pool, nil); !warm && tpl.MaxInstances > 0 && c.capTotal()+1 > tpl.MaxInstances {
 		return fmt.Sprintf("pool %q has %d instances and %d provisionings in progress; max_instances is %d",
 			pool, c.billing, c.inProgress, tpl.MaxInstances)
 	}
@@ -863,8 +885,8 @@ func (m *Manager) reconcileMin(ctx context.Context, recs *records, dead map[int6
 	sort.Strings(names)
 	for _, pool := range names {
 		tpl := m.cfg.Pools[pool]
-		if tpl.MinInstances <= 0 {
-			continue
+		if tpl.MinInstances <= 0 || tpl.Autoscale.Enabled {
+			continue // autoscaled pools: reconcileScale
 		}
 		c := m.poolCount(recs, pool, dead)
 		need := tpl.MinInstances - c.total()
@@ -944,4 +966,43 @@ func (m *Manager) prune(ctx context.Context) {
 		}
 	}
 	m.pruneBlocklist(ctx)
+}
+
+// rowsByID indexes a listing's rows.
+func rowsByID(res *vastclient.ListResult) map[int64]*vastclient.Instance {
+	out := make(map[int64]*vastclient.Instance, len(res.Instances))
+	for i := range res.Instances {
+		out[res.Instances[i].ID] = &res.Instances[i]
+	}
+	return out
+}
+
+// scaling reports whether a stop or start is working on rec.
+func scaling(recs *records, rec *InstanceRecord) bool {
+	op := recs.ops[rec.ScaleOp]
+	return op != nil && !op.Final() && (op.Kind == KindStop || op.Kind == KindStart)
+}
+
+// repairStarting finishes the bookkeeping of a starting record whose start
+// operation ended without it (a lost write): active if the start
+// succeeded, and active too otherwise (see below).
+func (m *Manager) repairStarting(ctx context.Context, recs *records, rec *InstanceRecord, rep *Report) {
+	op := recs.ops[rec.ScaleOp]
+	if op != nil && !op.Final() {
+		return
+	}
+	if op != nil && op.State == StateSucceeded {
+		rec.State, rec.ReadyAt = InstanceActive, op.Ended
+	} else {
+		// Whether it runs is unknown: as active, reconciliation either
+		// finds it serving or destroys it as dead (stopped), never lets it
+		// bill unseen.
+		m.log.Error("a warm start ended without recording the instance; recording it active",
+			logInst(rec.ID), logOp(rec.ScaleOp))
+		rec.State = InstanceActive
+	}
+	rec.ScaleOp = ""
+	if err := m.saveInst(ctx, rec); err != nil {
+		rep.errorf("repairing the record of %d: %v", rec.ID, err)
+	}
 }

@@ -18,6 +18,12 @@ const (
 	KindProvision = "provision"
 	// KindDestroy destroys one instance and verifies that it is gone.
 	KindDestroy = "destroy"
+	// KindStop drains an autoscaled pool's instance and stops it (the warm
+	// pool): disk kept, storage billed, GPU released.
+	KindStop = "stop"
+	// KindStart starts a stopped (warm) instance and waits until it is
+	// ready, or stops it again after the pool's warm start_timeout.
+	KindStart = "start"
 )
 
 // Operation states. Only StateSucceeded and StateFailed are final;
@@ -30,8 +36,13 @@ const (
 	StateDraining      = "draining"
 	StateDestroying    = "destroying"
 	StateDestroyFailed = "destroy_failed"
-	StateSucceeded     = "succeeded"
-	StateFailed        = "failed"
+	// StateStopping: a stop (or the stop after a failed start) was asked
+	// and is being verified. StateStarting: a warm start is waiting for
+	// the instance to be ready.
+	StateStopping  = "stopping"
+	StateStarting  = "starting"
+	StateSucceeded = "succeeded"
+	StateFailed    = "failed"
 )
 
 // Attempt states.
@@ -44,15 +55,22 @@ const (
 	AttemptDestroyFailed = "destroy_failed"
 )
 
-// Instance record states. Records in the first four states are "live":
+// Instance record states. Records in the first six states are "live":
 // the instance may exist and bill.
 const (
 	InstanceProvisioning  = "provisioning"
 	InstanceActive        = "active"
 	InstanceDestroying    = "destroying"
 	InstanceDestroyFailed = "destroy_failed"
-	InstanceDestroyed     = "destroyed"
-	InstanceGone          = "gone"
+	// InstanceStopped is a warm instance: stopped, its disk (and model)
+	// kept and billed as storage. It does not serve and does not count
+	// against max_instances.
+	InstanceStopped = "stopped"
+	// InstanceStarting is a warm instance being started (KindStart): it
+	// counts against max_instances and budgets at its full price.
+	InstanceStarting  = "starting"
+	InstanceDestroyed = "destroyed"
+	InstanceGone      = "gone"
 )
 
 // Provisioning triggers, in Operation.Reason.
@@ -60,6 +78,8 @@ const (
 	TriggerAPI          = "api"
 	TriggerMinInstances = "min_instances"
 	TriggerMaxLifetime  = "max_lifetime"
+	// TriggerAutoscale: an autoscaled pool below its desired count.
+	TriggerAutoscale = "autoscale"
 )
 
 // Attempt is one try of a provisioning on one offer.
@@ -108,6 +128,10 @@ type Operation struct {
 	Force bool `json:"force,omitempty"`
 	// DestroyAttempts counts DELETE-and-verify rounds.
 	DestroyAttempts int `json:"destroy_attempts,omitempty"`
+	// Autoscale marks a scale-down's destruction: its drain is bounded by
+	// the pool's autoscale drain_timeout, and one that times out (requests
+	// still in flight) gives the scale-down up instead of destroying.
+	Autoscale bool `json:"autoscale,omitempty"`
 	// Owner and LeaseUntil say which process works on the operation; an
 	// expired lease lets another process resume it.
 	Owner      string    `json:"owner,omitempty"`
@@ -172,12 +196,23 @@ type InstanceRecord struct {
 	ReplacedBy    string `json:"replaced_by,omitempty"`
 	DestroyOp     string `json:"destroy_op,omitempty"`
 	DestroyReason string `json:"destroy_reason,omitempty"`
+	// ScaleOp is the stop or start operation working on the instance.
+	ScaleOp string `json:"scale_op,omitempty"`
+	// StoppedAt is when the instance was last verified stopped (warm
+	// pool); StoppedRate what it bills then ($/hour, storage).
+	StoppedAt   time.Time `json:"stopped_at,omitzero"`
+	StoppedRate float64   `json:"stopped_rate,omitempty"`
+	// StartFailures counts consecutive warm starts that did not reach
+	// ready (reset by a successful one); StartFailedAt is the latest.
+	StartFailures int       `json:"start_failures,omitempty"`
+	StartFailedAt time.Time `json:"start_failed_at,omitzero"`
 }
 
 // Live reports whether the instance may still exist and bill.
 func (r *InstanceRecord) Live() bool {
 	switch r.State {
-	case InstanceProvisioning, InstanceActive, InstanceDestroying, InstanceDestroyFailed:
+	case InstanceProvisioning, InstanceActive, InstanceDestroying, InstanceDestroyFailed,
+		InstanceStopped, InstanceStarting:
 		return true
 	}
 	return false
