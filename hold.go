@@ -22,6 +22,8 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -166,16 +168,32 @@ func (rej *holdRejection) message() string {
 	return msg + fmt.Sprintf(". Retry in %ds.", int(DefaultHoldRetryAfter/time.Second))
 }
 
-// passOnWrite arranges for a held request's baton to pass once its
-// headers are on the wire to the instance, so the next held request
-// reaches the instance after it. done passes it in any case (an error
-// before anything was written, say); both may run, the first wins.
+// passOnWrite arranges for a held request's baton to pass once it is
+// written to the instance (headers and body), so the next held request is
+// sent after it. Requests on different connections can still reach the
+// engine's handlers a few microseconds out of order (its server reads
+// each connection on its own goroutine); the gateway's side is strict.
+// done passes it in any case (an error before anything was written, say);
+// both may run, the first wins.
 func passOnWrite(req *http.Request) (out *http.Request, done func()) {
 	pass, ok := caddyhttp.GetVar(req.Context(), holdPassVar).(func())
 	if !ok {
 		return req, func() {}
 	}
 	caddyhttp.SetVar(req.Context(), holdPassVar, nil) // a retry has nothing to pass
-	trace := &httptrace.ClientTrace{WroteHeaders: pass}
-	return req.WithContext(httptrace.WithClientTrace(req.Context(), trace)), pass
+	var once sync.Once
+	sent := func() {
+		once.Do(func() {
+			if h := heldSentHook.Load(); h != nil {
+				(*h)(req)
+			}
+			pass()
+		})
+	}
+	trace := &httptrace.ClientTrace{WroteRequest: func(httptrace.WroteRequestInfo) { sent() }}
+	return req.WithContext(httptrace.WithClientTrace(req.Context(), trace)), sent
 }
+
+// heldSentHook, when a test sets it, sees each held request at the moment
+// it is written to the instance, just before the next one is let go.
+var heldSentHook atomic.Pointer[func(req *http.Request)]
