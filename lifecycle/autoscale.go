@@ -213,7 +213,7 @@ func (m *Manager) reconcileScale(ctx context.Context, recs *records, dead map[in
 		case desired > have:
 			out = append(out, m.scaleUp(ctx, recs, pool, tpl, desired-have, byID, rep)...)
 		case desired < have && c.provisioning+c.starting == 0:
-			out = append(out, m.scaleDown(ctx, recs, pool, tpl, have-desired, c, rep)...)
+			out = append(out, m.scaleDown(ctx, recs, pool, tpl, have-desired, c, dead, rep)...)
 		}
 		if m.scaleCount(recs, pool, dead, byID).count() != desired {
 			pending = true
@@ -377,15 +377,16 @@ func (m *Manager) newScaleOp(kind string, rec *InstanceRecord, state, reason str
 const ReasonScaleDown = "autoscale: scale down"
 
 // scaleDown removes excess serving instances of pool, the most expensive
-// (then the newest) first, skipping those being replaced: each is drained
+// (then the newest) first, skipping dead ones (not counted; reconcileDead
+// handles them) and those being replaced: each is drained
 // and then stopped while the warm pool has room, destroyed otherwise.
 // Instances already leaving are not counted, so a later reconciliation
 // never picks one twice.
 func (m *Manager) scaleDown(ctx context.Context, recs *records, pool string, tpl PoolTemplate, excess int,
-	c scaleView, rep *Report) []*Operation {
+	c scaleView, dead map[int64]bool, rep *Report) []*Operation {
 	var victims []*InstanceRecord
 	for id, rec := range recs.insts {
-		if rec.Pool == pool && rec.State == InstanceActive && !c.busy[id] && rec.ReplacedBy == "" {
+		if rec.Pool == pool && rec.State == InstanceActive && !c.busy[id] && !dead[id] && rec.ReplacedBy == "" {
 			victims = append(victims, rec)
 		}
 	}

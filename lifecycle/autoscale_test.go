@@ -67,7 +67,9 @@ func TestAutoscaleUpCreatesExactlyN(t *testing.T) {
 				}()
 			}
 			wg.Wait()
-			ps := waitScale(t, 20*time.Second, m, "the pool serving n", func(ps PoolScale) bool { return ps.Serving == n })
+			ps := waitScale(t, 20*time.Second, m, "the pool serving n", func(ps PoolScale) bool {
+				return ps.Serving == n && ps.Provisioning == 0
+			})
 			for i := 0; i < 3; i++ {
 				if _, err := m.Reconcile(ctxT(t)); err != nil {
 					t.Fatal(err)

@@ -29,4 +29,18 @@
 //     in-progress operation is leased to one process at a time.
 //   - Instances other gateways labelled ("cv:<other>:...") and unlabelled
 //     instances are never touched, except by an explicit forced destroy.
+//
+// Autoscaled pools (PoolTemplate.Autoscale; autoscale.go, warm.go) are
+// sized by the caller through SetDesired instead of min_instances.
+// Reconciliation converges them: up by starting the cheapest stopped
+// ("warm") instance first (KindStart), else creating; down by draining the
+// most expensive instance, then stopping it (KindStop) while the warm pool
+// has room, destroying it otherwise. A drain that times out gives the
+// scale-down up (requests in flight are never cut); a start that waits in
+// "scheduling" (its machine's GPU was rented by someone else) is stopped
+// again after start_timeout, and destroyed after two such failures. Before
+// the first SetDesired after a start, a pool's size is left alone. Run
+// reconciles on Kick and every ScaleRetryInterval while a pool is not at
+// its desired count; refusals are kept in PoolScale, never retried in a
+// tight loop.
 package lifecycle

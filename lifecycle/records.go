@@ -282,9 +282,14 @@ func (recs *records) servingOps() map[string]bool {
 }
 
 // countedOp reports whether a provisioning's instance is counted already:
-// its current attempt's instance is among counted, or the attempt has no id
-// yet and a record serving the operation exists (servingOps).
+// the instance it is bound to or its current attempt's instance is among
+// counted, or the attempt has no id yet and a record serving the operation
+// exists (servingOps).
 func countedOp(op *Operation, counted map[int64]bool, serving map[string]bool) bool {
+	if op.InstanceID > 0 && counted[op.InstanceID] {
+		// Ready and bound (markReady), not yet finished.
+		return true
+	}
 	cur := op.current()
 	return cur != nil && ((cur.InstanceID > 0 && counted[cur.InstanceID]) || (cur.InstanceID == 0 && serving[op.ID]))
 }

@@ -296,3 +296,82 @@ func TestWarmCrashResumes(t *testing.T) {
 		})
 	}
 }
+
+// TestWarmStoppedOrphanAdoptedStopped: the records are lost while an
+// instance is stopped; reconciliation adopts it as a warm instance (not
+// refused by max_instances, not destroyed as dead) and a scale-up starts
+// it instead of creating.
+func TestWarmStoppedOrphanAdoptedStopped(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, fastSim(nil))
+	cfg := asConfig(h, 1, func(c *Config) {
+		p := c.Pools["p"]
+		p.MaxInstances = 1
+		c.Pools["p"] = p
+	})
+	a := h.manager(cfg)
+	_, stopA := run(t, a)
+	a.SetDesired("p", 1)
+	waitScale(t, 20*time.Second, a, "one serving", func(ps PoolScale) bool { return ps.Serving == 1 })
+	id := h.alive()[0]
+	a.SetDesired("p", 0)
+	waitRecord(t, 20*time.Second, a, id, InstanceStopped)
+	stopA()
+
+	h.store = NewMemoryStore() // the records are lost
+	b := h.manager(cfg)
+	rep, err := b.Reconcile(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.OrphansAdopted) != 1 || rep.OrphansAdopted[0] != id {
+		t.Fatalf("report %+v: want %d adopted", rep, id)
+	}
+	if r := recordOf(b, id); r == nil || r.State != InstanceStopped || r.StoppedAt.IsZero() || r.Price <= 0 {
+		t.Fatalf("adopted record %+v, want stopped with its price", r)
+	}
+	run(t, b)
+	b.SetDesired("p", 1)
+	waitRecord(t, 20*time.Second, b, id, InstanceActive)
+	if h.creates() != 1 || h.deletes() != 0 {
+		t.Errorf("%d creates, %d deletes; want 1 and 0", h.creates(), h.deletes())
+	}
+}
+
+// TestWarmStartCountsAtFullPrice: a start waiting in "scheduling" bills
+// storage only, but the budget counts it at its full price, so a create
+// beside it is refused while the two would not fit.
+func TestWarmStartCountsAtFullPrice(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, fastSim(nil))
+	m := h.manager(asConfig(h, 1, func(c *Config) {
+		p := c.Pools["p"]
+		p.MaxSpendPerHour = 0.6 // one instance fits, two do not
+		c.Pools["p"] = p
+	}))
+	run(t, m)
+	m.SetDesired("p", 1)
+	waitScale(t, 20*time.Second, m, "one serving", func(ps PoolScale) bool { return ps.Serving == 1 })
+	id := h.alive()[0]
+	m.SetDesired("p", 0)
+	waitRecord(t, 20*time.Second, m, id, InstanceStopped)
+	h.sim.RentMachine(h.simInstance(id).MachineID)
+
+	m.SetDesired("p", 2)
+	waitFor(t, 10*time.Second, "the start scheduling", func() bool {
+		r := h.fleet.listedRow(id)
+		return r != nil && r.ActualStatus == "scheduling"
+	})
+	ps := waitScale(t, 10*time.Second, m, "a budget refusal", func(ps PoolScale) bool { return ps.LastRefusal != "" })
+	if ps.Starting != 1 || !strings.Contains(ps.LastRefusal, "max_spend_per_hour") {
+		t.Errorf("PoolScale = %+v", ps)
+	}
+	if row := h.fleet.listedRow(id); ledger.Rate(row) >= row.DPHTotal {
+		t.Errorf("a scheduling instance bills $%.4f/h; the test expects storage only", ledger.Rate(row))
+	}
+	if h.creates() != 1 {
+		t.Errorf("%d creates while the start is in progress, want 1", h.creates())
+	}
+	h.sim.ReleaseMachine(h.simInstance(id).MachineID)
+	waitRecord(t, 20*time.Second, m, id, InstanceActive)
+}
