@@ -202,6 +202,13 @@ func TestABurstAtZeroIsHeldServedInOrderAndTheIdlePoolReturnsToZero(t *testing.T
 		}
 		return false
 	})
+	// Nothing woke the pool again: no request came.
+	if c := createdFor(sim); len(c) != 1 {
+		t.Errorf("instances created %v; the idle pool was woken without a request", c)
+	}
+	if v := poolAutoscale(t, "llm"); v.Desired != 0 {
+		t.Errorf("desired %d after the idle pool's instance went (%s: %s)", v.Desired, v.Reason, v.Explanation)
+	}
 }
 
 // TestHeldRequestsBeyondMaxPendingOrMaxWaitGet503CapacityUnavailable: a

@@ -149,7 +149,8 @@ func TestKill9DuringScaleUpAndScaleDownLeaksNothing(t *testing.T) {
 				}
 			}
 			if created != 1 || peak() > 1 {
-				t.Fatalf("%d instances created, %d live at once: the restart duplicated the scale-up", created, peak())
+				t.Fatalf("%d instances created, %d live at once: the restart duplicated the scale-up\nfirst:\n%s\nsecond:\n%s",
+					created, peak(), first.logTail(), second.logTail())
 			}
 		})
 	}

@@ -148,7 +148,7 @@ type poolScaler struct {
 
 	dec        *autoscale.Decider
 	nextDecide time.Time
-	started    uint64 // requests started on the pool's instances, last sample
+	started    map[int64]uint64 // requests started per instance of the pool, last sample
 	mgr        *lifecycle.Manager
 
 	syncMu  sync.Mutex
@@ -330,14 +330,22 @@ func (s *state) scaleTick(log *zap.Logger, scalers map[string]*poolScaler, force
 // the idle clock.
 func (s *state) poolLoad(snap *fleet.Snapshot, sc *poolScaler) (float64, int) {
 	var load float64
-	var started uint64
+	active := false
+	seen := make(map[int64]uint64, len(sc.started))
 	for i := range snap.Members {
 		m := &snap.Members[i]
 		if m.Pool != sc.pool {
 			continue
 		}
-		load += float64(s.inflight.count(m.Instance.ID))
-		started += s.inflight.requestsStarted(m.Instance.ID)
+		id := m.Instance.ID
+		load += float64(s.inflight.count(id))
+		// Activity is a rise of one instance's own count: an instance that
+		// leaves takes its count with it, which is no request.
+		n := s.inflight.requestsStarted(id)
+		if prev, ok := sc.started[id]; ok && n > prev {
+			active = true
+		}
+		seen[id] = n
 		if m.Routable {
 			if es, ok := s.engineState(m.Instance.ID); ok {
 				load += es.Waiting
@@ -346,10 +354,10 @@ func (s *state) poolLoad(snap *fleet.Snapshot, sc *poolScaler) (float64, int) {
 	}
 	held := sc.hold.Len()
 	load += float64(held)
-	if started != sc.started && load < 1 {
+	if active && load < 1 {
 		load = 1
 	}
-	sc.started = started
+	sc.started = seen
 	ready := 0
 	if pv := snap.Pools[sc.pool]; pv != nil {
 		ready = len(pv.Targets)
