@@ -531,13 +531,19 @@ func TestWarmPoolStopsStartsAndFallsBackWhenTheGPUIsTaken(t *testing.T) {
 		v := poolAutoscale(t, "llm")
 		return v.Scale.StoppedRate > 0 && v.Scale.StoppedRate < 0.05
 	})
-	// The ledger goes on counting the stopped instance, at its storage rate.
-	d0, h0 := ledgerRow(t, a)
-	var d1, h1 float64
-	waitFor(t, 60*time.Second, "the ledger to count time stopped", func() bool {
-		d1, h1 = ledgerRow(t, a)
-		return h1 > h0+1.0/3600
-	})
+	// The ledger goes on counting the stopped instance, at its storage
+	// rate. It books each listing's interval at the rate it showed, so the
+	// first interval may still be the running one: measure the next.
+	ledgerAfter := func(d, h float64) (float64, float64) {
+		var d1, h1 float64
+		waitFor(t, 60*time.Second, "the ledger to count time stopped", func() bool {
+			d1, h1 = ledgerRow(t, a)
+			return h1 > h+1.0/3600
+		})
+		return d1, h1
+	}
+	d0, h0 := ledgerAfter(ledgerRow(t, a))
+	d1, h1 := ledgerAfter(d0, h0)
 	if rate := (d1 - d0) / (h1 - h0); rate <= 0 || rate > 0.05 {
 		t.Errorf("the ledger bills the stopped instance at $%.4f/h; want storage only", rate)
 	}

@@ -161,9 +161,9 @@ func (m *Manager) scaleCount(recs *records, pool string, dead map[int64]bool, by
 				continue
 			}
 			c.stopped++
-			if row := byID[id]; row != nil {
+			if row := byID[id]; rowStopped(row) {
 				c.stoppedRate += ledger.Rate(row)
-			} else {
+			} else { // not listed, or listed before it stopped
 				c.stoppedRate += rec.StoppedRate
 			}
 		}
@@ -195,7 +195,7 @@ func (m *Manager) autoscaleSpec(pool string) AutoscaleSpec {
 // called yet (a process just started) keeps its size. The Store lock must
 // be held and the listing must have succeeded.
 func (m *Manager) reconcileScale(ctx context.Context, recs *records, dead map[int64]bool,
-	byID map[int64]*vastclient.Instance, rep *Report) []*Operation {
+	byID map[int64]*vastclient.Instance, listedAt time.Time, rep *Report) []*Operation {
 	var out []*Operation
 	pending := false
 	for _, pool := range slices.Sorted(maps.Keys(m.cfg.Pools)) {
@@ -211,7 +211,7 @@ func (m *Manager) reconcileScale(ctx context.Context, recs *records, dead map[in
 		c := m.scaleCount(recs, pool, dead, byID)
 		switch have := c.count(); {
 		case desired > have:
-			out = append(out, m.scaleUp(ctx, recs, pool, tpl, desired-have, byID, rep)...)
+			out = append(out, m.scaleUp(ctx, recs, pool, tpl, desired-have, byID, listedAt, rep)...)
 		case desired < have && c.provisioning+c.starting == 0:
 			out = append(out, m.scaleDown(ctx, recs, pool, tpl, have-desired, c, dead, rep)...)
 		}
@@ -229,7 +229,7 @@ func (m *Manager) reconcileScale(ctx context.Context, recs *records, dead map[in
 // instance is started first, else one is created. The first refusal ends
 // it and is kept in PoolScale.LastRefusal.
 func (m *Manager) scaleUp(ctx context.Context, recs *records, pool string, tpl PoolTemplate, need int,
-	byID map[int64]*vastclient.Instance, rep *Report) []*Operation {
+	byID map[int64]*vastclient.Instance, listedAt time.Time, rep *Report) []*Operation {
 	var out []*Operation
 	refusal := m.checkCredit(ctx, pool)
 	var prices []float64
@@ -240,7 +240,7 @@ func (m *Manager) scaleUp(ctx context.Context, recs *records, pool string, tpl P
 				ErrMaxInstances, pool, c.billing, c.inProgress, tpl.MaxInstances)
 			break
 		}
-		if rec := m.warmCandidate(recs, pool, tpl, byID); rec != nil {
+		if rec := m.warmCandidate(recs, pool, tpl, byID, listedAt); rec != nil {
 			if refusal = m.checkSpend(recs, pool, tpl, rec.Price, ""); refusal != nil {
 				break
 			}
@@ -314,14 +314,19 @@ func (m *Manager) noteScale(pool string, refusal error, rep *Report) {
 }
 
 // warmCandidate returns the cheapest stopped instance of pool that may be
-// started: listed as stopped, not worked on, fewer than two failed starts
-// and none within the last four start timeouts.
-func (m *Manager) warmCandidate(recs *records, pool string, tpl PoolTemplate, byID map[int64]*vastclient.Instance) *InstanceRecord {
+// started: listed as stopped (or stopped, verified, after the listing was
+// taken: a listing a moment old must not turn a warm start into a
+// create), not worked on, fewer than two failed starts and none within
+// the last four start timeouts.
+func (m *Manager) warmCandidate(recs *records, pool string, tpl PoolTemplate,
+	byID map[int64]*vastclient.Instance, listedAt time.Time) *InstanceRecord {
 	busy := m.scaleCount(recs, pool, nil, byID).busy
 	now := m.now()
 	var best *InstanceRecord
 	for id, rec := range recs.insts {
-		if rec.Pool != pool || rec.State != InstanceStopped || busy[id] || !rowStopped(byID[id]) ||
+		row := byID[id]
+		listedStopped := rowStopped(row) || (row != nil && rec.StoppedAt.After(listedAt))
+		if rec.Pool != pool || rec.State != InstanceStopped || busy[id] || !listedStopped ||
 			rec.StartFailures >= maxStartFailures ||
 			(!rec.StartFailedAt.IsZero() && now.Sub(rec.StartFailedAt) < 4*tpl.Autoscale.Warm.StartTimeout) {
 			continue

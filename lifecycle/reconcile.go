@@ -131,7 +131,7 @@ func (m *Manager) Reconcile(ctx context.Context) (*Report, error) {
 			st.ListedAt = listStart
 			toStart = append(toStart, m.reconcileLifetime(ctx, recs, dead, rep)...)
 			toStart = append(toStart, m.reconcileMin(ctx, recs, dead, rep)...)
-			toStart = append(toStart, m.reconcileScale(ctx, recs, dead, rowsByID(res), rep)...)
+			toStart = append(toStart, m.reconcileScale(ctx, recs, dead, rowsByID(res), listStart, rep)...)
 		}
 		st.LastRun, st.LastOwner = m.now(), m.owner
 		return m.saveState(ctx, st)

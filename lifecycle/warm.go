@@ -325,7 +325,9 @@ func (m *Manager) startInstance(ctx context.Context, h *opHandle, op *Operation)
 		_ = ctxutil.Sleep(ctx, m.cfg.PollInterval)
 		return
 	}
-	m.fleet.Undrain(id)
+	// The instance stays out of routing (drained since its stop) until
+	// it is ready again: the routing side may still list it as it was
+	// before the stop, at an address it no longer serves.
 	if m.runHook(h, "before-start") {
 		return
 	}
@@ -354,8 +356,8 @@ func (m *Manager) startInstance(ctx context.Context, h *opHandle, op *Operation)
 }
 
 // awaitStarted waits, at most the pool's warm start_timeout, until the
-// routing side reports the instance ready (after the start: a ready state
-// from before the stop only counts once the row shows it running). It
+// routing side reports the instance ready since the start and its row
+// shows it running. It
 // returns why it is not, for the operation's error.
 func (m *Manager) awaitStarted(ctx context.Context, op *Operation, putAt time.Time) (bool, string) {
 	timeout := m.autoscaleSpec(op.Pool).Warm.StartTimeout
@@ -369,7 +371,12 @@ func (m *Manager) awaitStarted(ctx context.Context, op *Operation, putAt time.Ti
 			lastObs = now
 			if row, err := m.api.ShowInstance(ctx, op.InstanceID); err == nil {
 				status = row.ActualStatus
-				if ok && state == FleetReady && (status == "running" || !since.Before(putAt)) {
+				// Ready from before the stop does not count: that was
+				// another container, maybe at other ports.
+				// (The operation is created after the stop was verified,
+				// so readiness since then is this container's, even when
+				// the start is resumed by another process.)
+				if ok && state == FleetReady && status == "running" && !since.Before(op.Created) {
 					return true, ""
 				}
 			} else if errors.Is(err, vastclient.ErrNotFound) {
@@ -405,6 +412,7 @@ func (m *Manager) startSucceeded(ctx context.Context, h *opHandle, op *Operation
 		_ = ctxutil.Sleep(ctx, m.cfg.PollInterval)
 		return
 	}
+	m.fleet.Undrain(op.InstanceID)
 	m.stats.warmStarts.Add(1)
 	m.log.Info("warm instance started", logInst(op.InstanceID), logOp(op.ID), logPool(op.Pool),
 		logDuration(m.now().Sub(putAt)))
