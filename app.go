@@ -117,6 +117,14 @@ func (a *App) Validate() error {
 	if err := a.Engines.validate(); err != nil {
 		return err
 	}
+	// The autoscale block first: its messages name the JSON fields.
+	for _, name := range slices.Sorted(maps.Keys(a.Pools)) {
+		if p := a.Pools[name]; p.Autoscale != nil {
+			if err := p.Autoscale.validate(name, p); err != nil {
+				return err
+			}
+		}
+	}
 	if err := a.lifecycle.Validate(); err != nil {
 		return withoutSentinel(err, lifecycle.ErrInvalidConfig)
 	}
@@ -129,13 +137,6 @@ func (a *App) Validate() error {
 	for _, spec := range a.specs {
 		if err := spec.Validate(); err != nil {
 			return err
-		}
-	}
-	for _, name := range slices.Sorted(maps.Keys(a.Pools)) {
-		if p := a.Pools[name]; p.Autoscale != nil {
-			if err := p.Autoscale.validate(name, p); err != nil {
-				return err
-			}
 		}
 	}
 	return nil
