@@ -16,6 +16,7 @@ import (
 
 	"github.com/caddy-vastai/caddy-vastai/adminapi"
 	"github.com/caddy-vastai/caddy-vastai/vastsim"
+	"github.com/chromedp/chromedp"
 )
 
 // autoscalePool is a pool at min 0 with time-compressed autoscale
@@ -582,4 +583,39 @@ func TestWarmPoolStopsStartsAndFallsBackWhenTheGPUIsTaken(t *testing.T) {
 	if !failedStart {
 		t.Errorf("no failed start of %d explaining start_timeout: %+v", a, ops)
 	}
+}
+
+// TestDashboardShowsTheAutoscalerLive: the pool's card in headless
+// Chromium shows the autoscaler's decision, and follows it: a held
+// request wakes the pool (desired 1, 1 held), and the refused scale-up
+// appears in the error style.
+func TestDashboardShowsTheAutoscalerLive(t *testing.T) {
+	ctx, _ := browser(t)
+	sim := newSim(t, vastsim.Options{})
+	cfg := autoscaleConfig(t, sim, "", "				max_wait 30s")
+	startCaddy(t, allowNavigation(t, strings.Replace(cfg, "lease_ttl 3s", "lease_ttl 3s\n\t\tmin_credit 1000000", 1)))
+	tctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	if err := chromedp.Do(tctx, chromedp.Navigate(testAdminURL+"/vastai/ui/")); err != nil {
+		t.Fatalf("opening the dashboard: %v", err)
+	}
+	line := func(want ...string) func() bool {
+		return func() bool {
+			text, err := chromedp.Run(tctx, chromedp.Evaluate[string](
+				`(document.querySelector('[data-pool="llm"] [data-autoscale]') || {innerText: ""}).innerText`))
+			if err != nil {
+				return false
+			}
+			for _, w := range want {
+				if !strings.Contains(text, w) {
+					return false
+				}
+			}
+			return true
+		}
+	}
+	waitFor(t, 30*time.Second, "the autoscale line at zero", line("desired 0", "min 0 max 3"))
+	go sendCompletion(tctx, "held", false)
+	waitFor(t, 30*time.Second, "the held request and the wake-up on the page", line("desired 1", "1 held", "from_zero"))
+	waitFor(t, 30*time.Second, "the refused scale-up on the page", line("scale-up refused", "min_credit"))
 }

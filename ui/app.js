@@ -216,10 +216,27 @@ function renderPools() {
       p.provisioning ? el("div", { class: "line" },
         `min ${p.provisioning.min_instances}`, p.provisioning.max_instances ? ` · max ${p.provisioning.max_instances}` : "",
         ` · ${p.provisioning.in_progress} in progress · ${p.provisioning.destroying} destroying`) : null,
+      p.autoscale ? autoscaleLine(p.autoscale) : null,
       el("div", { class: "line" }, "spend rate, last hour"),
       spark(series ? series.spend_per_hour : [], { width: 240, height: 36, format: rate, title: "spend rate" }));
   });
   $("#pools").replaceChildren(...(cards.length ? cards : [el("p", { class: "muted" }, "No pools configured.")]));
+}
+
+// autoscaleLine shows an autoscaled pool's latest decision: desired and
+// ready counts, the load, held and refused requests, the warm pool, and
+// why (the explanation is the tooltip; a refused scale-up is an error).
+function autoscaleLine(a) {
+  const parts = [`autoscale: desired ${a.desired} · ready ${a.current} · min ${a.min} max ${a.max}`,
+    ` · load ${(a.stable_load || 0).toFixed(1)} stable / ${(a.panic_load || 0).toFixed(1)} panic`];
+  if (a.held) parts.push(` · ${a.held} held`);
+  const refused = Object.values(a.rejected || {}).reduce((x, y) => x + y, 0);
+  if (refused) parts.push(` · ${refused} refused`);
+  const sc = a.scale || {};
+  if (sc.stopped) parts.push(` · ${sc.stopped} stopped (`, rate(sc.stopped_rate), ")");
+  return el("div", { class: "line", "data-autoscale": "" },
+    ...parts, " ", el("span", { title: a.waiting || a.explanation || "" }, badge(a.panicking ? "panic" : (a.reason || "waiting"))),
+    sc.last_refusal ? el("div", { class: "err" }, "scale-up refused: " + sc.last_refusal) : null);
 }
 
 function gpuCells(i) {
