@@ -268,10 +268,10 @@ func (e *env) poolsCmd() *cobra.Command {
 					}
 					rows = append(rows, []string{
 						p.Name, strconv.Itoa(len(p.Members)), strconv.Itoa(len(p.Routable)), states(p.States),
-						display.Rate(rate), display.Dollars(p.Accrued), limits,
+						display.Rate(rate), display.Dollars(p.Accrued), limits, autoscaleCell(p.Autoscale),
 					})
 				}
-				e.table([]string{"POOL", "MEMBERS", "ROUTABLE", "STATES", "SPEND", "ACCRUED", "PROVISIONING"}, rows, -1)
+				e.table([]string{"POOL", "MEMBERS", "ROUTABLE", "STATES", "SPEND", "ACCRUED", "PROVISIONING", "AUTOSCALE"}, rows, -1)
 				return nil
 			})
 		},
@@ -531,4 +531,24 @@ func decode(raw []byte, out any) error {
 		return fmt.Errorf("the admin API's answer is not the expected JSON: %w", err)
 	}
 	return nil
+}
+
+// autoscaleCell is the pools table's AUTOSCALE column: desired/max and
+// the reason, held requests and the warm pool when there are any, or "-"
+// for a pool without autoscale.
+func autoscaleCell(a *adminapi.Autoscale) string {
+	if a == nil {
+		return "-"
+	}
+	cell := fmt.Sprintf("%d/%d %s", a.Desired, a.Max, a.Reason)
+	if a.Reason == "" {
+		cell = fmt.Sprintf("%d/%d waiting", a.Desired, a.Max)
+	}
+	if a.Held > 0 {
+		cell += fmt.Sprintf(", %d held", a.Held)
+	}
+	if a.Scale != nil && a.Scale.Stopped > 0 {
+		cell += fmt.Sprintf(", %d stopped", a.Scale.Stopped)
+	}
+	return cell
 }
