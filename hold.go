@@ -22,7 +22,6 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -181,17 +180,13 @@ func passOnWrite(req *http.Request) (out *http.Request, done func()) {
 		return req, func() {}
 	}
 	caddyhttp.SetVar(req.Context(), holdPassVar, nil) // a retry has nothing to pass
-	var once sync.Once
-	sent := func() {
-		once.Do(func() {
-			if h := heldSentHook.Load(); h != nil {
-				(*h)(req)
-			}
-			pass()
-		})
-	}
-	trace := &httptrace.ClientTrace{WroteRequest: func(httptrace.WroteRequestInfo) { sent() }}
-	return req.WithContext(httptrace.WithClientTrace(req.Context(), trace)), sent
+	trace := &httptrace.ClientTrace{WroteRequest: func(httptrace.WroteRequestInfo) {
+		if h := heldSentHook.Load(); h != nil {
+			(*h)(req)
+		}
+		pass() // once: later calls (done) do nothing
+	}}
+	return req.WithContext(httptrace.WithClientTrace(req.Context(), trace)), pass
 }
 
 // heldSentHook, when a test sets it, sees each held request at the moment

@@ -26,8 +26,11 @@ import (
 // vast.ai's refusal (5xx, transport): the client already retried each.
 const setStateTries = 3
 
-// runStop drives a stop to a final state.
-func (m *Manager) runStop(ctx context.Context, h *opHandle) {
+// runScaleOp drives a stop or a start to a final state: each step reads
+// the instance record afresh (a storage error is retried a poll interval
+// later) and hands it to step, which returns true once the operation has
+// ended or the worker must stop.
+func (m *Manager) runScaleOp(ctx context.Context, h *opHandle, step func(op *Operation, rec *InstanceRecord) (done bool)) {
 	for ctx.Err() == nil && !h.crashed.Load() {
 		op := h.get()
 		if op.Final() {
@@ -40,24 +43,31 @@ func (m *Manager) runStop(ctx context.Context, h *opHandle) {
 			}
 			continue
 		}
-		switch {
-		case rec != nil && rec.State == InstanceStopped:
-			m.finishScale(ctx, h, StateSucceeded, "")
-			return
-		case rec == nil || rec.State != InstanceActive:
-			m.finishScale(ctx, h, StateFailed, "the instance is no longer active ("+recState(rec)+")")
-			return
-		}
-		switch op.State {
-		case StatePending, StateDraining:
-			if !m.drainForStop(ctx, h, op) {
-				return
-			}
-		default:
-			m.stopInstance(ctx, h, op, rec, "")
+		if step(op, rec) {
 			return
 		}
 	}
+}
+
+// runStop drives a stop to a final state.
+func (m *Manager) runStop(ctx context.Context, h *opHandle) {
+	m.runScaleOp(ctx, h, func(op *Operation, rec *InstanceRecord) bool {
+		switch {
+		case rec != nil && rec.State == InstanceStopped:
+			m.finishScale(ctx, h, StateSucceeded, "")
+			return true
+		case rec == nil || rec.State != InstanceActive:
+			m.finishScale(ctx, h, StateFailed, "the instance is no longer active ("+recState(rec)+")")
+			return true
+		}
+		switch op.State {
+		case StatePending, StateDraining:
+			return !m.drainForStop(ctx, h, op)
+		default:
+			m.stopInstance(ctx, h, op, rec, "")
+			return true
+		}
+	})
 }
 
 func recState(rec *InstanceRecord) string {
@@ -276,35 +286,25 @@ func (m *Manager) finishScale(ctx context.Context, h *opHandle, state, msg strin
 
 // runStart drives a warm start to a final state.
 func (m *Manager) runStart(ctx context.Context, h *opHandle) {
-	for ctx.Err() == nil && !h.crashed.Load() {
-		op := h.get()
-		if op.Final() {
-			return
-		}
-		rec, err := m.loadInst(ctx, op.InstanceID)
-		if err != nil {
-			if ctxutil.Sleep(ctx, m.cfg.PollInterval) != nil {
-				return
-			}
-			continue
-		}
+	m.runScaleOp(ctx, h, func(op *Operation, rec *InstanceRecord) bool {
 		switch {
 		case rec != nil && rec.State == InstanceActive && op.State == StateStarting:
 			m.finishScale(ctx, h, StateSucceeded, "") // recorded ready before a crash
-			return
+			return true
 		case rec != nil && rec.State == InstanceStopped && op.State == StateStopping:
 			m.finishScale(ctx, h, StateFailed, op.Error+"; stopped again")
-			return
+			return true
 		case rec == nil || (rec.State != InstanceStopped && rec.State != InstanceStarting):
 			m.finishScale(ctx, h, StateFailed, "the instance is no longer stopped ("+recState(rec)+")")
-			return
+			return true
 		}
 		if op.State == StateStopping {
 			m.stopFailedStart(ctx, h, op, rec)
-			return
+			return true
 		}
 		m.startInstance(ctx, h, op)
-	}
+		return false
+	})
 }
 
 // startInstance marks the record starting, returns the instance to
