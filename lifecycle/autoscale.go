@@ -125,6 +125,13 @@ func (c scaleView) count() int { return c.serving + c.provisioning + c.starting 
 // scaleCount counts pool's instances for autoscaling (see PoolScale). A
 // create whose outcome is unknown is a provisioning in progress (poolCount's
 // rule), so no second create is made while it is uncertain.
+// stopRecorded reports whether a stop's instance is recorded stopped: the
+// stop wrote the record and has yet to mark itself succeeded.
+func stopRecorded(recs *records, op *Operation) bool {
+	rec := recs.insts[op.InstanceID]
+	return rec != nil && rec.State == InstanceStopped && rec.ScaleOp != op.ID
+}
+
 func (m *Manager) scaleCount(recs *records, pool string, dead map[int64]bool, byID map[int64]*vastclient.Instance) scaleView {
 	c := scaleView{busy: map[int64]bool{}}
 	for _, op := range recs.ops {
@@ -135,6 +142,9 @@ func (m *Manager) scaleCount(recs *records, pool string, dead map[int64]bool, by
 		case op.Kind == KindStart:
 			c.starting++
 			c.busy[op.InstanceID] = true
+		case op.Kind == KindStop && stopRecorded(recs, op):
+			// Its work is done (the record says stopped) and only the
+			// operation's own end is left: the instance is warm already.
 		case op.Kind == KindStop:
 			c.stopping++
 			c.leaving++
