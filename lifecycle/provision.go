@@ -399,17 +399,24 @@ func (m *Manager) unreserve(offerID int64) {
 	m.mu.Unlock()
 }
 
-// offersInUse returns the offers other operations are creating from, so
-// that two provisionings do not race for one offer (the loser would get
-// no_such_ask and waste an attempt).
+// offersInUse returns the offers other operations are creating from or
+// whose instance holds them, so that two provisionings do not race for
+// one offer (the loser would get no_such_ask and waste an attempt). An
+// offer search is cached (OfferCacheTTL), so an offer rented a moment ago
+// by one of ours is still in it: its attempt or record says it is taken.
 func (m *Manager) offersInUse(recs *records, self string) map[int64]bool {
 	out := map[int64]bool{}
 	for _, op := range recs.ops {
 		if op.ID == self || op.Final() || op.Kind != KindProvision {
 			continue
 		}
-		if cur := op.current(); cur != nil && cur.State == AttemptCreating {
+		if cur := op.current(); cur != nil && (cur.State == AttemptCreating || cur.State == AttemptLoading) {
 			out[cur.OfferID] = true
+		}
+	}
+	for _, rec := range recs.insts {
+		if rec.OfferID > 0 && (rec.State == InstanceProvisioning || rec.State == InstanceActive || rec.State == InstanceStarting) {
+			out[rec.OfferID] = true
 		}
 	}
 	m.mu.Lock()
